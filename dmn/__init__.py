@@ -1,0 +1,12 @@
+"""dmn: sleep-time memory consolidation for world-model agents.
+
+Agents log their System 2 deliberation (`EpisodeLogger`); every night dmn ingests the logs
+into a DuckDB/Parquet episode store (`ingest`, `Store`) and distils them into System 1 reflexes.
+"""
+
+from dmn.errors import DmnError
+from dmn.home import Home
+from dmn.logger import EpisodeLogger
+
+__version__ = "0.1.0"
+__all__ = ["DmnError", "EpisodeLogger", "Home", "__version__"]

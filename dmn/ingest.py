@@ -1,0 +1,727 @@
+"""Ingest: agents' logs in, episodes out.
+
+One run reads every new file (or the new lines of a grown one), parses all of it in DuckDB,
+checks every record against the contract in `dmn.records`, and commits the good records to
+the lake and the bad ones to quarantine in one batch (see `dmn.store`), with the ledger of
+what was consumed. Re-running it, or ingesting a copy of a file, adds nothing.
+
+    >>> report = ingest(Home.resolve("my-home"))          # the inbox   # doctest: +SKIP
+    >>> report.records                                     # doctest: +SKIP
+    {'episode': 10, 'simulation': 4800, 'decision': 1600, 'outcome': 1600, 'episode_end': 10}
+
+The pipeline, top to bottom:
+  1. discover   files to read, and why others are skipped
+  2. plan       per file, from the ledger: skip, read the new tail, or read it all
+  3. read       stream complete lines in chunks (numpy finds the newlines; no per-record Python)
+  4. parse      one DuckDB json_transform per chunk, then the per-record rules (RULES below)
+  5. resolve    the rules across records: episodes known, duplicates, latent dimensions
+  6. commit     partitioned Parquet + quarantine + ledger, atomically (Store.commit)
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import secrets
+import time
+import zlib
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from dmn import records, tensors
+from dmn.config import Settings
+from dmn.errors import DmnError
+from dmn.home import Home
+from dmn.records import REQUIRED, OPTIONAL, RECORD_TYPES, SOURCES, TABLES, TENSOR_DTYPES
+from dmn.store import Store, connect
+
+RAW_KEEP_BYTES = 1 << 20
+"""Quarantine keeps at most this much of a bad line's text (the full line stays in the source file)."""
+
+TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".swp", ".crdownload")
+
+
+@dataclass
+class IngestReport:
+    """What one ingest run did; `dmn ingest --json` prints it."""
+
+    batch: str | None = None
+    """The committed batch id, or None when there was nothing new."""
+    files_read: int = 0
+    """Files (or new tails of files) that were read."""
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Files not read, by reason."""
+    records: dict[str, int] = field(default_factory=dict)
+    """Records that landed in the lake, by record type."""
+    quarantined: dict[str, int] = field(default_factory=dict)
+    """Records (or files) quarantined, by reason."""
+    duplicates: int = 0
+    """Records dropped as exact duplicates of records already in the store."""
+    pending_bytes: int = 0
+    """Bytes of unterminated last lines left for the next run (a writer may still be appending)."""
+    bytes_read: int = 0
+    """Bytes of log data read."""
+    seconds: float = 0.0
+    """Wall time of the run."""
+    recovered: list[str] = field(default_factory=list)
+    """What recovery did to batches a crash had interrupted."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def ingest(home: Home, paths: list[str | os.PathLike] | None = None) -> IngestReport:
+    """Ingest `paths` (files or folders; default: the home's inbox) into the home's store."""
+    started = time.perf_counter()
+    settings = home.settings()
+    with home.lock("ingest"):
+        store = Store(home)
+        report = IngestReport(recovered=store.recover())
+        batch = _Batch(home, settings, store, report)
+        try:
+            files, skipped = discover([Path(p) for p in paths] if paths else [home.inbox], home)
+            report.skipped = dict(Counter(reason for _, reason in skipped))
+            for path in files:
+                batch.add_file(path)
+            batch.finish()
+        finally:
+            batch.close()
+    report.seconds = round(time.perf_counter() - started, 3)
+    return report
+
+
+# -- 1. discover --------------------------------------------------------------------------------
+
+
+def file_kind(path: Path) -> str | None:
+    name = path.name.lower()
+    if name.endswith((".jsonl", ".ndjson")):
+        return "jsonl"
+    if name.endswith((".jsonl.gz", ".ndjson.gz")):
+        return "jsonl.gz"
+    if name.startswith("run_") and name.endswith(".json"):
+        return "lar"
+    if name.endswith(".parquet"):
+        return "parquet"
+    return None
+
+
+def discover(paths: list[Path], home: Home) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The files to read under `paths`, and (file, reason) for those skipped.
+
+    Symbolic links inside folders are not followed (a link could point anywhere, and a
+    file could arrive twice); hidden and temporary files are still being written.
+    """
+    files: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    for given in paths:
+        if not given.exists() and not given.is_symlink():
+            raise DmnError(f"no such file or folder: {given}")
+        if given.is_dir():
+            for root, dirs, names in os.walk(given):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(names):
+                    _consider(Path(root) / name, home, files, skipped)
+        else:
+            _consider(given.resolve(), home, files, skipped)
+    return files, skipped
+
+
+def _consider(path: Path, home: Home, files: list[Path], skipped: list[tuple[Path, str]]) -> None:
+    if path.is_symlink():
+        skipped.append((path, "symbolic link (not followed; copy the file instead)"))
+    elif path.name.startswith(".") or path.name.endswith(TEMP_SUFFIXES):
+        skipped.append((path, "temporary file (still being written)"))
+    elif path.absolute().is_relative_to(home.lake) or path.absolute().is_relative_to(home.tmp):
+        skipped.append((path, "inside the store itself"))
+    elif not path.is_file():
+        skipped.append((path, "not a regular file"))
+    elif file_kind(path) is None:
+        skipped.append((path, "unsupported file type"))
+    elif path.stat().st_size == 0:
+        skipped.append((path, "empty file"))
+    else:
+        files.append(path)
+
+
+# -- 2-6. the batch ------------------------------------------------------------------------------
+
+
+class _Batch:
+    """One ingest run's DuckDB session: chunks go in, one committed batch comes out."""
+
+    def __init__(self, home: Home, settings: Settings, store: Store, report: IngestReport):
+        self.home, self.settings, self.store, self.report = home, settings, store, report
+        now = datetime.now(timezone.utc)
+        self.id = "b" + now.strftime("%Y%m%dT%H%M%S%fZ") + secrets.token_hex(3)
+        self.now = now
+        self.manifests = store.manifests()
+        self.ledger = {row["path"]: row for m in self.manifests for row in m["ledger"]}
+        self.hashes = {(row["bytes_consumed"], row["sha256"]) for row in self.ledger.values()}
+        self.entries: list[dict[str, Any]] = []
+        self.file_quarantine: list[dict[str, Any]] = []
+        self.con = connect(settings.ingest.memory_limit, home.tmp / "duckdb")
+        self.con.execute("SET preserve_insertion_order = false")
+        self.con.create_function(
+            "dmn_tensor", tensors.decode_column, ["BLOB", "VARCHAR"], "FLOAT[]", type="arrow",
+            null_handling="special", side_effects=False,
+        )
+        self.con.execute(_MACROS)
+        self.con.execute(f"CREATE TABLE parsed ({_PARSED_COLUMNS})")
+        self.parse_sql = _parse_sql(settings.ingest.future_skew_seconds)
+
+    def close(self) -> None:
+        self.con.close()
+
+    # 2. plan
+
+    def add_file(self, path: Path) -> None:
+        kind = file_kind(path)
+        key = self._key(path)
+        st = path.stat()
+        prev = self.ledger.get(key)
+        if prev and prev["size"] == st.st_size and prev["mtime_ns"] == st.st_mtime_ns and prev["bytes_consumed"] == st.st_size:
+            self._skip("already ingested (unchanged)")
+            return
+        offset, line, hasher = 0, 0, hashlib.sha256()
+        if kind == "jsonl" and prev and st.st_size >= prev["bytes_consumed"]:
+            with open(path, "rb") as f:
+                _hash_prefix(f, prev["bytes_consumed"], hasher)
+            if hasher.hexdigest() == prev["sha256"]:
+                offset, line = prev["bytes_consumed"], prev["lines_consumed"]
+                if offset == st.st_size:
+                    self._skip("already ingested (unchanged)")
+                    return
+            else:
+                hasher = hashlib.sha256()
+        if offset == 0 and any(size == st.st_size for size, _ in self.hashes):
+            with open(path, "rb") as f:
+                digest = _hash_prefix(f, st.st_size, hashlib.sha256()).hexdigest()
+            if (st.st_size, digest) in self.hashes:
+                self._skip("copy of an ingested file")
+                return
+        entry = {
+            "path": key, "kind": kind, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "bytes_consumed": offset, "lines_consumed": line, "sha256": "", "records": 0, "quarantined": 0,
+        }
+        self.file_index = len(self.entries)
+        self.entries.append(entry)
+        self.report.files_read += 1
+        try:
+            if kind == "jsonl":
+                self._read_jsonl(path, entry, hasher, settled=time.time() - st.st_mtime > self.settings.ingest.settle_seconds)
+            elif kind == "jsonl.gz":
+                self._read_gzip(path, entry)
+            elif kind == "lar":
+                self._read_lar(path, entry)
+            else:
+                self._read_parquet(path, entry)
+        except OSError as exc:
+            raise DmnError(f"cannot read {path}: {exc.strerror}") from None
+
+    def _key(self, path: Path) -> str:
+        path = path.absolute()
+        return str(path.relative_to(self.home.root)) if path.is_relative_to(self.home.root) else str(path)
+
+    def _skip(self, reason: str) -> None:
+        self.report.skipped[reason] = self.report.skipped.get(reason, 0) + 1
+
+    # 3. read
+
+    def _read_jsonl(self, path: Path, entry: dict, hasher: Any, settled: bool) -> None:
+        with open(path, "rb") as f:
+            f.seek(entry["bytes_consumed"])
+            tail = self._stream(f, entry, hasher)
+            if tail:
+                if _is_json(tail) or settled:
+                    hasher.update(tail)
+                    entry["bytes_consumed"] += len(tail)
+                    entry["lines_consumed"] += 1
+                    if _is_json(tail):
+                        self._parse(_lines_table([tail], [entry["lines_consumed"]]))
+                    else:
+                        self._quarantine_file(entry, "truncated last line (the file ends in the middle of a record)",
+                                              "the writer stopped mid-record; the rest of the file was ingested",
+                                              line=entry["lines_consumed"], raw=tail)
+                else:
+                    self.report.pending_bytes += len(tail)
+        entry["sha256"] = hasher.hexdigest()
+
+    def _read_gzip(self, path: Path, entry: dict) -> None:
+        hasher = hashlib.sha256()
+        with open(path, "rb") as raw:
+            _hash_prefix(raw, entry["size"], hasher)
+        try:
+            with gzip.open(path, "rb") as f:
+                tail = self._stream(f, entry, hashlib.sha256())
+            if tail:
+                entry["lines_consumed"] += 1
+                self._parse(_lines_table([tail], [entry["lines_consumed"]]))
+        except (OSError, EOFError, zlib.error) as exc:
+            self._quarantine_file(entry, "corrupt gzip file", f"decompression failed after line {entry['lines_consumed']} "
+                                  f"({exc}); the lines before it were ingested", line=entry["lines_consumed"] + 1)
+        entry["bytes_consumed"] = entry["size"]
+        entry["sha256"] = hasher.hexdigest()
+
+    def _stream(self, f: Any, entry: dict, hasher: Any) -> bytes:
+        """Parse every complete line from `f` in chunks; return the unterminated tail, if any.
+
+        A line longer than `max_line_bytes` is quarantined without ever being held whole.
+        """
+        chunk, limit = self.settings.ingest.chunk_bytes, self.settings.ingest.max_line_bytes
+        buf = b""
+        long_line: list[Any] | None = None  # [line number, bytes so far, head]
+        while block := f.read(chunk):
+            self.report.bytes_read += len(block)
+            if long_line is not None:
+                end = block.find(b"\n")
+                part = block if end < 0 else block[: end + 1]
+                hasher.update(part)
+                entry["bytes_consumed"] += len(part)
+                long_line[1] += len(part)
+                if end < 0:
+                    continue
+                entry["lines_consumed"] += 1
+                self._quarantine_long(entry, *long_line)
+                long_line, block = None, block[end + 1 :]
+            buf += block
+            last = buf.rfind(b"\n")
+            complete, buf = (buf[: last + 1], buf[last + 1 :]) if last >= 0 else (b"", buf)
+            if complete:
+                hasher.update(complete)
+                entry["bytes_consumed"] += len(complete)
+                self._parse_block(complete, entry)
+            if len(buf) > limit:
+                hasher.update(buf)
+                entry["bytes_consumed"] += len(buf)
+                long_line, buf = [entry["lines_consumed"] + 1, len(buf), buf[:4096]], b""
+        if long_line is not None:  # the over-long line ran to the end of the file
+            entry["lines_consumed"] += 1
+            self._quarantine_long(entry, *long_line)
+        return buf
+
+    def _parse_block(self, block: bytes, entry: dict) -> None:
+        data = np.frombuffer(block, dtype=np.uint8)
+        ends = np.flatnonzero(data == 10) + 1
+        offsets = np.concatenate([[0], ends]).astype(np.int64)
+        first = entry["lines_consumed"] + 1
+        entry["lines_consumed"] += len(ends)
+        numbers = np.arange(first, first + len(ends), dtype=np.int64)
+        lengths = np.diff(offsets)
+        too_long = lengths > self.settings.ingest.max_line_bytes + 1
+        values = pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(ends), [None, pa.py_buffer(offsets), pa.py_buffer(block)])
+        table = pa.table({"line": numbers, "raw": values})
+        if too_long.any():
+            for i in np.flatnonzero(too_long):
+                self._quarantine_long(entry, int(numbers[i]), int(lengths[i]), block[offsets[i] : offsets[i] + 4096])
+            table = table.filter(pa.array(~too_long))
+        self._parse(table)
+
+    def _read_lar(self, path: Path, entry: dict) -> None:
+        from dmn.integrations.lar import audit_to_records  # noqa: PLC0415 - optional integration
+
+        data = path.read_bytes()
+        self.report.bytes_read += len(data)
+        entry["sha256"] = hashlib.sha256(data).hexdigest()
+        entry["bytes_consumed"] = len(data)
+        lines, problem = audit_to_records(data, self.settings.lar, run_name=path.stem)
+        if problem:
+            self._quarantine_file(entry, *problem, raw=data)
+            return
+        entry["lines_consumed"] = len(lines)
+        if lines:
+            self._parse(_lines_table([line for _, line in lines], [n for n, _ in lines]))
+
+    def _read_parquet(self, path: Path, entry: dict) -> None:
+        entry["sha256"] = _hash_prefix(open(path, "rb"), entry["size"], hashlib.sha256()).hexdigest()
+        entry["bytes_consumed"] = entry["size"]
+        self.report.bytes_read += entry["size"]
+        file = str(path).replace("'", "''")
+        try:
+            meta = dict(self.con.execute(f"SELECT key::VARCHAR, value::VARCHAR FROM parquet_kv_metadata('{file}')").fetchall())
+            rtype = {table: rtype for rtype, (table, _) in TABLES.items()}.get(meta.get("dmn_table", ""))
+            if rtype is None:
+                self._quarantine_file(entry, "not a dmn lake file", "Parquet files must come from a dmn lake "
+                                      "(they carry dmn_table metadata); write other data as JSONL")
+                return
+            fields = [c for c in TABLES[rtype][1] if rtype == "episode" or c not in ("world", "encoder")]
+            pack = ", ".join(f"{_q(c)} := {_q(c)}" for c in fields)
+            table = self.con.execute(
+                f"SELECT row_number() OVER () AS line, to_json(struct_pack(type := '{rtype}', {pack}))::BLOB AS raw "
+                f"FROM read_parquet('{file}')"
+            ).fetch_arrow_table()
+        except duckdb.Error as exc:
+            self._quarantine_file(entry, "unreadable Parquet file", str(exc).splitlines()[0])
+            return
+        entry["lines_consumed"] = table.num_rows
+        self._parse(table)
+
+    # 4. parse
+
+    def _parse(self, lines: pa.Table) -> None:
+        self.con.register("chunk", lines)
+        try:
+            self.con.execute(self.parse_sql, [self.file_index])
+        finally:
+            self.con.unregister("chunk")
+
+    def _quarantine_long(self, entry: dict, line: int, size: int, head: bytes) -> None:
+        self._quarantine_file(entry, "line too long", f"line is {size:,} bytes, over the limit of "
+                              f"{self.settings.ingest.max_line_bytes:,} (ingest.max_line_bytes); its first 4 KiB are kept",
+                              line=line, raw=head)
+
+    def _quarantine_file(self, entry: dict, reason: str, hint: str, *, line: int | None = None, raw: bytes = b"") -> None:
+        self.file_quarantine.append({
+            "source_file": entry["path"], "source_line": line, "type": None, "episode_id": None,
+            "reason": reason, "hint": hint, "raw": raw[:RAW_KEEP_BYTES].decode("utf-8", "replace"),
+            "raw_bytes": len(raw),
+        })
+
+    # 5. resolve
+
+    def finish(self) -> None:
+        if not self.entries:
+            return
+        con = self.con
+        con.register("files_arrow", pa.Table.from_pylist(
+            [{"file_index": i, "source_file": e["path"]} for i, e in enumerate(self.entries)]))
+        lake_eps = self.store.files("episode_starts", self.manifests)
+        con.execute(
+            "CREATE TABLE lake_episodes AS " + (
+                "SELECT episode_id, world, encoder, started_at FROM read_parquet(?)" if lake_eps
+                else "SELECT NULL::VARCHAR episode_id, NULL::VARCHAR world, NULL::VARCHAR encoder, NULL::TIMESTAMPTZ started_at WHERE false"
+            ), [lake_eps] if lake_eps else None,
+        )
+        for sql in _RESOLVE:
+            con.execute(sql)
+        self._check_dims()
+        for rtype, (table, _) in TABLES.items():
+            if rtype in ("decision", "outcome", "episode_end"):
+                key = "episode_id" if rtype == "episode_end" else "episode_id, step"
+                files = self.store.files(table, self.manifests)
+                if files:
+                    con.execute(f"""UPDATE parsed SET reason = 'duplicate', hint = 'the store already has this {rtype}'
+                        WHERE reason IS NULL AND rtype = '{rtype}'
+                          AND ({key}) IN (SELECT ({key}) FROM read_parquet(?))""", [files])
+                con.execute(f"""UPDATE parsed SET reason = 'duplicate', hint = 'an earlier line of this batch has this {rtype}'
+                    WHERE reason IS NULL AND rtype = '{rtype}' AND seq IN (
+                      SELECT seq FROM (SELECT seq, row_number() OVER (PARTITION BY {key} ORDER BY seq) AS k
+                                       FROM parsed WHERE reason IS NULL AND rtype = '{rtype}') WHERE k > 1)""")
+        self._commit()
+
+    def _check_dims(self) -> None:
+        """Fix each (world, encoder)'s latent dimension and quarantine vectors of another length."""
+        known = self.store.known_dims()
+        rows = self.con.execute("""
+            SELECT world, encoder, len(state) AS dim, count(*) AS n FROM parsed
+            WHERE reason IS NULL AND state IS NOT NULL GROUP BY ALL ORDER BY n DESC, dim""").fetchall()
+        dims: dict[tuple[str, str], int] = {}
+        self.new_dims = []
+        for world, encoder, dim, _ in rows:
+            if (world, encoder) in dims:
+                continue
+            fixed = self.settings.dims.get(world) or known.get((world, encoder))
+            dims[(world, encoder)] = fixed or dim
+            if (world, encoder) not in known:
+                self.new_dims.append({"world": world, "encoder": encoder, "dim": fixed or dim})
+        if not dims:
+            return
+        self.con.register("dims_arrow", pa.Table.from_pylist([{"world": w, "encoder": e, "dim": d} for (w, e), d in dims.items()]))
+        for vec in ("state", "predicted"):
+            self.con.execute(f"""UPDATE parsed SET reason = 'wrong vector length',
+                hint = '"{vec}" has ' || len(parsed.{vec}) || ' values, but world "' || parsed.world || '" (encoder "'
+                       || parsed.encoder || '") has dimension ' || d.dim
+                FROM dims_arrow d WHERE parsed.reason IS NULL AND parsed.world = d.world AND parsed.encoder = d.encoder
+                  AND parsed.{vec} IS NOT NULL AND len(parsed.{vec}) <> d.dim""")
+
+    # 6. commit
+
+    def _commit(self) -> None:
+        con, staging = self.con, self.home.tmp / self.id
+        staging.mkdir(parents=True)
+        ingested_at = self.now.isoformat()
+        files: dict[str, list[str]] = {}
+        for rtype, (table, cols) in TABLES.items():
+            select = ", ".join(f"p.{_q(c)}" for c in cols)
+            n = self._copy(staging, table, f"""
+                SELECT {select}, p.date, f.source_file, p.source_line, '{self.id}' AS batch,
+                       '{ingested_at}'::TIMESTAMPTZ AS ingested_at
+                FROM parsed p JOIN files_arrow f USING (file_index)
+                WHERE p.reason IS NULL AND p.rtype = '{rtype}'""", ("world", "date"))
+            if n:
+                self.report.records[rtype] = n
+        self.con.register("file_quarantine", pa.Table.from_pylist(self.file_quarantine, schema=pa.schema([
+            ("source_file", pa.string()), ("source_line", pa.int64()), ("type", pa.string()), ("episode_id", pa.string()),
+            ("reason", pa.string()), ("hint", pa.string()), ("raw", pa.string()), ("raw_bytes", pa.int64())])))
+        quarantine_sql = f"""
+            SELECT *, '{self.id}' AS batch, '{ingested_at}'::TIMESTAMPTZ AS ingested_at,
+                   '{ingested_at}'::TIMESTAMPTZ::DATE AS date FROM (
+              SELECT f.source_file, p.source_line, p.rtype AS type, p.episode_id, p.reason, p.hint,
+                     coalesce(p.raw, {_canonical_json()}) AS raw, coalesce(p.raw_bytes, 0) AS raw_bytes
+              FROM parsed p JOIN files_arrow f USING (file_index) WHERE p.reason IS NOT NULL AND p.reason <> 'duplicate'
+              UNION ALL SELECT * FROM file_quarantine)"""
+        self._copy(staging, "quarantine", quarantine_sql, ("date",))
+        self.report.duplicates = con.execute("SELECT count(*) FROM parsed WHERE reason = 'duplicate'").fetchone()[0]
+        self.report.quarantined = dict(con.execute(f"SELECT reason, count(*) FROM ({quarantine_sql}) GROUP BY 1 ORDER BY 2 DESC").fetchall())
+        for i, n_ok, n_bad in con.execute("""SELECT file_index, count(*) FILTER (reason IS NULL),
+                count(*) FILTER (reason IS NOT NULL AND reason <> 'duplicate') FROM parsed GROUP BY 1""").fetchall():
+            self.entries[i]["records"], self.entries[i]["quarantined"] = n_ok, n_bad
+        for row in self.file_quarantine:
+            entry = next(e for e in self.entries if e["path"] == row["source_file"])
+            entry["quarantined"] += 1
+        for table_dir in staging.iterdir():
+            files[table_dir.name] = sorted(str(p.relative_to(staging)) for p in table_dir.rglob("*.parquet"))
+        self.store.commit({
+            "batch": self.id, "committed_at": datetime.now(timezone.utc).isoformat(), "schema_version": records.SCHEMA_VERSION,
+            "files": files, "ledger": self.entries, "dims": self.new_dims, "records": self.report.records,
+            "quarantined": self.report.quarantined,
+        })
+        self.report.batch = self.id
+
+    def _copy(self, staging: Path, table: str, sql: str, partition: tuple[str, ...]) -> int:
+        n = self.con.execute(f"SELECT count(*) FROM ({sql})").fetchone()[0]
+        if n:
+            self.con.execute(
+                f"COPY ({sql}) TO ? (FORMAT parquet, PARTITION_BY ({', '.join(partition)}), WRITE_PARTITION_COLUMNS true, "
+                f"FILENAME_PATTERN '{self.id}_{{i}}', KV_METADATA {{dmn_table: '{table}'}})",
+                [str(staging / table)],
+            )
+        return n
+
+
+# -- the SQL ---------------------------------------------------------------------------------------
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+_MACROS = r"""
+CREATE MACRO given(x) AS x IS NOT NULL AND json_type(x) <> 'NULL';
+CREATE MACRO jstr(x) AS CASE WHEN json_type(x) = 'VARCHAR' THEN x ->> '$' END;
+CREATE MACRO jint(x) AS CASE WHEN json_type(x) IN ('BIGINT', 'UBIGINT') THEN try_cast(x AS BIGINT) END;
+CREATE MACRO jnum(x) AS CASE WHEN json_type(x) IN ('BIGINT', 'UBIGINT', 'DOUBLE') THEN try_cast(x AS DOUBLE) END;
+CREATE MACRO jbool(x) AS CASE WHEN json_type(x) = 'BOOLEAN' THEN x::BOOLEAN END;
+CREATE MACRO jaction(x) AS CASE WHEN json_type(x) = 'VARCHAR' THEN x ->> '$'
+                                WHEN json_type(x) IN ('BIGINT', 'UBIGINT') THEN x::VARCHAR END;
+CREATE MACRO has_tz(s) AS regexp_matches(s, '(Z|z|[+-]\d\d(:?\d\d)?)$');
+CREATE MACRO jts(x) AS CASE
+    WHEN json_type(x) IN ('BIGINT', 'UBIGINT', 'DOUBLE') THEN try(to_timestamp(x::DOUBLE))
+    WHEN json_type(x) = 'VARCHAR' AND has_tz(x ->> '$') THEN try_cast(x ->> '$' AS TIMESTAMPTZ) END;
+"""
+
+_TENSOR = '{"__type__": "VARCHAR", "shape": "JSON", "dtype": "VARCHAR", "b64": "VARCHAR"}'
+_STRUCT = json.dumps({
+    **{f: "JSON" for t in RECORD_TYPES for f in ("type",) + REQUIRED[t] + OPTIONAL[t]},
+    "state": "FLOAT[]", "predicted": "FLOAT[]",
+})
+
+# Each scalar field: (how to read it from JSON, what it must be, for the reason text).
+_SCALARS = {
+    "episode_id": ("jstr", "a string"), "world": ("jstr", "a string"), "encoder": ("jstr", "a string"),
+    "agent": ("jstr", "a string"), "source": ("jstr", "a string"), "step": ("jint", "an integer"),
+    "action": ("jaction", "an integer or a string"), "score": ("jnum", "a number"), "cost_ms": ("jnum", "a number"),
+    "confidence": ("jnum", "a number"), "latency_ms": ("jnum", "a number"), "reward": ("jnum", "a number"),
+    "return": ("jnum", "a number"), "vetoed": ("jbool", "true or false"), "done": ("jbool", "true or false"),
+    "success": ("jbool", "true or false"), "started_at": ("jts", "a timestamp"), "ended_at": ("jts", "a timestamp"),
+    "ts": ("jts", "a timestamp"),
+}
+_TS_HINT = "use ISO 8601 with a time zone (2026-11-22T03:00:00Z) or Unix seconds"
+
+
+def _rules(future_skew: float) -> list[tuple[str, str, str]]:
+    """The per-record rules, in order: (condition, reason, hint as SQL). The first that holds wins."""
+    rules = [
+        ("text IS NULL", "'not valid UTF-8'", "'the line has bytes that are not UTF-8 text'"),
+        ("r IS NULL", "'not valid JSON'", "'each line must be one complete JSON object'"),
+        ("json_type(text) <> 'OBJECT'", "'not a JSON object'", "'a record is a JSON object, this line holds a ' || lower(json_type(text))"),
+        ("NOT given(r.type)", "'missing field'", "'the record has no \"type\"'"),
+        ("rtype IS NULL OR rtype NOT IN " + str(RECORD_TYPES), "'unknown record type'",
+         f"'\"type\" is ' || r.type || '; expected one of {', '.join(RECORD_TYPES)}'"),
+    ]
+    for rtype in RECORD_TYPES:
+        for name in REQUIRED[rtype]:
+            present = f"{name}_arr IS NOT NULL OR given({name}_json)" if name in ("state", "predicted") else f"given(r.{_q(name)})"
+            rules.append((f"rtype = '{rtype}' AND NOT ({present})", "'missing field'", f"'{rtype} has no \"{name}\"'"))
+    for name, (_, what) in _SCALARS.items():
+        types = [t for t in RECORD_TYPES if name in REQUIRED[t] + OPTIONAL[t]]
+        hint = f"'\"{name}\" must be {what}, got ' || left(r.{_q(name)}::VARCHAR, 80)"
+        if what == "a timestamp":
+            hint += f" || '; {_TS_HINT}'"
+        rules.append((f"rtype IN {_tuple(types)} AND given(r.{_q(name)}) AND {_q(name)} IS NULL", "'wrong field type'", hint))
+    for vec, types in (("state", ("simulation", "decision")), ("predicted", ("simulation",))):
+        rules += _vector_rules(vec, types)
+    rules += [
+        ("episode_id = ''", "'wrong field type'", "'\"episode_id\" must not be empty'"),
+        ("rtype = 'episode' AND (world = '' OR world IN ('.', '..') OR regexp_matches(world, '[\\x00-\\x1f]') OR length(world) > 200)",
+         "'bad world name'", "'\"world\" must be 1-200 printable characters and not . or ..'"),
+        ("rtype = 'episode' AND encoder = ''", "'wrong field type'", "'\"encoder\" must not be empty'"),
+        ("step < 0", "'wrong field type'", "'\"step\" must not be negative'"),
+        ("rtype = 'decision' AND source NOT IN " + str(SOURCES), "'wrong field type'",
+         "'\"source\" is ' || source || '; expected system1 or system2'"),
+        ("NOT isfinite(coalesce(score, 0) + coalesce(cost_ms, 0) + coalesce(confidence, 0) + coalesce(latency_ms, 0)"
+         " + coalesce(reward, 0) + coalesce(\"return\", 0))", "'NaN or Inf'", "'a number in the record is NaN or Inf'"),
+        ("confidence NOT BETWEEN 0 AND 1", "'out of range'", "'\"confidence\" must be between 0 and 1'"),
+        ("cost_ms < 0 OR latency_ms < 0", "'out of range'", "'\"cost_ms\" and \"latency_ms\" must not be negative'"),
+        (f"greatest(started_at, ended_at, ts) > now() + to_seconds({float(future_skew)})", "'timestamp in the future'",
+         "'a timestamp is later than now; check the clock of the machine that wrote it'"),
+    ]
+    return rules
+
+
+def _vector_rules(vec: str, types: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    is_type = f"rtype IN {_tuple(types)}"
+    obj = f"{vec}_obj"
+    return [(f"{is_type} AND {cond}", reason, hint) for cond, reason, hint in [
+        (f"{vec}_arr IS NULL AND given({vec}_json) AND json_type({vec}_json) <> 'OBJECT'", "'wrong field type'",
+         f"'\"{vec}\" must be an array of numbers or a tensor object, got ' || lower(json_type({vec}_json))"),
+        (f"{vec}_arr IS NULL AND given({vec}_json) AND {obj}.b64 IS NULL", "'latent lost'",
+         f"'\"{vec}\" is a tensor object without values (\"b64\"), as Lár-JEPA''s TensorSafeEncoder writes; "
+         "log with dmn.EpisodeLogger or dmn.integrations.lar.TensorAuditLogger, which keep the values'"),
+        (f"{vec}_arr IS NULL AND given({vec}_json) AND coalesce({obj}.dtype, 'float32') NOT IN {_tuple(tuple(TENSOR_DTYPES))}",
+         "'bad tensor'", f"'\"{vec}\" has dtype ' || {obj}.dtype || '; expected float16, float32 or float64'"),
+        (f"{vec}_arr IS NULL AND given({vec}_json) AND {vec}_blob IS NULL", "'bad tensor'",
+         f"'\"{vec}\".b64 is not valid base64'"),
+        (f"{vec}_arr IS NULL AND given({vec}_json) AND octet_length({vec}_blob) = 0", "'empty vector'", f"'\"{vec}\" has no values'"),
+        (f"{vec}_arr IS NULL AND given({vec}_json) AND {vec} IS NULL", "'bad tensor'",
+         f"'\"{vec}\" has ' || octet_length({vec}_blob) || ' bytes, not a whole number of ' || coalesce({obj}.dtype, 'float32') || ' values'"),
+        (f"{vec}_arr IS NULL AND given({vec}_json) AND json_type({obj}.shape) = 'ARRAY' AND "
+         f"coalesce(list_product(try_cast({obj}.shape AS BIGINT[])), -1) <> len({vec})", "'bad tensor'",
+         f"'\"{vec}\" shape ' || {obj}.shape || ' does not match its ' || len({vec}) || ' values'"),
+        (f"len({vec}) = 0", "'empty vector'", f"'\"{vec}\" has no values'"),
+        (f"list_count({vec}) < len({vec})", "'wrong field type'", f"'\"{vec}\" has values that are not numbers'"),
+        (f"NOT isfinite(list_sum({vec})) AND NOT list_bool_and(list_transform({vec}, lambda x: isfinite(x)))",
+         "'NaN or Inf'", f"'\"{vec}\" contains NaN or Inf'"),
+    ]]
+
+
+def _tuple(items: tuple[str, ...] | list[str]) -> str:
+    return "(" + ", ".join(f"'{i}'" for i in items) + ")"
+
+
+_PARSED_COLUMNS = ", ".join([
+    "file_index INTEGER", "source_line BIGINT", "seq BIGINT", "rtype VARCHAR",
+    *[f"{_q(name)} {duck}" for name, duck in {
+        "episode_id": "VARCHAR", "world": "VARCHAR", "encoder": "VARCHAR", "agent": "VARCHAR",
+        "started_at": "TIMESTAMPTZ", "meta": "JSON", "step": "BIGINT", "state": "FLOAT[]", "action": "VARCHAR",
+        "score": "DOUBLE", "predicted": "FLOAT[]", "vetoed": "BOOLEAN", "cost_ms": "DOUBLE", "ts": "TIMESTAMPTZ",
+        "source": "VARCHAR", "confidence": "DOUBLE", "latency_ms": "DOUBLE", "reward": "DOUBLE", "done": "BOOLEAN",
+        "success": "BOOLEAN", "return": "DOUBLE", "ended_at": "TIMESTAMPTZ",
+    }.items()],
+    "date DATE", "reason VARCHAR", "hint VARCHAR", "raw VARCHAR", "raw_bytes BIGINT",
+])
+
+
+def _parse_sql(future_skew: float) -> str:
+    rules = _rules(future_skew)
+    reason = "CASE " + " ".join(f"WHEN {c} THEN {r}" for c, r, _ in rules) + " END"
+    hint = "CASE " + " ".join(f"WHEN {c} THEN {h}" for c, _, h in rules) + " END"
+    scalars = ", ".join(f"{fn}(r.{_q(name)}) AS {_q(name)}" for name, (fn, _) in _SCALARS.items())
+    vectors = []
+    for vec, types in (("state", ("simulation", "decision")), ("predicted", ("simulation",))):
+        vectors.append(f"""
+            r.{vec} AS {vec}_arr,
+            CASE WHEN r.{vec} IS NULL AND rtype IN {_tuple(types)} THEN json_extract(text, '$.{vec}') END AS {vec}_json""")
+    decode = []
+    for vec in ("state", "predicted"):
+        decode.append(f"""
+            CASE WHEN json_type({vec}_json) = 'OBJECT' THEN json_transform({vec}_json, '{_TENSOR}') END AS {vec}_obj""")
+    blobs = [f"try(from_base64({v}_obj.b64)) AS {v}_blob" for v in ("state", "predicted")]
+    finals = [f"coalesce({v}_arr, CASE WHEN {v}_blob IS NOT NULL THEN dmn_tensor({v}_blob, {v}_obj.dtype) END) AS {v}"
+              for v in ("state", "predicted")]
+    columns = [c.split()[0] for c in _PARSED_COLUMNS.split(", ")]
+    out = {c: c for c in columns}
+    out.update({
+        "file_index": "$1::INTEGER", "source_line": "line", "seq": "($1::BIGINT << 40) + line", "date": "NULL",
+        "reason": "reason", "hint": "hint",
+        "raw": f"CASE WHEN reason IS NOT NULL THEN left(coalesce(text, raw::VARCHAR), {RAW_KEEP_BYTES}) END",
+        "raw_bytes": "CASE WHEN reason IS NOT NULL THEN octet_length(raw) END",
+    })
+    select = ", ".join(f"{expr} AS {name}" if expr != name else name for name, expr in out.items())
+    return f"""
+    INSERT INTO parsed
+    SELECT {select} FROM (
+      SELECT *, {reason} AS reason, {hint} AS hint FROM (
+        SELECT *, {', '.join(finals)} FROM (
+          SELECT *, {', '.join(blobs)} FROM (
+            SELECT *, {', '.join(decode)} FROM (
+              SELECT line, raw, text, r, rtype, r.meta AS meta, {scalars}, {', '.join(vectors)} FROM (
+                SELECT *, CASE WHEN json_type(r.type) = 'VARCHAR' THEN r.type ->> '$' END AS rtype FROM (
+                  SELECT line, raw, text, CASE WHEN text IS NOT NULL THEN try(json_transform(text, '{_STRUCT}')) END AS r
+                  FROM (SELECT line, raw, rtrim(try(decode(raw)), chr(10) || chr(13)) AS text FROM chunk)
+                  WHERE text IS NULL OR trim(text) <> '')))))))"""
+
+
+def _resolve_sql() -> list[str]:
+    """Rules across records, run once per batch over `parsed` (see _Batch.finish)."""
+    return [
+        # Episodes: one record per id; a repeat that agrees is a duplicate, one that disagrees a conflict.
+        """CREATE TABLE batch_episodes AS SELECT seq, episode_id, world, encoder, started_at,
+                  row_number() OVER (PARTITION BY episode_id ORDER BY seq) AS k
+           FROM parsed WHERE reason IS NULL AND rtype = 'episode'""",
+        """CREATE TABLE known AS
+             SELECT episode_id, world, encoder, started_at FROM lake_episodes
+             UNION ALL
+             SELECT episode_id, world, encoder, started_at FROM batch_episodes
+             WHERE k = 1 AND episode_id NOT IN (SELECT episode_id FROM lake_episodes)""",
+        """UPDATE parsed SET
+             reason = CASE WHEN parsed.world = e.world AND parsed.encoder = e.encoder THEN 'duplicate' ELSE 'conflicting episode' END,
+             hint = 'episode ' || parsed.episode_id || ' was already started in world "' || e.world || '" with encoder "'
+                    || e.encoder || '"'
+           FROM known e
+           WHERE parsed.reason IS NULL AND parsed.rtype = 'episode' AND parsed.episode_id = e.episode_id
+             AND (parsed.seq NOT IN (SELECT seq FROM batch_episodes WHERE k = 1)
+                  OR parsed.episode_id IN (SELECT episode_id FROM lake_episodes))""",
+        # Every other record belongs to a started episode and takes its world and encoder.
+        """UPDATE parsed SET world = e.world, encoder = e.encoder,
+             date = coalesce(parsed.ts, parsed.ended_at, e.started_at, now())::DATE
+           FROM known e WHERE parsed.reason IS NULL AND parsed.rtype <> 'episode' AND parsed.episode_id = e.episode_id""",
+        """UPDATE parsed SET reason = 'episode never started',
+             hint = 'no episode record with episode_id ' || episode_id || ' has been ingested; log the episode record first'
+           WHERE reason IS NULL AND rtype <> 'episode' AND world IS NULL""",
+        """UPDATE parsed SET date = coalesce(started_at, now())::DATE WHERE reason IS NULL AND rtype = 'episode'""",
+    ]
+
+
+_RESOLVE = _resolve_sql()
+
+
+def _canonical_json() -> str:
+    """A bad record rebuilt from its parsed fields, for rules that ran after the raw text was dropped."""
+    fields = sorted({f for t in RECORD_TYPES for f in REQUIRED[t] + OPTIONAL[t]})
+    return "to_json(struct_pack(type := p.rtype, " + ", ".join(f"{_q(f)} := p.{_q(f)}" for f in fields) + "))::VARCHAR"
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+
+
+def _lines_table(lines: list[bytes], numbers: list[int]) -> pa.Table:
+    return pa.table({"line": pa.array(numbers, pa.int64()), "raw": pa.array(lines, pa.large_binary())})
+
+
+def _hash_prefix(f: Any, n: int, hasher: Any) -> Any:
+    remaining = n
+    while remaining > 0:
+        block = f.read(min(remaining, 1 << 24))
+        if not block:
+            break
+        hasher.update(block)
+        remaining -= len(block)
+    return hasher
+
+
+def _is_json(data: bytes) -> bool:
+    try:
+        json.loads(data)
+        return True
+    except ValueError:
+        return False

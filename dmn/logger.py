@@ -1,0 +1,202 @@
+"""The writer agents call from their loop: cheap on the hot path, atomic on disk.
+
+    >>> with EpisodeLogger("my-home", world="CartPole-v1", encoder="jepa@3") as log:  # doctest: +SKIP
+    ...     log.episode()
+    ...     log.simulation(step=0, state=z, action=1, score=0.93, predicted=z_next, cost_ms=41.0)
+    ...     log.decision(step=0, state=z, action=1, source="system2", latency_ms=88.0)
+    ...     log.outcome(step=0, reward=1.0)
+    ...     log.end(return_=1.0, success=True)
+
+Records are encoded as they come (vectors as base64 tensor objects, a few microseconds for a
+768-d latent) and buffered; a flush writes them to a hidden temporary file in the inbox, fsyncs
+it and renames it to `*.jsonl`, so ingest only ever sees whole files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from dmn.home import Home, write_atomic
+from dmn.records import SOURCES
+from dmn.tensors import as_vector, encode
+
+
+class EpisodeLogger:
+    """Log one agent's episodes into `<home>/inbox` in dmn's native JSONL format.
+
+    Thread-safe: several threads may log into one logger (pass `episode_id` explicitly when
+    they run different episodes). Call `close()` or use it as a context manager, or the last
+    buffered records are lost.
+    """
+
+    def __init__(
+        self,
+        home: str | os.PathLike | Home | None = None,
+        *,
+        world: str,
+        encoder: str,
+        agent: str | None = None,
+        flush_records: int = 1000,
+        flush_seconds: float = 5.0,
+    ):
+        if not isinstance(world, str) or not world or not isinstance(encoder, str) or not encoder:
+            raise ValueError("world and encoder must be non-empty strings")
+        self.home = home if isinstance(home, Home) else Home.resolve(home)
+        self.world, self.encoder, self.agent = world, encoder, agent
+        self.flush_records, self.flush_seconds = flush_records, flush_seconds
+        self._lock = threading.Lock()
+        self._lines: list[str] = []
+        self._last_flush = time.monotonic()
+        self._episode: str | None = None
+        self._prefix = f"{_slug(agent or world)}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._files = 0
+        self._closed = False
+
+    # -- records -----------------------------------------------------------------------------------
+
+    def episode(self, episode_id: str | None = None, *, meta: dict[str, Any] | None = None) -> str:
+        """Start an episode (it becomes the default for the calls that follow); returns its id."""
+        episode_id = episode_id or uuid.uuid4().hex
+        record: dict[str, Any] = {"type": "episode", "episode_id": episode_id, "world": self.world,
+                                  "encoder": self.encoder, "started_at": _now()}
+        if self.agent:
+            record["agent"] = self.agent
+        if meta is not None:
+            record["meta"] = meta
+        with self._lock:
+            self._episode = episode_id
+        self._add(record)
+        return episode_id
+
+    def simulation(self, step: int, state: Any, action: int | str, score: float, *, predicted: Any = None,
+                   vetoed: bool | None = None, cost_ms: float | None = None, episode_id: str | None = None) -> None:
+        """One System 2 evaluation: in `state`, imagining `action` led to `predicted`, scored `score`."""
+        record = {"type": "simulation", "episode_id": self._id(episode_id), "step": _step(step),
+                  "state": encode(as_vector(state, "state")), "action": _action(action), "score": _number(score, "score"),
+                  "ts": _now()}
+        if predicted is not None:
+            record["predicted"] = encode(as_vector(predicted, "predicted"))
+        if vetoed is not None:
+            record["vetoed"] = bool(vetoed)
+        if cost_ms is not None:
+            record["cost_ms"] = _number(cost_ms, "cost_ms")
+        self._add(record)
+
+    def decision(self, step: int, state: Any, action: int | str, *, source: str = "system2",
+                 confidence: float | None = None, latency_ms: float | None = None,
+                 episode_id: str | None = None) -> None:
+        """What the agent did at `step`, and whether deliberation (system2) or a reflex (system1) chose it."""
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+        record = {"type": "decision", "episode_id": self._id(episode_id), "step": _step(step),
+                  "state": encode(as_vector(state, "state")), "action": _action(action), "source": source, "ts": _now()}
+        if confidence is not None:
+            record["confidence"] = _number(confidence, "confidence")
+        if latency_ms is not None:
+            record["latency_ms"] = _number(latency_ms, "latency_ms")
+        self._add(record)
+
+    def outcome(self, step: int, *, reward: float | None = None, done: bool | None = None,
+                success: bool | None = None, episode_id: str | None = None) -> None:
+        """What the world answered to the action taken at `step`."""
+        record: dict[str, Any] = {"type": "outcome", "episode_id": self._id(episode_id), "step": _step(step)}
+        if reward is not None:
+            record["reward"] = _number(reward, "reward")
+        if done is not None:
+            record["done"] = bool(done)
+        if success is not None:
+            record["success"] = bool(success)
+        self._add(record)
+
+    def end(self, *, return_: float | None = None, success: bool | None = None, episode_id: str | None = None) -> None:
+        """Close an episode and flush, so that a finished episode is on disk whole."""
+        record: dict[str, Any] = {"type": "episode_end", "episode_id": self._id(episode_id), "ended_at": _now()}
+        if return_ is not None:
+            record["return"] = _number(return_, "return")
+        if success is not None:
+            record["success"] = bool(success)
+        self._add(record)
+        self.flush()
+
+    # -- buffering ---------------------------------------------------------------------------------
+
+    def _add(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, separators=(",", ":"))
+        with self._lock:
+            if self._closed:
+                raise ValueError("this EpisodeLogger is closed")
+            self._lines.append(line)
+            due = len(self._lines) >= self.flush_records or time.monotonic() - self._last_flush >= self.flush_seconds
+        if due:
+            self.flush()
+
+    def flush(self) -> Path | None:
+        """Write the buffered records to a new inbox file; returns its path (None if nothing was buffered)."""
+        with self._lock:
+            lines, self._lines = self._lines, []
+            self._last_flush = time.monotonic()
+            if not lines:
+                return None
+            self._files += 1
+            path = self.home.inbox / f"{self._prefix}-{self._files:06d}.jsonl"
+            write_atomic(path, ("\n".join(lines) + "\n").encode())
+            return path
+
+    def close(self) -> None:
+        self.flush()
+        with self._lock:
+            self._closed = True
+
+    def __enter__(self) -> "EpisodeLogger":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _id(self, episode_id: str | None) -> str:
+        episode_id = episode_id or self._episode
+        if episode_id is None:
+            raise ValueError("no episode: call episode() first or pass episode_id")
+        return episode_id
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def _step(step: Any) -> int:
+    if isinstance(step, bool) or not isinstance(step, int) and not hasattr(step, "__index__") or int(step) < 0:
+        raise ValueError(f"step must be a non-negative integer, got {step!r}")
+    return int(step)
+
+
+def _action(action: Any) -> int | str:
+    if isinstance(action, str):
+        return action
+    if hasattr(action, "item") and not isinstance(action, (int, bool)):  # numpy / torch scalar
+        action = action.item()
+    if isinstance(action, bool) or not isinstance(action, int):
+        raise ValueError(f"action must be an int or a str, got {action!r}")
+    return action
+
+
+def _number(value: Any, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return number
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:40] or "agent"

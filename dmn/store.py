@@ -1,0 +1,163 @@
+"""The episode store: Parquet files in `lake/`, committed batch by batch through `catalog/`.
+
+A batch becomes visible in one atomic step: its Parquet files are written under `tmp/`,
+then its manifest `catalog/<batch>.json` is renamed into place (the commit), then the files
+are moved into `lake/`. A crash before the commit leaves nothing behind but staging, which
+`recover()` deletes; a crash after it is rolled forward. Readers build their views from the
+manifests, so they see whole batches only, and never wait for a writer.
+
+    >>> store = Store(Home.resolve("my-home"))               # doctest: +SKIP
+    >>> store.sql("SELECT world, count(*) FROM decisions GROUP BY 1").fetchall()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from dmn.errors import DmnError
+from dmn.home import Home, fsync_dir, write_atomic
+from dmn.records import LAKE_TABLES, columns
+
+MANIFEST_VERSION = 1
+
+
+def connect(memory_limit: str | None = None, temp_directory: Path | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with dmn's session settings (UTC, no extension downloads)."""
+    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": True})
+    con.execute("SET TimeZone = 'UTC'")
+    if memory_limit:
+        con.execute(f"SET memory_limit = '{memory_limit}'")
+    if temp_directory:
+        con.execute("SET temp_directory = ?", [str(temp_directory)])
+    return con
+
+
+class Store:
+    def __init__(self, home: Home):
+        self.home = home
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def manifests(self) -> list[dict[str, Any]]:
+        """Every committed batch's manifest, oldest first."""
+        out = []
+        for path in sorted(self.home.catalog.glob("*.json")):
+            try:
+                out.append(json.loads(path.read_bytes()))
+            except (OSError, ValueError) as exc:
+                raise DmnError(f"catalog manifest {path} is unreadable ({exc}); the store needs repair") from None
+        return out
+
+    def files(self, table: str, manifests: list[dict[str, Any]] | None = None) -> list[str]:
+        """The committed Parquet files of `table`, for reading them with any Parquet reader."""
+        manifests = self.manifests() if manifests is None else manifests
+        return [self._resolve(m["batch"], rel) for m in manifests for rel in m["files"].get(table, [])]
+
+    def _resolve(self, batch: str, rel: str) -> str:
+        # A committed file is in lake/ once rolled forward; a reader racing the roll-forward finds it in staging.
+        final = self.home.lake / rel
+        if final.exists():
+            return str(final)
+        staged = self.home.tmp / batch / rel
+        return str(staged if staged.exists() else final)
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection with the store's views: episodes, simulations, decisions, outcomes,
+        episode_ends, quarantine and ingest_files."""
+        con = connect()
+        manifests = self.manifests()
+        for table in LAKE_TABLES:
+            con.execute(f"CREATE VIEW {_q(table)} AS {self._select(table, manifests)}")
+        con.execute(
+            """CREATE VIEW episodes AS
+               SELECT s.episode_id, s.world, s.encoder, s.agent, s.started_at, e.ended_at,
+                      e."return", e.success, s.meta, s.date, s.source_file, s.batch, s.ingested_at
+               FROM episode_starts s LEFT JOIN episode_ends e USING (episode_id)"""
+        )
+        con.register("ingest_files", _ledger_table(manifests))
+        return con
+
+    def _select(self, table: str, manifests: list[dict[str, Any]]) -> str:
+        cols = columns(table)
+        files = self.files(table, manifests)
+        if not files:
+            return "SELECT " + ", ".join(f"NULL::{t} AS {_q(c)}" for c, t in cols.items()) + " WHERE false"
+        listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+        casts = ", ".join(f"{_q(c)}::{t} AS {_q(c)}" for c, t in cols.items())
+        return f"SELECT {casts} FROM read_parquet([{listing}], union_by_name = true, hive_partitioning = false)"
+
+    def sql(self, query: str) -> duckdb.DuckDBPyRelation:
+        """Run a SQL query over the store's views; a bad query raises DmnError with DuckDB's message."""
+        con = self.connect()
+        try:
+            return con.sql(query)
+        except duckdb.Error as exc:
+            raise DmnError(str(exc).strip()) from None
+
+    def known_dims(self) -> dict[tuple[str, str], int]:
+        """Latent dimension per (world, encoder), as fixed by earlier batches."""
+        dims: dict[tuple[str, str], int] = {}
+        for m in self.manifests():
+            for row in m.get("dims", []):
+                dims.setdefault((row["world"], row["encoder"]), row["dim"])
+        return dims
+
+    # -- writing (callers hold the home's "ingest" lock) -------------------------------------
+
+    def recover(self) -> list[str]:
+        """Finish or undo batches a crash interrupted; returns what was done, for the log."""
+        done = []
+        committed = {p.stem for p in self.home.catalog.glob("*.json")}
+        for staging in sorted(p for p in self.home.tmp.iterdir() if p.is_dir() and p.name.startswith("b")):
+            if staging.name in committed:
+                self._roll_forward(staging.name)
+                done.append(f"rolled forward batch {staging.name}")
+            else:
+                shutil.rmtree(staging, ignore_errors=True)
+                done.append(f"discarded uncommitted batch {staging.name}")
+        for leftover in self.home.catalog.glob(".*.tmp"):
+            leftover.unlink(missing_ok=True)
+        return done
+
+    def commit(self, manifest: dict[str, Any]) -> None:
+        """Make a staged batch visible: write its manifest atomically, then move its files into the lake."""
+        manifest = {"version": MANIFEST_VERSION, **manifest}
+        write_atomic(self.home.catalog / f"{manifest['batch']}.json", json.dumps(manifest, indent=1).encode())
+        self._roll_forward(manifest["batch"])
+
+    def _roll_forward(self, batch: str) -> None:
+        staging = self.home.tmp / batch
+        for src in sorted(staging.rglob("*.parquet")):
+            dst = self.home.lake / src.relative_to(staging)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+            fsync_dir(dst.parent)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+LEDGER_SCHEMA = pa.schema([
+    ("path", pa.string()), ("kind", pa.string()), ("size", pa.int64()), ("sha256", pa.string()),
+    ("bytes_consumed", pa.int64()), ("lines_consumed", pa.int64()), ("records", pa.int64()),
+    ("quarantined", pa.int64()), ("batch", pa.string()), ("committed_at", pa.timestamp("us", tz="UTC")),
+])
+
+
+def _ledger_table(manifests: list[dict[str, Any]]) -> pa.Table:
+    rows = [
+        {**{k: row.get(k) for k in LEDGER_SCHEMA.names}, "batch": m["batch"],
+         "committed_at": datetime.fromisoformat(m["committed_at"])}
+        for m in manifests for row in m["ledger"]
+    ]
+    return pa.Table.from_pylist(rows, schema=LEDGER_SCHEMA)
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'

@@ -1,0 +1,71 @@
+"""Vectors on the wire: the tensor object `{"__type__": "Tensor", "shape", "dtype", "b64"}`.
+
+Writers use `as_vector` + `encode`; ingest decodes a whole column at once with `decode_column`.
+Nothing here imports torch: a torch tensor is recognised by its `detach`/`cpu`/`numpy` methods.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from dmn.records import TENSOR_DTYPES
+
+
+def as_vector(value: Any, name: str = "vector") -> np.ndarray:
+    """A 1-D float32 array from a numpy array, a torch tensor, or a sequence of numbers.
+
+    Raises ValueError for anything else, an empty vector, or NaN/Inf values, so that a bad
+    latent fails where it is made rather than in tomorrow's quarantine.
+    """
+    if hasattr(value, "detach") and hasattr(value, "numpy"):  # torch.Tensor, without importing torch
+        value = value.detach().cpu().float().numpy()
+    try:
+        array = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a vector of numbers, got {type(value).__name__}") from None
+    if array.ndim != 1:
+        array = array.reshape(-1) if array.ndim > 1 and array.size else array
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"{name} must be a non-empty vector, got shape {np.shape(value)}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+    return array
+
+
+def encode(array: np.ndarray) -> dict[str, Any]:
+    """The tensor object for a float32 vector (base64 of its little-endian bytes)."""
+    data = np.ascontiguousarray(array, dtype="<f4")
+    return {
+        "__type__": "Tensor",
+        "shape": list(data.shape),
+        "dtype": "float32",
+        "b64": base64.b64encode(data.tobytes()).decode("ascii"),
+    }
+
+
+def decode_column(blobs: pa.Array | pa.ChunkedArray, dtypes: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """DuckDB UDF: raw tensor bytes + dtype name -> FLOAT[] (NULL where they do not fit).
+
+    Vectorised: one frombuffer per dtype over the column's contiguous data buffer.
+    """
+    if isinstance(blobs, pa.ChunkedArray):
+        blobs = blobs.combine_chunks()
+    blobs = blobs.cast(pa.large_binary())
+    dtype_names = dtypes.to_pylist()
+    out: list[np.ndarray | None] = []
+    offsets = np.frombuffer(blobs.buffers()[1], dtype=np.int64)[blobs.offset : blobs.offset + len(blobs) + 1]
+    data = blobs.buffers()[2]
+    raw = np.frombuffer(data, dtype=np.uint8) if data is not None else np.empty(0, np.uint8)
+    valid = blobs.is_valid().to_numpy(zero_copy_only=False)
+    for i, dtype in enumerate(dtype_names):
+        code = TENSOR_DTYPES.get(dtype or "float32")
+        size = int(offsets[i + 1] - offsets[i])
+        if not valid[i] or code is None or size == 0 or size % np.dtype(code).itemsize:
+            out.append(None)
+            continue
+        out.append(raw[offsets[i] : offsets[i + 1]].view(code).astype(np.float32, copy=False))
+    return pa.array(out, type=pa.list_(pa.float32()))

@@ -81,11 +81,11 @@ def sql(
 
     if fmt not in ("table", "csv", "json"):
         raise DmnError(f"--format must be table, csv or json, not {fmt!r}")
-    relation = Store(Home.resolve(home, create=False)).sql(query)
-    if relation is None:
+    result = Store(Home.resolve(home, create=False)).sql(query)
+    if result.description is None:  # a statement without a result set
         return
-    names = relation.columns
-    rows = relation.fetchall()
+    names = [d[0] for d in result.description]
+    rows = result.fetchall()
     if fmt == "csv":
         writer = csv.writer(sys.stdout)
         writer.writerow(names)

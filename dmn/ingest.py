@@ -42,7 +42,7 @@ from dmn.config import Settings
 from dmn.errors import DmnError
 from dmn.home import Home
 from dmn.records import REQUIRED, OPTIONAL, RECORD_TYPES, SOURCES, TABLES, TENSOR_DTYPES
-from dmn.store import Store, connect
+from dmn.store import Store, connect, run
 
 RAW_KEEP_BYTES = 1 << 20
 """Quarantine keeps at most this much of a bad line's text (the full line stays in the source file)."""
@@ -170,13 +170,13 @@ class _Batch:
         self.entries: list[dict[str, Any]] = []
         self.file_quarantine: list[dict[str, Any]] = []
         self.con = connect(settings.ingest.memory_limit, home.tmp / "duckdb")
-        self.con.execute("SET preserve_insertion_order = false")
+        run(self.con, "SET preserve_insertion_order = false")
         self.con.create_function(
             "dmn_tensor", tensors.decode_column, ["BLOB", "VARCHAR"], "FLOAT[]", type="arrow",
             null_handling="special", side_effects=False,
         )
-        self.con.execute(_MACROS)
-        self.con.execute(f"CREATE TABLE parsed ({_PARSED_COLUMNS})")
+        run(self.con, _MACROS)
+        run(self.con, f"CREATE TABLE parsed ({_PARSED_COLUMNS})")
         self.parse_sql = _parse_sql(settings.ingest.future_skew_seconds)
 
     def close(self) -> None:
@@ -240,7 +240,7 @@ class _Batch:
     def _read_jsonl(self, path: Path, entry: dict, hasher: Any, settled: bool) -> None:
         with open(path, "rb") as f:
             f.seek(entry["bytes_consumed"])
-            tail = self._stream(f, entry, hasher)
+            tail, _ = self._stream(f, entry, hasher)
             if tail:
                 if _is_json(tail) or settled:
                     hasher.update(tail)
@@ -260,29 +260,36 @@ class _Batch:
         hasher = hashlib.sha256()
         with open(path, "rb") as raw:
             _hash_prefix(raw, entry["size"], hasher)
-        try:
-            with gzip.open(path, "rb") as f:
-                tail = self._stream(f, entry, hashlib.sha256())
-            if tail:
-                entry["lines_consumed"] += 1
-                self._parse(_lines_table([tail], [entry["lines_consumed"]]))
-        except (OSError, EOFError, zlib.error) as exc:
+        with gzip.open(path, "rb") as f:
+            tail, error = self._stream(f, entry, hashlib.sha256())
+        if error is not None:
             self._quarantine_file(entry, "corrupt gzip file", f"decompression failed after line {entry['lines_consumed']} "
-                                  f"({exc}); the lines before it were ingested", line=entry["lines_consumed"] + 1)
+                                  f"({error}); the lines before it were ingested", line=entry["lines_consumed"] + 1, raw=tail)
+        elif tail:
+            entry["lines_consumed"] += 1
+            self._parse(_lines_table([tail], [entry["lines_consumed"]]))
         entry["bytes_consumed"] = entry["size"]
         entry["sha256"] = hasher.hexdigest()
 
-    def _stream(self, f: Any, entry: dict, hasher: Any) -> bytes:
-        """Parse every complete line from `f` in chunks; return the unterminated tail, if any.
+    def _stream(self, f: Any, entry: dict, hasher: Any) -> tuple[bytes, Exception | None]:
+        """Parse every complete line from `f` in chunks; return the unterminated tail and any read error.
 
-        A line longer than `max_line_bytes` is quarantined without ever being held whole.
+        Reads 64 KiB at a time (so a damaged gzip loses little before the damage) and parses once
+        `chunk_bytes` have gathered. A line longer than `max_line_bytes` is quarantined without
+        ever being held whole.
         """
         chunk, limit = self.settings.ingest.chunk_bytes, self.settings.ingest.max_line_bytes
-        buf = b""
+        pending: list[bytes] = []  # blocks not parsed yet
+        pending_size = since_newline = 0
         long_line: list[Any] | None = None  # [line number, bytes so far, head]
-        while block := f.read(chunk):
+        error: Exception | None = None
+        while True:
+            try:
+                block = f.read(1 << 16)
+            except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+                block, error = b"", exc
             self.report.bytes_read += len(block)
-            if long_line is not None:
+            if long_line is not None and block:
                 end = block.find(b"\n")
                 part = block if end < 0 else block[: end + 1]
                 hasher.update(part)
@@ -293,21 +300,32 @@ class _Batch:
                 entry["lines_consumed"] += 1
                 self._quarantine_long(entry, *long_line)
                 long_line, block = None, block[end + 1 :]
-            buf += block
-            last = buf.rfind(b"\n")
-            complete, buf = (buf[: last + 1], buf[last + 1 :]) if last >= 0 else (b"", buf)
-            if complete:
-                hasher.update(complete)
-                entry["bytes_consumed"] += len(complete)
-                self._parse_block(complete, entry)
-            if len(buf) > limit:
-                hasher.update(buf)
-                entry["bytes_consumed"] += len(buf)
-                long_line, buf = [entry["lines_consumed"] + 1, len(buf), buf[:4096]], b""
+            if block:
+                pending.append(block)
+                pending_size += len(block)
+                newline = block.rfind(b"\n")
+                since_newline = since_newline + len(block) if newline < 0 else len(block) - newline - 1
+            too_long = since_newline > limit
+            if pending and (pending_size >= chunk or too_long or not block):
+                data = b"".join(pending)
+                last = data.rfind(b"\n")
+                if last >= 0:
+                    complete = data[: last + 1]
+                    hasher.update(complete)
+                    entry["bytes_consumed"] += len(complete)
+                    self._parse_block(complete, entry)
+                rest = data[last + 1 :]
+                pending, pending_size = ([rest] if rest else []), len(rest)
+                if too_long:
+                    hasher.update(rest)
+                    entry["bytes_consumed"] += len(rest)
+                    long_line, pending, pending_size, since_newline = [entry["lines_consumed"] + 1, len(rest), rest[:4096]], [], 0, 0
+            if not block:
+                break
         if long_line is not None:  # the over-long line ran to the end of the file
             entry["lines_consumed"] += 1
             self._quarantine_long(entry, *long_line)
-        return buf
+        return b"".join(pending), error
 
     def _parse_block(self, block: bytes, entry: dict) -> None:
         data = np.frombuffer(block, dtype=np.uint8)
@@ -345,9 +363,8 @@ class _Batch:
         entry["sha256"] = _hash_prefix(open(path, "rb"), entry["size"], hashlib.sha256()).hexdigest()
         entry["bytes_consumed"] = entry["size"]
         self.report.bytes_read += entry["size"]
-        file = str(path).replace("'", "''")
         try:
-            meta = dict(self.con.execute(f"SELECT key::VARCHAR, value::VARCHAR FROM parquet_kv_metadata('{file}')").fetchall())
+            meta = dict(run(self.con, "SELECT key::VARCHAR, value::VARCHAR FROM parquet_kv_metadata(?)", [str(path)]))
             rtype = {table: rtype for rtype, (table, _) in TABLES.items()}.get(meta.get("dmn_table", ""))
             if rtype is None:
                 self._quarantine_file(entry, "not a dmn lake file", "Parquet files must come from a dmn lake "
@@ -355,10 +372,10 @@ class _Batch:
                 return
             fields = [c for c in TABLES[rtype][1] if rtype == "episode" or c not in ("world", "encoder")]
             pack = ", ".join(f"{_q(c)} := {_q(c)}" for c in fields)
-            table = self.con.execute(
+            table = self.con.sql(
                 f"SELECT row_number() OVER () AS line, to_json(struct_pack(type := '{rtype}', {pack}))::BLOB AS raw "
-                f"FROM read_parquet('{file}')"
-            ).fetch_arrow_table()
+                "FROM read_parquet($file)", params={"file": str(path)},
+            ).to_arrow_table()
         except duckdb.Error as exc:
             self._quarantine_file(entry, "unreadable Parquet file", str(exc).splitlines()[0])
             return
@@ -370,7 +387,7 @@ class _Batch:
     def _parse(self, lines: pa.Table) -> None:
         self.con.register("chunk", lines)
         try:
-            self.con.execute(self.parse_sql, [self.file_index])
+            run(self.con, self.parse_sql, [self.file_index])
         finally:
             self.con.unregister("chunk")
 
@@ -395,24 +412,24 @@ class _Batch:
         con.register("files_arrow", pa.Table.from_pylist(
             [{"file_index": i, "source_file": e["path"]} for i, e in enumerate(self.entries)]))
         lake_eps = self.store.files("episode_starts", self.manifests)
-        con.execute(
+        run(con, 
             "CREATE TABLE lake_episodes AS " + (
                 "SELECT episode_id, world, encoder, started_at FROM read_parquet(?)" if lake_eps
                 else "SELECT NULL::VARCHAR episode_id, NULL::VARCHAR world, NULL::VARCHAR encoder, NULL::TIMESTAMPTZ started_at WHERE false"
             ), [lake_eps] if lake_eps else None,
         )
         for sql in _RESOLVE:
-            con.execute(sql)
+            run(con, sql)
         self._check_dims()
         for rtype, (table, _) in TABLES.items():
             if rtype in ("decision", "outcome", "episode_end"):
                 key = "episode_id" if rtype == "episode_end" else "episode_id, step"
                 files = self.store.files(table, self.manifests)
                 if files:
-                    con.execute(f"""UPDATE parsed SET reason = 'duplicate', hint = 'the store already has this {rtype}'
+                    run(con, f"""UPDATE parsed SET reason = 'duplicate', hint = 'the store already has this {rtype}'
                         WHERE reason IS NULL AND rtype = '{rtype}'
                           AND ({key}) IN (SELECT ({key}) FROM read_parquet(?))""", [files])
-                con.execute(f"""UPDATE parsed SET reason = 'duplicate', hint = 'an earlier line of this batch has this {rtype}'
+                run(con, f"""UPDATE parsed SET reason = 'duplicate', hint = 'an earlier line of this batch has this {rtype}'
                     WHERE reason IS NULL AND rtype = '{rtype}' AND seq IN (
                       SELECT seq FROM (SELECT seq, row_number() OVER (PARTITION BY {key} ORDER BY seq) AS k
                                        FROM parsed WHERE reason IS NULL AND rtype = '{rtype}') WHERE k > 1)""")
@@ -437,7 +454,7 @@ class _Batch:
             return
         self.con.register("dims_arrow", pa.Table.from_pylist([{"world": w, "encoder": e, "dim": d} for (w, e), d in dims.items()]))
         for vec in ("state", "predicted"):
-            self.con.execute(f"""UPDATE parsed SET reason = 'wrong vector length',
+            run(self.con, f"""UPDATE parsed SET reason = 'wrong vector length',
                 hint = '"{vec}" has ' || len(parsed.{vec}) || ' values, but world "' || parsed.world || '" (encoder "'
                        || parsed.encoder || '") has dimension ' || d.dim
                 FROM dims_arrow d WHERE parsed.reason IS NULL AND parsed.world = d.world AND parsed.encoder = d.encoder
@@ -470,7 +487,7 @@ class _Batch:
               FROM parsed p JOIN files_arrow f USING (file_index) WHERE p.reason IS NOT NULL AND p.reason <> 'duplicate'
               UNION ALL SELECT * FROM file_quarantine)"""
         self._copy(staging, "quarantine", quarantine_sql, ("date",))
-        self.report.duplicates = con.execute("SELECT count(*) FROM parsed WHERE reason = 'duplicate'").fetchone()[0]
+        self.report.duplicates = con.execute("SELECT count(*) FROM parsed WHERE reason = 'duplicate'").fetchall()[0][0]
         self.report.quarantined = dict(con.execute(f"SELECT reason, count(*) FROM ({quarantine_sql}) GROUP BY 1 ORDER BY 2 DESC").fetchall())
         for i, n_ok, n_bad in con.execute("""SELECT file_index, count(*) FILTER (reason IS NULL),
                 count(*) FILTER (reason IS NOT NULL AND reason <> 'duplicate') FROM parsed GROUP BY 1""").fetchall():
@@ -488,9 +505,9 @@ class _Batch:
         self.report.batch = self.id
 
     def _copy(self, staging: Path, table: str, sql: str, partition: tuple[str, ...]) -> int:
-        n = self.con.execute(f"SELECT count(*) FROM ({sql})").fetchone()[0]
+        n = self.con.execute(f"SELECT count(*) FROM ({sql})").fetchall()[0][0]
         if n:
-            self.con.execute(
+            run(self.con, 
                 f"COPY ({sql}) TO ? (FORMAT parquet, PARTITION_BY ({', '.join(partition)}), WRITE_PARTITION_COLUMNS true, "
                 f"FILENAME_PATTERN '{self.id}_{{i}}', KV_METADATA {{dmn_table: '{table}'}})",
                 [str(staging / table)],
@@ -598,7 +615,7 @@ def _vector_rules(vec: str, types: tuple[str, ...]) -> list[tuple[str, str, str]
          f"coalesce(list_product(try_cast({obj}.shape AS BIGINT[])), -1) <> len({vec})", "'bad tensor'",
          f"'\"{vec}\" shape ' || {obj}.shape || ' does not match its ' || len({vec}) || ' values'"),
         (f"len({vec}) = 0", "'empty vector'", f"'\"{vec}\" has no values'"),
-        (f"list_count({vec}) < len({vec})", "'wrong field type'", f"'\"{vec}\" has values that are not numbers'"),
+        (f"list_count({vec}) < len({vec})", "'wrong field type'", f"'\"{vec}\" has values that are not numbers (or are beyond float32 range)'"),
         (f"NOT isfinite(list_sum({vec})) AND NOT list_bool_and(list_transform({vec}, lambda x: isfinite(x)))",
          "'NaN or Inf'", f"'\"{vec}\" contains NaN or Inf'"),
     ]]

@@ -29,14 +29,19 @@ from dmn.records import LAKE_TABLES, columns
 MANIFEST_VERSION = 1
 
 
+def run(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> list[tuple]:
+    """Execute a statement to completion and return its rows (DuckDB 2 keeps a result open until fetched)."""
+    return con.execute(sql, params).fetchall()
+
+
 def connect(memory_limit: str | None = None, temp_directory: Path | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with dmn's session settings (UTC, no extension downloads)."""
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": True})
-    con.execute("SET TimeZone = 'UTC'")
+    run(con, "SET TimeZone = 'UTC'")
     if memory_limit:
-        con.execute(f"SET memory_limit = '{memory_limit}'")
+        run(con, f"SET memory_limit = '{memory_limit}'")
     if temp_directory:
-        con.execute("SET temp_directory = ?", [str(temp_directory)])
+        run(con, "SET temp_directory = ?", [str(temp_directory)])
     return con
 
 
@@ -75,8 +80,8 @@ class Store:
         con = connect()
         manifests = self.manifests()
         for table in LAKE_TABLES:
-            con.execute(f"CREATE VIEW {_q(table)} AS {self._select(table, manifests)}")
-        con.execute(
+            run(con, f"CREATE VIEW {_q(table)} AS {self._select(table, manifests)}")
+        run(con, 
             """CREATE VIEW episodes AS
                SELECT s.episode_id, s.world, s.encoder, s.agent, s.started_at, e.ended_at,
                       e."return", e.success, s.meta, s.date, s.source_file, s.batch, s.ingested_at
@@ -94,11 +99,14 @@ class Store:
         casts = ", ".join(f"{_q(c)}::{t} AS {_q(c)}" for c, t in cols.items())
         return f"SELECT {casts} FROM read_parquet([{listing}], union_by_name = true, hive_partitioning = false)"
 
-    def sql(self, query: str) -> duckdb.DuckDBPyRelation:
-        """Run a SQL query over the store's views; a bad query raises DmnError with DuckDB's message."""
+    def sql(self, query: str, params: list[Any] | None = None) -> duckdb.DuckDBPyConnection:
+        """Run a SQL query over the store's views and return its result (fetchall(), fetch_arrow_table(), ...).
+
+        A bad query raises DmnError with DuckDB's message.
+        """
         con = self.connect()
         try:
-            return con.sql(query)
+            return con.execute(query, params)
         except duckdb.Error as exc:
             raise DmnError(str(exc).strip()) from None
 

@@ -1,0 +1,298 @@
+"""Ingest: exactly once, every good record lands, every bad one is quarantined with a reason."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from conftest import count, decision, episode, run, simulation, write_jsonl
+from dmn.errors import Busy, DmnError
+from dmn.store import Store
+
+
+def test_records_land_with_world_encoder_and_provenance(home):
+    write_jsonl(home.inbox / "a.jsonl", [episode(), simulation(), decision(), {"type": "outcome", "episode_id": "e1", "step": 0, "reward": 1.5},
+                                         {"type": "episode_end", "episode_id": "e1", "return": 1.5, "success": True}])
+    report = run(home)
+    assert report.records == {"episode": 1, "simulation": 1, "decision": 1, "outcome": 1, "episode_end": 1}
+    assert report.quarantined == {}
+    row = Store(home).sql("SELECT world, encoder, source_file, source_line, batch FROM simulations").fetchone()
+    assert row == ("w", "enc", "inbox/a.jsonl", 2, report.batch)
+    assert Store(home).sql('SELECT "return", success FROM episodes').fetchone() == (1.5, True)
+
+
+def test_vectors_round_trip_exactly(home):
+    rng = np.random.default_rng(7)
+    z64 = rng.standard_normal(16)
+    z32 = z64.astype(np.float32)
+    t16 = z64.astype("<f2")
+    tensor = lambda a, dt: {"__type__": "Tensor", "shape": [len(a)], "dtype": dt, "b64": base64.b64encode(a.tobytes()).decode()}
+    write_jsonl(home.inbox / "v.jsonl", [
+        episode(world="w", encoder="e"),
+        simulation(step=0, dim=16, state=[float(x) for x in z32], predicted=tensor(z32, "float32")),
+        simulation(step=1, dim=16, state=tensor(z64.astype("<f8"), "float64"), predicted=tensor(t16, "float16")),
+    ])
+    run(home)
+    rows = Store(home).sql("SELECT step, state, predicted FROM simulations ORDER BY step").fetchall()
+    assert np.array_equal(np.array(rows[0][1], np.float32), z32)
+    assert np.array_equal(np.array(rows[0][2], np.float32), z32)
+    assert np.array_equal(np.array(rows[1][1], np.float32), z64.astype(np.float32))
+    assert np.array_equal(np.array(rows[1][2], np.float32), t16.astype(np.float32))
+
+
+def test_rerun_and_copy_add_nothing(home, tmp_path):
+    path = write_jsonl(home.inbox / "a.jsonl", [episode(), simulation(), decision()])
+    first = run(home)
+    assert sum(first.records.values()) == 3
+    again = run(home)
+    assert again.batch is None and again.records == {} and again.skipped == {"already ingested (unchanged)": 1}
+    shutil.copy(path, home.inbox / "copy.jsonl")
+    copy = run(home)
+    assert copy.batch is None and copy.skipped["copy of an ingested file"] == 1
+    assert count(home, "simulations") == 1 and count(home, "decisions") == 1
+
+
+def test_appended_file_contributes_only_new_complete_lines(home):
+    path = write_jsonl(home.inbox / "grow.jsonl", [episode(), simulation(step=0)])
+    run(home)
+    with open(path, "ab") as f:
+        f.write((json.dumps(simulation(step=1)) + "\n").encode())
+        f.write(json.dumps(simulation(step=2)).encode()[:25])  # a writer is mid-line
+    report = run(home)
+    assert report.records == {"simulation": 1} and report.pending_bytes == 25
+    with open(path, "ab") as f:
+        f.write(json.dumps(simulation(step=2)).encode()[25:] + b"\n")
+    report = run(home)
+    assert report.records == {"simulation": 1}
+    assert Store(home).sql("SELECT list(step ORDER BY step) FROM simulations").fetchone()[0] == [0, 1, 2]
+    assert Store(home).sql("SELECT max(source_line) FROM simulations").fetchone()[0] == 4
+
+
+def test_rewritten_file_is_read_as_new(home):
+    path = write_jsonl(home.inbox / "rot.jsonl", [episode(), simulation(step=0)])
+    run(home)
+    write_jsonl(path, [episode("e2"), simulation("e2", step=0), simulation("e2", step=1)])
+    report = run(home)
+    assert report.records == {"episode": 1, "simulation": 2}
+
+
+def test_last_line_without_newline_is_a_record(home):
+    path = home.inbox / "noeol.jsonl"
+    path.write_text(json.dumps(episode()) + "\n" + json.dumps(simulation()))
+    assert run(home).records == {"episode": 1, "simulation": 1}
+    assert run(home).batch is None
+
+
+def test_truncated_last_line_waits_then_is_quarantined(home):
+    path = home.inbox / "cut.jsonl"
+    path.write_text(json.dumps(episode()) + "\n" + json.dumps(simulation())[:30])
+    report = run(home)
+    assert report.records == {"episode": 1} and report.pending_bytes == 30
+    old = time.time() - 7200
+    os.utime(path, (old, old))
+    report = run(home)
+    assert report.quarantined == {"truncated last line (the file ends in the middle of a record)": 1}
+    assert run(home).batch is None
+
+
+BAD = [
+    # (line, reason) -- each line follows a valid episode record for e1 (dimension 4)
+    (b"{not json", "not valid JSON"),
+    (b'{"type": "simulation", "episode_id": "e1"', "not valid JSON"),
+    (b"[1, 2, 3]", "not a JSON object"),
+    (b'"just a string"', "not a JSON object"),
+    (b"\xff\xfe{}", "not valid UTF-8"),
+    ({"episode_id": "e1", "step": 0}, "missing field"),
+    ({"type": "dream", "episode_id": "e1"}, "unknown record type"),
+    ({"type": 7, "episode_id": "e1"}, "unknown record type"),
+    ({"type": "simulation", "step": 0, "state": [1, 2, 3, 4], "action": 1, "score": 1}, "missing field"),
+    ({"type": "simulation", "episode_id": "e1", "step": 0, "action": 1, "score": 1}, "missing field"),
+    ({"type": "decision", "episode_id": "e1", "step": 0, "state": [1, 2, 3, 4], "action": 1}, "missing field"),
+    (simulation(step="3"), "wrong field type"),
+    (simulation(step=1.5), "wrong field type"),
+    (simulation(step=-1), "wrong field type"),
+    (simulation(score="high"), "wrong field type"),
+    (simulation(action=[1]), "wrong field type"),
+    (simulation(action=1.5), "wrong field type"),
+    (simulation(vetoed="yes"), "wrong field type"),
+    (simulation(state="0.1,0.2"), "wrong field type"),
+    (simulation(state=[1, "a", 3, 4]), "wrong field type"),
+    (simulation(state=[]), "empty vector"),
+    (simulation(state=[1, 2, 3]), "wrong vector length"),
+    (simulation(predicted=[1, 2, 3, 4, 5]), "wrong vector length"),
+    (b'{"type": "simulation", "episode_id": "e1", "step": 0, "state": [1, NaN, 3, 4], "action": 1, "score": 1}', "NaN or Inf"),
+    (b'{"type": "simulation", "episode_id": "e1", "step": 0, "state": [1, 2, 3, 4], "action": 1, "score": Infinity}', "NaN or Inf"),
+    (simulation(state=[1e39, 0, 0, 0]), "wrong field type"),  # beyond float32
+    (simulation(state={"__type__": "Tensor", "shape": [4], "dtype": "float32"}), "latent lost"),
+    (simulation(state={"__type__": "Tensor", "shape": [4], "dtype": "float32", "b64": "@@not base64@@"}), "bad tensor"),
+    (simulation(state={"__type__": "Tensor", "shape": [4], "dtype": "int8", "b64": "AAAAAA=="}), "bad tensor"),
+    (simulation(state={"__type__": "Tensor", "shape": [4], "dtype": "float32", "b64": "AAAAAAA="}), "bad tensor"),
+    (simulation(state={"__type__": "Tensor", "shape": [3], "dtype": "float32", "b64": base64.b64encode(bytes(16)).decode()}), "bad tensor"),
+    (decision(source="system3"), "wrong field type"),
+    (decision(confidence=1.5), "out of range"),
+    (decision(latency_ms=-3), "out of range"),
+    (decision(ts="2026-01-01T00:00:00"), "wrong field type"),
+    (decision(ts="yesterday"), "wrong field type"),
+    (decision(ts="2999-01-01T00:00:00Z"), "timestamp in the future"),
+    (decision(eid="ghost"), "episode never started"),
+    (episode(world=""), "bad world name"),
+    (episode(world=".."), "bad world name"),
+    (episode(world="w"), "duplicate"),
+    (episode(world="other"), "conflicting episode"),
+    (episode(eid=""), "wrong field type"),
+]
+
+
+@pytest.mark.parametrize("line,reason", BAD, ids=[f"{i}-{r}" for i, (_, r) in enumerate(BAD)])
+def test_each_bad_record_is_quarantined_and_good_ones_land(home, line, reason):
+    write_jsonl(home.inbox / "bad.jsonl", [episode(), simulation(step=0), line, decision(step=0)])
+    report = run(home)
+    assert report.records.get("simulation") == 1 and report.records.get("decision") == 1
+    if reason == "duplicate":
+        assert report.duplicates == 1 and report.quarantined == {}
+        return
+    assert report.quarantined == {reason: 1}
+    row = Store(home).sql("SELECT source_file, source_line, reason, hint, raw FROM quarantine").fetchone()
+    assert row[:3] == ("inbox/bad.jsonl", 3, reason)
+    assert row[3]  # every quarantined record says why in words
+    assert row[4]  # and keeps the record itself
+
+
+def test_lost_latent_hint_names_the_fix(home):
+    write_jsonl(home.inbox / "a.jsonl", [episode(), simulation(state={"__type__": "Tensor", "shape": [4]})])
+    run(home)
+    hint = Store(home).sql("SELECT hint FROM quarantine").fetchone()[0]
+    assert "TensorSafeEncoder" in hint and "EpisodeLogger" in hint
+
+
+def test_dimension_is_fixed_by_first_batch_and_by_settings(home):
+    write_jsonl(home.inbox / "a.jsonl", [episode(), simulation(dim=4)])
+    run(home)
+    write_jsonl(home.inbox / "b.jsonl", [episode("e2"), simulation("e2", dim=6), simulation("e2", step=1, dim=4)])
+    report = run(home)
+    assert report.records == {"episode": 1, "simulation": 1} and report.quarantined == {"wrong vector length": 1}
+    (home.root / "dmn.toml").write_text('[dims]\n"w2" = 3\n')
+    write_jsonl(home.inbox / "c.jsonl", [episode("e3", world="w2"), simulation("e3", dim=4), simulation("e3", dim=4, step=1)])
+    assert run(home).quarantined == {"wrong vector length": 2}
+
+
+def test_encoders_keep_separate_dimensions(home):
+    write_jsonl(home.inbox / "a.jsonl", [episode("a", encoder="v1"), simulation("a", dim=4),
+                                         episode("b", encoder="v2"), simulation("b", dim=8)])
+    assert run(home).records == {"episode": 2, "simulation": 2}
+
+
+def test_duplicate_decisions_are_dropped_once(home):
+    write_jsonl(home.inbox / "a.jsonl", [episode(), decision(step=0), decision(step=0)])
+    write_jsonl(home.inbox / "b.jsonl", [decision(step=0), decision(step=1)])
+    report = run(home)
+    assert report.records == {"episode": 1, "decision": 2} and report.duplicates == 2
+
+
+def test_episode_started_in_an_earlier_batch_is_known(home):
+    write_jsonl(home.inbox / "a.jsonl", [episode()])
+    run(home)
+    write_jsonl(home.inbox / "b.jsonl", [simulation(step=3)])
+    assert run(home).records == {"simulation": 1}
+    assert Store(home).sql("SELECT world FROM simulations").fetchone()[0] == "w"
+
+
+def test_gzip_good_and_corrupt(home):
+    lines = "".join(json.dumps(r) + "\n" for r in [episode(), simulation(step=0), simulation(step=1), decision()])
+    (home.inbox / "good.jsonl.gz").write_bytes(gzip.compress(lines.encode()))
+    packed = gzip.compress(("".join(json.dumps(simulation("e9", step=i)) + "\n" for i in range(2000))).encode())
+    write_jsonl(home.inbox / "e9.jsonl", [episode("e9")])
+    (home.inbox / "bad.jsonl.gz").write_bytes(packed[: len(packed) // 2])
+    report = run(home)
+    assert report.records["decision"] == 1
+    assert report.quarantined == {"corrupt gzip file": 1}
+    assert count(home, "simulations", "episode_id = 'e1'") == 2
+    assert 0 < count(home, "simulations", "episode_id = 'e9'") < 2000  # what decompressed before the damage
+    assert run(home).batch is None
+
+
+def test_line_over_the_limit_is_quarantined_unread(home):
+    (home.root / "dmn.toml").write_text("[ingest]\nmax_line_bytes = 1000\nchunk_bytes = 256\n")
+    huge = simulation(state=[0.123456789] * 4, meta="x" * 5000)
+    write_jsonl(home.inbox / "a.jsonl", [episode(), huge, simulation(step=1)])
+    report = run(home)
+    assert report.records == {"episode": 1, "simulation": 1}
+    assert report.quarantined == {"line too long": 1}
+    row = Store(home).sql("SELECT source_line, raw_bytes FROM quarantine").fetchone()
+    assert row[0] == 2 and row[1] > 1000
+
+
+def test_skipped_files_say_why(home, tmp_path):
+    (home.inbox / "empty.jsonl").write_bytes(b"")
+    (home.inbox / ".hidden.jsonl").write_text("{}\n")
+    (home.inbox / "w.jsonl.tmp").write_text("{}\n")
+    (home.inbox / "notes.txt").write_text("hello\n")
+    outside = write_jsonl(tmp_path / "elsewhere.jsonl", [episode()])
+    (home.inbox / "link.jsonl").symlink_to(outside)
+    report = run(home)
+    assert report.batch is None
+    assert report.skipped == {"empty file": 1, "temporary file (still being written)": 2, "unsupported file type": 1,
+                              "symbolic link (not followed; copy the file instead)": 1}
+
+
+def test_missing_path_is_a_clear_error(home, tmp_path):
+    with pytest.raises(DmnError, match="no such file"):
+        run(home, tmp_path / "nope.jsonl")
+
+
+def test_second_ingest_on_one_home_is_refused(home):
+    with home.lock("ingest"):
+        with pytest.raises(Busy, match="another dmn process"):
+            run(home)
+
+
+def test_lake_parquet_moves_between_homes(home, tmp_path):
+    write_jsonl(home.inbox / "a.jsonl", [episode(), simulation(dim=4), decision(dim=4)])
+    run(home)
+    other = type(home).resolve(tmp_path / "other")
+    files = sorted(Store(home).files("episode_starts") + Store(home).files("simulations") + Store(home).files("decisions"))
+    for i, f in enumerate(files):
+        shutil.copy(f, other.inbox / f"part{i}.parquet")
+    report = run(other)
+    assert report.records == {"episode": 1, "simulation": 1, "decision": 1}
+    a = Store(home).sql("SELECT state, action, score FROM simulations").fetchone()
+    b = Store(other).sql("SELECT state, action, score FROM simulations").fetchone()
+    assert a == b
+
+
+def test_foreign_parquet_is_quarantined(home):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"x": [1, 2]}), home.inbox / "foreign.parquet")
+    assert run(home).quarantined == {"not a dmn lake file": 1}
+
+
+def test_crash_before_commit_leaves_nothing(home, monkeypatch):
+    write_jsonl(home.inbox / "a.jsonl", [episode(), simulation()])
+    monkeypatch.setattr(Store, "commit", lambda self, manifest: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        run(home)
+    monkeypatch.undo()
+    assert count(home, "simulations") == 0
+    report = run(home)
+    assert report.recovered and report.records == {"episode": 1, "simulation": 1}
+    assert not any(home.tmp.glob("b*"))
+
+
+def test_crash_after_commit_is_rolled_forward(home, monkeypatch):
+    write_jsonl(home.inbox / "a.jsonl", [episode(), simulation()])
+    monkeypatch.setattr(Store, "_roll_forward", lambda self, batch: None)
+    run(home)
+    monkeypatch.undo()
+    assert count(home, "simulations") == 1  # readers find committed files still in staging
+    report = run(home)
+    assert report.recovered[0].startswith("rolled forward") and report.batch is None
+    assert count(home, "simulations") == 1 and any(home.lake.rglob("*.parquet"))

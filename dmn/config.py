@@ -33,7 +33,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 class IngestSettings:
     max_line_bytes: int = 16 * 2**20
     """Longest accepted line; a longer one is quarantined without being parsed."""
-    chunk_bytes: int = 64 * 2**20
+    chunk_bytes: int = 128 * 2**20
     """Bytes of complete lines handed to DuckDB in one pass; bounds ingest memory."""
     settle_seconds: float = 3600.0
     """An unterminated, unparseable last line is waited for this long before it is quarantined as truncated."""

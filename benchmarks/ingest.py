@@ -1,0 +1,103 @@
+"""Ingest throughput: `dmn ingest` against DuckDB's own read_json -> Parquet, on the same file, in one run.
+
+    python benchmarks/ingest.py                 # 50,000 simulations of 768-d latents
+    python benchmarks/ingest.py --records 5000  # quicker
+
+Prints records/s for each and the ratio (target: dmn / read_json >= 0.8). Each figure is the best of
+--repeat runs on a fresh home; the file is made by DuckDB, so making it costs little.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+
+
+def make_file(path: Path, records: int, dim: int, tensors: bool) -> None:
+    """An episode record, then `records` simulation records with `dim`-d state and predicted latents."""
+    con = duckdb.connect()
+    vec = f"list_transform(range({dim}), lambda i: round(random() * 2 - 1, 6)::FLOAT)"
+    if tensors:  # base64 tensor objects, as dmn.EpisodeLogger writes them
+        con.create_function("b64f32", lambda v: __import__("base64").b64encode(
+            __import__("numpy").asarray(v, "<f4").tobytes()).decode(), ["FLOAT[]"], "VARCHAR")
+        vec = f"{{'__type__': 'Tensor', 'shape': [{dim}], 'dtype': 'float32', 'b64': b64f32({vec})}}"
+    body = path.with_suffix(".body")
+    con.execute(f"""COPY (SELECT 'simulation' AS type, 'ep' || (i // 500) AS episode_id, i % 500 AS step,
+                      {vec} AS state, (i % 4)::INTEGER AS action, random() AS score, {vec} AS predicted,
+                      random() * 50 AS cost_ms
+                    FROM range({records}) t(i)) TO '{body}' (FORMAT json)""").fetchall()
+    with open(path, "wb") as out:
+        for e in range(records // 500 + 1):
+            out.write((json.dumps({"type": "episode", "episode_id": f"ep{e}", "world": "bench", "encoder": "v1"}) + "\n").encode())
+        with open(body, "rb") as f:
+            while block := f.read(1 << 24):
+                out.write(block)
+    body.unlink()
+
+
+def time_dmn(path: Path, work: Path) -> float:
+    home = Path(tempfile.mkdtemp(dir=work))
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "dmn", "ingest", str(path), "--home", str(home), "--json"],
+                          check=True, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    report = json.loads(done.stdout)
+    assert report["quarantined"] == {}, report
+    return seconds
+
+
+def time_duckdb(path: Path, work: Path, columns: bool) -> float:
+    out = Path(tempfile.mkdtemp(dir=work)) / "out.parquet"
+    con = duckdb.connect()
+    started = time.perf_counter()
+    if columns:  # the schema spelled out, vectors as FLOAT[]: DuckDB at its fastest
+        source = ("read_json(?, format='newline_delimited', columns={type: 'VARCHAR', episode_id: 'VARCHAR', world: 'VARCHAR', "
+                  "encoder: 'VARCHAR', step: 'BIGINT', state: 'FLOAT[]', action: 'BIGINT', score: 'DOUBLE', "
+                  "predicted: 'FLOAT[]', cost_ms: 'DOUBLE'})")
+    else:
+        source = "read_json(?)"
+    con.execute(f"COPY (SELECT * FROM {source}) TO '{out}' (FORMAT parquet)", [str(path)]).fetchall()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=50_000, help="simulation records in the file")
+    parser.add_argument("--dim", type=int, default=768, help="latent dimension")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each; the best counts")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        rows = []
+        for tensors in (False, True):
+            path = work / f"sims-{'b64' if tensors else 'json'}.jsonl"
+            make_file(path, args.records, args.dim, tensors)
+            size = path.stat().st_size
+            dmn = min(time_dmn(path, work) for _ in range(args.repeat))
+            if tensors:
+                rows.append((f"dmn ingest, tensor objects (b64), {size / 2**20:.0f} MiB", dmn, None))
+                continue
+            auto = min(time_duckdb(path, work, columns=False) for _ in range(args.repeat))
+            typed = min(time_duckdb(path, work, columns=True) for _ in range(args.repeat))
+            rows += [
+                (f"dmn ingest, JSON arrays, {size / 2**20:.0f} MiB", dmn, None),
+                ("DuckDB read_json -> Parquet (default)", auto, dmn),
+                ("DuckDB read_json -> Parquet (columns given, FLOAT[])", typed, dmn),
+            ]
+    n = args.records
+    print(f"{n:,} simulation records, d={args.dim}, best of {args.repeat}, {os.cpu_count()} cores, duckdb {duckdb.__version__}")
+    for label, seconds, dmn in rows:
+        ratio = f"   dmn/this = {seconds / dmn:.2f}" if dmn else ""
+        print(f"  {label:<58} {seconds:7.2f} s  {n / seconds:10,.0f} records/s{ratio}")
+
+
+if __name__ == "__main__":
+    main()

@@ -47,7 +47,9 @@ def time_dmn(path: Path, work: Path) -> float:
     home = Path(tempfile.mkdtemp(dir=work))
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "dmn", "ingest", str(path), "--home", str(home), "--json"],
-                          check=True, capture_output=True, text=True)
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"dmn ingest failed:\n{done.stderr}")
     seconds = time.perf_counter() - started
     report = json.loads(done.stdout)
     assert report["quarantined"] == {}, report

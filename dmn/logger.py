@@ -7,26 +7,28 @@
     ...     log.outcome(step=0, reward=1.0)
     ...     log.end(return_=1.0, success=True)
 
-Records are encoded as they come (vectors as base64 tensor objects, a few microseconds for a
-768-d latent) and buffered; a flush writes them to a hidden temporary file in the inbox, fsyncs
-it and renames it to `*.jsonl`, so ingest only ever sees whole files.
+Records are encoded as they come (vectors as base64 tensor objects) and buffered; a flush hands
+them to a writer thread, which writes a hidden temporary file in the inbox, fsyncs it and renames
+it to `*.jsonl`: the agent never waits for the disk, and ingest only ever sees whole files.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
+import queue
 import threading
+import weakref
 import time
 import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from dmn.home import Home, write_atomic
 from dmn.records import SOURCES
-from dmn.tensors import as_vector, encode
+from dmn.tensors import as_vector, tensor_json
 
 
 class EpisodeLogger:
@@ -53,12 +55,18 @@ class EpisodeLogger:
         self.world, self.encoder, self.agent = world, encoder, agent
         self.flush_records, self.flush_seconds = flush_records, flush_seconds
         self._lock = threading.Lock()
-        self._lines: list[str] = []
+        self._parts: list[bytes] = []  # the buffered records' JSON, in pieces joined at flush
+        self._records = 0
         self._last_flush = time.monotonic()
         self._episode: str | None = None
         self._prefix = f"{_slug(agent or world)}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._files = 0
         self._closed = False
+        self._queue: queue.Queue[tuple[Path, bytes] | None] = queue.Queue()
+        self._error: BaseException | None = None
+        self._writer = threading.Thread(target=self._write_loop, name="dmn-logger", daemon=True)
+        self._writer.start()
+        _OPEN.add(self)
 
     # -- records -----------------------------------------------------------------------------------
 
@@ -80,15 +88,15 @@ class EpisodeLogger:
                    vetoed: bool | None = None, cost_ms: float | None = None, episode_id: str | None = None) -> None:
         """One System 2 evaluation: in `state`, imagining `action` led to `predicted`, scored `score`."""
         record = {"type": "simulation", "episode_id": self._id(episode_id), "step": _step(step),
-                  "state": encode(as_vector(state, "state")), "action": _action(action), "score": _number(score, "score"),
-                  "ts": _now()}
+                  "action": _action(action), "score": _number(score, "score"), "ts": _now()}
+        vectors = {"state": as_vector(state, "state")}
         if predicted is not None:
-            record["predicted"] = encode(as_vector(predicted, "predicted"))
+            vectors["predicted"] = as_vector(predicted, "predicted")
         if vetoed is not None:
             record["vetoed"] = bool(vetoed)
         if cost_ms is not None:
             record["cost_ms"] = _number(cost_ms, "cost_ms")
-        self._add(record)
+        self._add(record, vectors)
 
     def decision(self, step: int, state: Any, action: int | str, *, source: str = "system2",
                  confidence: float | None = None, latency_ms: float | None = None,
@@ -97,12 +105,13 @@ class EpisodeLogger:
         if source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
         record = {"type": "decision", "episode_id": self._id(episode_id), "step": _step(step),
-                  "state": encode(as_vector(state, "state")), "action": _action(action), "source": source, "ts": _now()}
+                  "action": _action(action), "source": source, "ts": _now()}
+        vectors = {"state": as_vector(state, "state")}
         if confidence is not None:
             record["confidence"] = _number(confidence, "confidence")
         if latency_ms is not None:
             record["latency_ms"] = _number(latency_ms, "latency_ms")
-        self._add(record)
+        self._add(record, vectors)
 
     def outcome(self, step: int, *, reward: float | None = None, done: bool | None = None,
                 success: bool | None = None, episode_id: str | None = None) -> None:
@@ -128,32 +137,62 @@ class EpisodeLogger:
 
     # -- buffering ---------------------------------------------------------------------------------
 
-    def _add(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, separators=(",", ":"))
+    def _add(self, record: dict[str, Any], vectors: dict[str, Any] | None = None) -> None:
+        parts = [json.dumps(record, separators=(",", ":")).encode()[:-1]]
+        for name, vector in (vectors or {}).items():  # splice the tensor objects in as ready-made JSON
+            parts += (b',"', name.encode(), b'":', *tensor_json(vector))
+        parts.append(b"}\n")
         with self._lock:
             if self._closed:
                 raise ValueError("this EpisodeLogger is closed")
-            self._lines.append(line)
-            due = len(self._lines) >= self.flush_records or time.monotonic() - self._last_flush >= self.flush_seconds
+            self._parts += parts
+            self._records += 1
+            due = self._records >= self.flush_records or time.monotonic() - self._last_flush >= self.flush_seconds
         if due:
             self.flush()
 
-    def flush(self) -> Path | None:
-        """Write the buffered records to a new inbox file; returns its path (None if nothing was buffered)."""
+    def flush(self, wait: bool = False) -> Path | None:
+        """Hand the buffered records to the writer as a new inbox file; returns its path (None if nothing
+        was buffered). With `wait`, return once every file handed over so far is on disk.
+
+        Raises DmnError if an earlier write failed (a full or read-only disk, say).
+        """
         with self._lock:
-            lines, self._lines = self._lines, []
+            parts, self._parts, self._records = self._parts, [], 0
             self._last_flush = time.monotonic()
-            if not lines:
-                return None
-            self._files += 1
-            path = self.home.inbox / f"{self._prefix}-{self._files:06d}.jsonl"
-            write_atomic(path, ("\n".join(lines) + "\n").encode())
-            return path
+            path = None
+            if parts:
+                self._files += 1
+                path = self.home.inbox / f"{self._prefix}-{self._files:06d}.jsonl"
+                self._queue.put((path, b"".join(parts)))
+        if wait:
+            self._queue.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        return path
 
     def close(self) -> None:
-        self.flush()
+        """Flush, wait until everything is on disk, and stop the writer."""
+        if self._closed:
+            return
         with self._lock:
             self._closed = True
+        _OPEN.discard(self)
+        try:
+            self.flush(wait=True)
+        finally:
+            self._queue.put(None)
+
+    def _write_loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                write_atomic(*item)
+            except BaseException as exc:  # noqa: BLE001 - raised on the agent's next flush
+                self._error = self._error or exc
+            finally:
+                self._queue.task_done()
+        self._queue.task_done()
 
     def __enter__(self) -> "EpisodeLogger":
         return self
@@ -168,8 +207,18 @@ class EpisodeLogger:
         return episode_id
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+_OPEN: "weakref.WeakSet[EpisodeLogger]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_loggers() -> None:
+    # A logger the agent forgot to close still gets its last records to disk at interpreter exit.
+    for logger in list(_OPEN):
+        logger.close()
+
+
+def _now() -> float:
+    return round(time.time(), 6)  # Unix seconds: a tenth of the cost of an ISO string
 
 
 def _step(step: Any) -> int:

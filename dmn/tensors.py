@@ -1,6 +1,6 @@
 """Vectors on the wire: the tensor object `{"__type__": "Tensor", "shape", "dtype", "b64"}`.
 
-Writers use `as_vector` + `encode`; ingest decodes a whole column at once with `decode_column`.
+Writers use `as_vector` + `tensor_json`; ingest decodes a whole column at once with `decode_column`.
 Nothing here imports torch: a torch tensor is recognised by its `detach`/`cpu`/`numpy` methods.
 """
 
@@ -36,15 +36,15 @@ def as_vector(value: Any, name: str = "vector") -> np.ndarray:
     return array
 
 
-def encode(array: np.ndarray) -> dict[str, Any]:
-    """The tensor object for a float32 vector (base64 of its little-endian bytes)."""
+def tensor_json(array: np.ndarray) -> tuple[bytes, bytes, bytes]:
+    """The tensor object for a float32 vector as JSON text in three pieces, to be joined by the writer.
+
+    Built by hand: base64 needs no escaping (json.dumps would scan every character of it), and
+    leaving the pieces unjoined saves copying 4 KiB strings on the agent's hot path.
+    """
     data = np.ascontiguousarray(array, dtype="<f4")
-    return {
-        "__type__": "Tensor",
-        "shape": list(data.shape),
-        "dtype": "float32",
-        "b64": base64.b64encode(data.tobytes()).decode("ascii"),
-    }
+    return (b'{"__type__":"Tensor","shape":[%d],"dtype":"float32","b64":"' % data.size,
+            base64.b64encode(data.tobytes()), b'"}')
 
 
 def decode_column(blobs: pa.Array | pa.ChunkedArray, dtypes: pa.Array | pa.ChunkedArray) -> pa.Array:

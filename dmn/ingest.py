@@ -182,6 +182,8 @@ class _Batch:
         run(self.con, _MACROS)
         run(self.con, f"CREATE TABLE parsed ({_PARSED_COLUMNS})")
         self.parse_sql = _parse_sql(settings.ingest.future_skew_seconds)
+        self.pending: list[pa.Table] = []
+        self.pending_bytes = 0
 
     def close(self) -> None:
         self.con.close()
@@ -244,7 +246,7 @@ class _Batch:
     def _read_jsonl(self, path: Path, entry: dict, hasher: Any, settled: bool) -> None:
         with open(path, "rb") as f:
             f.seek(entry["bytes_consumed"])
-            tail, _ = self._stream(f, entry, hasher)
+            tail, _ = self._stream(f, entry, hasher, block_size=1 << 20)
             if tail:
                 if _is_json(tail) or settled:
                     hasher.update(tail)
@@ -265,7 +267,7 @@ class _Batch:
         with open(path, "rb") as raw:
             _hash_prefix(raw, entry["size"], hasher)
         with gzip.open(path, "rb") as f:
-            tail, error = self._stream(f, entry, hashlib.sha256())
+            tail, error = self._stream(f, entry, hashlib.sha256(), block_size=1 << 16)
         if error is not None:
             self._quarantine_file(entry, "corrupt gzip file", f"decompression failed after line {entry['lines_consumed']} "
                                   f"({error}); the lines before it were ingested", line=entry["lines_consumed"] + 1, raw=tail)
@@ -275,13 +277,14 @@ class _Batch:
         entry["bytes_consumed"] = entry["size"]
         entry["sha256"] = hasher.hexdigest()
 
-    def _stream(self, f: Any, entry: dict, hasher: Any) -> tuple[bytes, Exception | None]:
+    def _stream(self, f: Any, entry: dict, hasher: Any, block_size: int) -> tuple[bytes, Exception | None]:
         """Parse every complete line of `f`; return the unterminated tail and any read error.
 
         A thread reads and hashes the next chunk while DuckDB parses this one.
         """
         tail, error = b"", None
-        for event in _prefetch(_read_chunks(f, hasher, self.settings.ingest.chunk_bytes, self.settings.ingest.max_line_bytes)):
+        settings = self.settings.ingest
+        for event in _prefetch(_read_chunks(f, hasher, settings.chunk_bytes, settings.max_line_bytes, block_size)):
             kind, payload = event
             if kind == "lines":
                 self.report.bytes_read += len(payload)
@@ -357,11 +360,23 @@ class _Batch:
     # 4. parse
 
     def _parse(self, lines: pa.Table) -> None:
-        # Small record batches let DuckDB spread one chunk over all cores (a 64 MiB chunk of
-        # 768-d lines is only ~2,000 rows, a single vector otherwise).
-        self.con.register("chunk", pa.Table.from_batches(lines.to_batches(max_chunksize=256), lines.schema))
+        """Queue the current file's lines; parse once `chunk_bytes` have gathered (across files, so
+        that a thousand small episode files cost a few DuckDB passes, not a thousand)."""
+        self.pending.append(lines.append_column("file_index", pa.array(np.full(lines.num_rows, self.file_index, np.int32))))
+        self.pending_bytes += lines.nbytes
+        if self.pending_bytes >= self.settings.ingest.chunk_bytes:
+            self._parse_pending()
+
+    def _parse_pending(self) -> None:
+        if not self.pending:
+            return
+        chunk = pa.concat_tables(self.pending)
+        self.pending, self.pending_bytes = [], 0
+        # Small record batches let DuckDB spread one chunk over all cores (a chunk of 768-d lines
+        # is only a few thousand rows, a single vector otherwise).
+        self.con.register("chunk", pa.Table.from_batches(chunk.to_batches(max_chunksize=256), chunk.schema))
         try:
-            run(self.con, self.parse_sql, [self.file_index])
+            run(self.con, self.parse_sql)
         finally:
             self.con.unregister("chunk")
 
@@ -380,6 +395,7 @@ class _Batch:
     # 5. resolve
 
     def finish(self) -> None:
+        self._parse_pending()
         if not self.entries:
             return
         con = self.con
@@ -652,7 +668,7 @@ def _parse_sql(future_skew: float) -> str:
     columns = [c.split()[0] for c in _PARSED_COLUMNS.split(", ")]
     out = {c: c for c in columns}
     out.update({
-        "file_index": "$1::INTEGER", "source_line": "line", "seq": "($1::BIGINT << 40) + line", "date": "NULL",
+        "file_index": "file_index", "source_line": "line", "seq": "(file_index::BIGINT << 40) + line", "date": "NULL",
         "reason": "reason", "hint": "hint",
         "raw": f"CASE WHEN reason IS NOT NULL THEN left(rtrim(coalesce(text, raw::VARCHAR), chr(10) || chr(13)), {RAW_KEEP_BYTES}) END",
         "raw_bytes": "CASE WHEN reason IS NOT NULL THEN octet_length(raw) END",
@@ -666,10 +682,10 @@ def _parse_sql(future_skew: float) -> str:
         SELECT *, {', '.join(finals)} FROM (
           SELECT *, {', '.join(blobs)} FROM (
             SELECT *, {', '.join(decode)} FROM (
-              SELECT line, raw, text, r, rtype, r.meta AS meta, {scalars}, {', '.join(vectors)} FROM (
+              SELECT file_index, line, raw, text, r, rtype, r.meta AS meta, {scalars}, {', '.join(vectors)} FROM (
                 SELECT *, CASE WHEN json_type(r.type) = 'VARCHAR' THEN r.type ->> '$' END AS rtype FROM (
-                  SELECT line, raw, text, CASE WHEN text IS NOT NULL THEN try(json_transform(text, '{_STRUCT}')) END AS r
-                  FROM (SELECT line, raw, try(decode(raw)) AS text FROM chunk)
+                  SELECT file_index, line, raw, text, CASE WHEN text IS NOT NULL THEN try(json_transform(text, '{_STRUCT}')) END AS r
+                  FROM (SELECT file_index, line, raw, try(decode(raw)) AS text FROM chunk)
                   WHERE text IS NULL OR octet_length(raw) > 16 OR trim(text) <> ''))))))))"""
 
 
@@ -716,12 +732,13 @@ def _canonical_json() -> str:
 # -- reading -------------------------------------------------------------------------------------------
 
 
-def _read_chunks(f: Any, hasher: Any, chunk: int, limit: int) -> Iterator[tuple[str, Any]]:
+def _read_chunks(f: Any, hasher: Any, chunk: int, limit: int, block_size: int) -> Iterator[tuple[str, Any]]:
     """Events from a byte stream: ("lines", complete lines), ("long", (size, head)) for a line over
     `limit` bytes (never held whole), then ("tail", unterminated bytes) or ("error", exception).
 
-    Reads 64 KiB at a time (so a damaged gzip loses little before the damage) and yields complete
-    lines once `chunk` bytes have gathered. Hashes everything it yields except the tail.
+    Reads `block_size` bytes at a time (small for gzip, so that a damaged file loses little before
+    the damage) and yields complete lines once `chunk` bytes have gathered. Hashes everything it
+    yields except the tail.
     """
     pending: list[bytes] = []  # blocks not yielded yet
     pending_size = since_newline = 0
@@ -729,7 +746,7 @@ def _read_chunks(f: Any, hasher: Any, chunk: int, limit: int) -> Iterator[tuple[
     error: Exception | None = None
     while True:
         try:
-            block = f.read(1 << 16)
+            block = f.read(block_size)
         except (EOFError, zlib.error, gzip.BadGzipFile) as exc:  # damaged gzip: end here, keep what came before
             block, error = b"", exc
         if long_line is not None and block:

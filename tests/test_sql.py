@@ -1,0 +1,71 @@
+"""SQL over the store: the views, the lake read straight from Parquet, and queries during an ingest."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import duckdb
+import numpy as np
+
+from conftest import decision, episode, run, simulation, write_jsonl
+from dmn.store import Store
+
+
+def test_views_cover_every_table(home):
+    write_jsonl(home.inbox / "a.jsonl", [episode(), simulation(), decision(), "{broken",
+                                         {"type": "outcome", "episode_id": "e1", "step": 0, "reward": 2.0},
+                                         {"type": "episode_end", "episode_id": "e1", "return": 2.0}])
+    run(home)
+    store = Store(home)
+    for view, n in [("episodes", 1), ("simulations", 1), ("decisions", 1), ("outcomes", 1), ("episode_ends", 1),
+                    ("quarantine", 1), ("ingest_files", 1)]:
+        assert store.sql(f"SELECT count(*) FROM {view}").fetchone()[0] == n, view
+
+
+def test_empty_store_has_typed_empty_views(home):
+    store = Store(home)
+    assert store.sql("SELECT count(*), avg(score) FROM simulations").fetchone() == (0, None)
+    assert store.sql("SELECT count(*) FROM ingest_files").fetchone() == (0,)
+
+
+def test_lake_reads_straight_from_parquet(home):
+    write_jsonl(home.inbox / "a.jsonl", [episode(world="ALE/Pong-v5"), simulation(dim=4), simulation(step=1, dim=4)])
+    run(home)
+    rows = duckdb.sql(f"""SELECT world, step, len(state) FROM read_parquet('{home.lake}/simulations/**/*.parquet')
+                          ORDER BY step""").fetchall()
+    assert rows == [("ALE/Pong-v5", 0, 4), ("ALE/Pong-v5", 1, 4)]
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(Store(home).files("simulations")[0])
+    assert str(table.schema.field("state").type) == "fixed_size_list<element: float>[4]"
+
+
+def test_sql_answers_while_an_ingest_runs(home):
+    """Queries during an ingest in another process never fail and see whole batches only."""
+    rng = np.random.default_rng(0)
+    total = 0
+    for f in range(30):
+        records = [episode(f"e{f}")] + [simulation(f"e{f}", step=s, dim=64, state=rng.standard_normal(64).round(4).tolist())
+                                        for s in range(300)]
+        write_jsonl(home.inbox / f"part{f:02d}.jsonl", records)
+        total += 300
+    (home.root / "dmn.toml").write_text("[ingest]\nchunk_bytes = 1048576\n")
+    ingest = subprocess.Popen([sys.executable, "-m", "dmn", "ingest", "--home", str(home.root)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cli = [subprocess.Popen([sys.executable, "-m", "dmn", "sql", "SELECT count(*) AS n FROM simulations",
+                             "--home", str(home.root), "-f", "csv"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for _ in range(2)]
+    seen = []
+    while ingest.poll() is None:
+        seen.append(Store(home).sql("SELECT count(*) FROM simulations").fetchone()[0])
+        time.sleep(0.01)
+    assert ingest.wait() == 0, ingest.stderr.read()
+    for query in cli:
+        out, err = query.communicate()
+        assert query.returncode == 0, err
+        assert int(out.splitlines()[1]) in (0, total)
+    assert seen and seen[0] == 0, "the ingest finished before the queries could overlap it"
+    assert set(seen) <= {0, total}  # one batch: nothing, or all of it
+    assert Store(home).sql("SELECT count(*) FROM simulations").fetchone()[0] == total

@@ -1,0 +1,29 @@
+"""The README's promises: its test command is CI's, and its example queries run."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from dmn.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    commands = re.findall(r"```sh\n(.+?)\n```", README)
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert commands[1] == ci
+
+
+def test_readme_queries_run(home):
+    from conftest import decision, episode, run, simulation, write_jsonl
+
+    write_jsonl(home.inbox / "a.jsonl", [episode(), simulation(vetoed=False, cost_ms=2.0), decision(),
+                                         {"type": "episode_end", "episode_id": "e1", "return": 1.0, "success": True}])
+    run(home)
+    queries = [q.strip() for block in re.findall(r"```sql\n(.+?)```", README, re.S) for q in block.split(";") if q.strip()]
+    assert len(queries) == 6
+    for query in queries:
+        Store(home).sql(query).fetchall()

@@ -411,19 +411,33 @@ class _Batch:
         for sql in _RESOLVE:
             run(con, sql)
         self._check_dims()
-        for rtype, (table, _) in TABLES.items():
-            if rtype in ("decision", "outcome", "episode_end"):
-                key = "episode_id" if rtype == "episode_end" else "episode_id, step"
-                files = self.store.files(table, self.manifests)
-                if files:
-                    run(con, f"""UPDATE parsed SET reason = 'duplicate', hint = 'the store already has this {rtype}'
-                        WHERE reason IS NULL AND rtype = '{rtype}'
-                          AND ({key}) IN (SELECT ({key}) FROM read_parquet(?))""", [files])
-                run(con, f"""UPDATE parsed SET reason = 'duplicate', hint = 'an earlier line of this batch has this {rtype}'
-                    WHERE reason IS NULL AND rtype = '{rtype}' AND seq IN (
-                      SELECT seq FROM (SELECT seq, row_number() OVER (PARTITION BY {key} ORDER BY seq) AS k
-                                       FROM parsed WHERE reason IS NULL AND rtype = '{rtype}') WHERE k > 1)""")
+        for rtype, key, content in _KEYED:
+            self._dedupe(rtype, key, content)
         self._commit()
+
+    def _dedupe(self, rtype: str, key: str, content: str) -> None:
+        """One record per key: a repeat with the same content is a duplicate (dropped), one with other
+        content a conflict (quarantined), whether the first is in the store or earlier in this batch."""
+        table = TABLES[rtype][0]
+        files = self.store.files(table, self.manifests)
+        stored = (f"SELECT {key}, any_value(hash({content})) AS h FROM read_parquet(?) GROUP BY ALL" if files
+                  else f"SELECT {key}, 0::UBIGINT AS h FROM parsed WHERE false")
+        run(self.con, f"""
+            WITH batch AS (SELECT seq, {key}, hash({content}) AS h,
+                                  row_number() OVER (PARTITION BY {key} ORDER BY seq) AS k
+                           FROM parsed WHERE reason IS NULL AND rtype = '{rtype}'),
+                 stored AS ({stored}),
+                 earlier AS (SELECT {key}, h, 'the store' AS place FROM stored
+                             UNION ALL
+                             SELECT {key}, h, 'an earlier line of this batch' FROM batch
+                             WHERE k = 1 AND ({key}) NOT IN (SELECT ({key}) FROM stored)),
+                 repeats AS (SELECT b.seq, b.h = e.h AS same, e.place FROM batch b JOIN earlier e USING ({key})
+                             WHERE b.k > 1 OR e.place = 'the store')
+            UPDATE parsed SET reason = CASE WHEN r.same THEN 'duplicate' ELSE 'conflicting record' END,
+                              hint = CASE WHEN r.same THEN 'the same {rtype} as ' || r.place
+                                          ELSE '{rtype} with the same {key.replace(", ", " and ")} as in ' || r.place
+                                               || ', but other values' END
+            FROM repeats r WHERE parsed.seq = r.seq AND parsed.rtype = '{rtype}'""", [files] if files else None)
 
     def _check_dims(self) -> None:
         """Fix each (world, encoder)'s latent dimension and quarantine vectors of another length."""
@@ -721,6 +735,12 @@ def _resolve_sql() -> list[str]:
 
 
 _RESOLVE = _resolve_sql()
+
+_KEYED = [  # (record type, its key, what must agree for a repeat to be a mere duplicate)
+    ("decision", "episode_id, step", "action, source, state"),
+    ("outcome", "episode_id, step", "reward, done, success"),
+    ("episode_end", "episode_id", '"return", success'),
+]
 
 
 def _canonical_json() -> str:

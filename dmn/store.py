@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -104,11 +105,18 @@ class Store:
 
         A bad query raises DmnError with DuckDB's message.
         """
-        con = self.connect()
-        try:
-            return con.execute(query, params)
-        except duckdb.Error as exc:
-            raise DmnError(str(exc).strip()) from None
+        for attempt in range(3):
+            con = self.connect()
+            try:
+                return con.execute(query, params)
+            except duckdb.IOException:
+                # A batch being rolled forward moved a file between listing and reading: list again.
+                if attempt == 2:
+                    raise
+                time.sleep(0.05)
+            except duckdb.Error as exc:
+                raise DmnError(str(exc).strip()) from None
+        raise AssertionError("unreachable")
 
     def known_dims(self) -> dict[tuple[str, str], int]:
         """Latent dimension per (world, encoder), as fixed by earlier batches."""

@@ -296,3 +296,17 @@ def test_crash_after_commit_is_rolled_forward(home, monkeypatch):
     report = run(home)
     assert report.recovered[0].startswith("rolled forward") and report.batch is None
     assert count(home, "simulations") == 1 and any(home.lake.rglob("*.parquet"))
+
+
+def test_conflicting_repeats_are_quarantined_not_dropped(home):
+    write_jsonl(home.inbox / "a.jsonl", [episode(), decision(step=0), decision(step=0, action=2),
+                                         {"type": "episode_end", "episode_id": "e1", "return": 1.0}])
+    report = run(home)
+    assert report.records == {"episode": 1, "decision": 1, "episode_end": 1}
+    assert report.quarantined == {"conflicting record": 1}
+    write_jsonl(home.inbox / "b.jsonl", [decision(step=0), decision(step=0, action=3),
+                                         {"type": "episode_end", "episode_id": "e1", "return": 2.0}])
+    report = run(home)
+    assert report.duplicates == 1 and report.quarantined == {"conflicting record": 2}
+    hint = Store(home).sql("SELECT hint FROM quarantine WHERE type = 'episode_end'").fetchone()[0]
+    assert hint == "episode_end with the same episode_id as in the store, but other values"

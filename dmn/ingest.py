@@ -97,6 +97,9 @@ def ingest(home: Home, paths: list[str | os.PathLike] | None = None) -> IngestRe
             for path in files:
                 batch.add_file(path)
             batch.finish()
+        except OSError as exc:  # a full or read-only disk: nothing was committed, the next run cleans up
+            raise DmnError(f"ingest stopped, nothing was committed: {exc.strerror or exc} "
+                           f"({exc.filename or home.root})") from None
         finally:
             batch.close()
     report.seconds = round(time.perf_counter() - started, 3)

@@ -310,3 +310,19 @@ def test_conflicting_repeats_are_quarantined_not_dropped(home):
     assert report.duplicates == 1 and report.quarantined == {"conflicting record": 2}
     hint = Store(home).sql("SELECT hint FROM quarantine WHERE type = 'episode_end'").fetchone()[0]
     assert hint == "episode_end with the same episode_id as in the store, but other values"
+
+
+def test_unwritable_store_is_a_clear_error_and_loses_nothing(home, monkeypatch):
+    import pyarrow.parquet as pq
+
+    write_jsonl(home.inbox / "a.jsonl", [episode(), simulation()])
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pq, "ParquetWriter", disk_full)
+    with pytest.raises(DmnError, match="nothing was committed: No space left on device"):
+        run(home)
+    monkeypatch.undo()
+    assert count(home, "simulations") == 0
+    assert run(home).records == {"episode": 1, "simulation": 1}

@@ -81,7 +81,7 @@ class Store:
         con = connect()
         manifests = self.manifests()
         for table in LAKE_TABLES:
-            run(con, f"CREATE VIEW {_q(table)} AS {self._select(table, manifests)}")
+            run(con, f"CREATE VIEW {quote(table)} AS {self._select(table, manifests)}")
         run(con, 
             """CREATE VIEW episodes AS
                SELECT s.episode_id, s.world, s.encoder, s.agent, s.started_at, e.ended_at,
@@ -95,9 +95,9 @@ class Store:
         cols = columns(table)
         files = self.files(table, manifests)
         if not files:
-            return "SELECT " + ", ".join(f"NULL::{t} AS {_q(c)}" for c, t in cols.items()) + " WHERE false"
+            return "SELECT " + ", ".join(f"NULL::{t} AS {quote(c)}" for c, t in cols.items()) + " WHERE false"
         listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-        casts = ", ".join(f"{_q(c)}::{t} AS {_q(c)}" for c, t in cols.items())
+        casts = ", ".join(f"{quote(c)}::{t} AS {quote(c)}" for c, t in cols.items())
         return f"SELECT {casts} FROM read_parquet([{listing}], union_by_name = true, hive_partitioning = false)"
 
     def sql(self, query: str, params: list[Any] | None = None) -> duckdb.DuckDBPyConnection:
@@ -175,5 +175,6 @@ def _ledger_table(manifests: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=LEDGER_SCHEMA)
 
 
-def _q(name: str) -> str:
+def quote(name: str) -> str:
+    """A SQL identifier, quoted."""
     return '"' + name.replace('"', '""') + '"'

@@ -326,3 +326,11 @@ def test_unwritable_store_is_a_clear_error_and_loses_nothing(home, monkeypatch):
     monkeypatch.undo()
     assert count(home, "simulations") == 0
     assert run(home).records == {"episode": 1, "simulation": 1}
+
+
+@pytest.mark.parametrize("content,reason", [(b"{not json", "not valid JSON"), (b'{"run_id": "x"}', "not a Lár audit file")])
+def test_broken_lar_files_are_quarantined_whole(home, content, reason):
+    (home.inbox / "run_x.json").write_bytes(content)
+    report = run(home)
+    assert report.quarantined == {reason: 1}
+    assert Store(home).sql("SELECT raw FROM quarantine").fetchone()[0] == content.decode()

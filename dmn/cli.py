@@ -81,6 +81,8 @@ def sql(
 
     if fmt not in ("table", "csv", "json"):
         raise DmnError(f"--format must be table, csv or json, not {fmt!r}")
+    if not query.strip():
+        raise DmnError("the query is empty")
     result = Store(Home.resolve(home, create=False)).sql(query)
     if result.description is None:  # a statement without a result set
         return
@@ -110,10 +112,11 @@ def _cell(value: Any) -> str:
     if value is None:
         return "[dim]NULL[/]"
     if isinstance(value, list) and len(value) > 6:
-        return "[" + ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value[:4]) + f", … ({len(value)})]"
+        head = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value[:4])
+        return escape(f"[{head}, … ({len(value)})]")
     if isinstance(value, float):
         return f"{value:.6g}"
-    return str(value).replace("[", "\\[")
+    return escape(str(value))
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,8 @@ class Settings:
                 data = tomllib.loads(path.read_text(encoding="utf-8"))
             except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
                 raise DmnError(f"{path}: not valid TOML ({exc})") from None
+            except OSError as exc:
+                raise DmnError(f"{path}: cannot read it ({exc.strerror})") from None
         settings = cls(
             ingest=_section(IngestSettings, data.pop("ingest", {}), path, "ingest"),
             lar=_section(LarSettings, data.pop("lar", {}), path, "lar"),
@@ -92,6 +95,8 @@ class Settings:
         )
         if data:
             raise DmnError(f"{path}: unknown section(s) {sorted(data)}; known: ingest, lar, dims")
+        if not re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]?i?B", settings.ingest.memory_limit, re.IGNORECASE):
+            raise DmnError(f"{path}: [ingest] memory_limit must be a size such as '2GB', got {settings.ingest.memory_limit!r}")
         if settings.lar.hmac_secret is None:
             settings.lar.hmac_secret = os.environ.get("DMN_LAR_HMAC_SECRET") or None
         return settings

@@ -5,7 +5,7 @@
       inbox/          agents drop logs here
       lake/           the Parquet episode store, one folder per table, partitioned by world and date
       catalog/        one JSON manifest per committed ingest batch: the store's source of truth
-      tmp/            staging and DuckDB spill space; safe to delete when nothing runs
+      tmp/            staging and DuckDB spill space (a crashed batch waits here for the next ingest to finish or undo it)
       locks/          advisory locks so that two writers never overlap
 """
 
@@ -125,6 +125,15 @@ def write_atomic(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise DmnError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(path.parent)
 
 
 def fsync_dir(path: Path) -> None:

@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 from dmn import records, tensors
 from dmn.config import Settings
 from dmn.errors import DmnError
-from dmn.home import Home
+from dmn.home import Home, fsync_file
 from dmn.integrations.lar import audit_to_records
 from dmn.records import TABLES, columns
 from dmn.store import Store, connect, quote, run
@@ -99,6 +99,8 @@ def ingest(home: Home, paths: list[str | os.PathLike] | None = None) -> IngestRe
         except OSError as exc:  # a full or read-only disk: nothing was committed, the next run cleans up
             raise DmnError(f"ingest stopped, nothing was committed: {exc.strerror or exc} "
                            f"({exc.filename or home.root})") from None
+        except duckdb.IOException as exc:  # a lake file named by the catalog is gone
+            raise DmnError(f"ingest stopped, nothing was committed: the store is damaged ({exc})") from None
         finally:
             batch.close()
     report.seconds = round(time.perf_counter() - started, 3)
@@ -129,7 +131,7 @@ def discover(paths: list[Path], home: Home) -> tuple[list[Path], list[tuple[Path
     """
     files: list[Path] = []
     skipped: list[tuple[Path, str]] = []
-    for given in paths:
+    for given in dict.fromkeys(p.absolute() for p in paths):  # a path given twice is read once
         if not given.exists() and not given.is_symlink():
             raise DmnError(f"no such file or folder: {given}")
         if given.is_dir():
@@ -155,7 +157,9 @@ def _consider(path: Path, home: Home, files: list[Path], skipped: list[tuple[Pat
         skipped.append((path, "unsupported file type"))
     elif path.stat().st_size == 0:
         skipped.append((path, "empty file"))
-    else:
+    elif not os.access(path, os.R_OK):
+        skipped.append((path, "unreadable file (permission denied)"))
+    elif path not in files:
         files.append(path)
 
 
@@ -172,7 +176,7 @@ class _Batch:
         self.now = now
         self.manifests = store.manifests()
         self.ledger = {row["path"]: row for m in self.manifests for row in m["ledger"]}
-        self.hashes = {(row["bytes_consumed"], row["sha256"]) for row in self.ledger.values()}
+        self.hashes = {(row["bytes_consumed"], row["sha256"]) for m in self.manifests for row in m["ledger"]}
         self.entries: list[dict[str, Any]] = []
         self.file_quarantine: list[dict[str, Any]] = []
         self.con = connect(settings.ingest.memory_limit, home.tmp / "duckdb")
@@ -224,6 +228,7 @@ class _Batch:
         self.file_index = len(self.entries)
         self.entries.append(entry)
         self.report.files_read += 1
+        quarantined = len(self.file_quarantine)
         try:
             if kind == "jsonl":
                 self._read_jsonl(path, entry, hasher, settled=time.time() - st.st_mtime > self.settings.ingest.settle_seconds)
@@ -235,6 +240,11 @@ class _Batch:
                 self._read_parquet(path, entry)
         except OSError as exc:
             raise DmnError(f"cannot read {path}: {exc.strerror}") from None
+        if entry["bytes_consumed"] == offset and len(self.file_quarantine) == quarantined:
+            self.entries.pop()  # only an unterminated tail: nothing to record until its writer finishes it
+            self.report.files_read -= 1
+        else:
+            self.hashes.add((entry["bytes_consumed"], entry["sha256"]))  # a copy later in this run is skipped
 
     def _key(self, path: Path) -> str:
         path = path.absolute()
@@ -269,17 +279,18 @@ class _Batch:
         with open(path, "rb") as raw:
             _hash_prefix(raw, entry["size"], hasher)
         with gzip.open(path, "rb") as f:
-            tail, error = self._stream(f, entry, hashlib.sha256(), block_size=1 << 16)
+            tail, error = self._stream(f, entry, None, block_size=1 << 16)
         if error is not None:
             self._quarantine_file(entry, "corrupt gzip file", f"decompression failed after line {entry['lines_consumed']} "
-                                  f"({error}); the lines before it were ingested", line=entry["lines_consumed"] + 1, raw=tail)
+                                  f"({error}); the lines before it were ingested (if a writer was still writing it, "
+                                  "the rest lands once the file is complete)", line=entry["lines_consumed"] + 1, raw=tail)
         elif tail:
             entry["lines_consumed"] += 1
             self._parse(_lines_table([tail], [entry["lines_consumed"]]))
         entry["bytes_consumed"] = entry["size"]
         entry["sha256"] = hasher.hexdigest()
 
-    def _stream(self, f: Any, entry: dict, hasher: Any, block_size: int) -> tuple[bytes, Exception | None]:
+    def _stream(self, f: Any, entry: dict, hasher: Any | None, block_size: int) -> tuple[bytes, Exception | None]:
         """Parse every complete line of `f`; return the unterminated tail and any read error.
 
         A thread reads and hashes the next chunk while DuckDB parses this one.
@@ -335,7 +346,8 @@ class _Batch:
             self._parse(_lines_table([line for _, line in lines], [n for n, _ in lines]))
 
     def _read_parquet(self, path: Path, entry: dict) -> None:
-        entry["sha256"] = _hash_prefix(open(path, "rb"), entry["size"], hashlib.sha256()).hexdigest()
+        with open(path, "rb") as f:
+            entry["sha256"] = _hash_prefix(f, entry["size"], hashlib.sha256()).hexdigest()
         entry["bytes_consumed"] = entry["size"]
         self.report.bytes_read += entry["size"]
         try:
@@ -346,7 +358,7 @@ class _Batch:
                                       "(they carry dmn_table metadata); write other data as JSONL")
                 return
             fields = [c for c in TABLES[rtype][1] if rtype == "episode" or c not in ("world", "encoder")]
-            pack = ", ".join(f"{quote(c)} := {quote(c)}" for c in fields)
+            pack = ", ".join(f"{quote(c)} := {quote(c)}{'::JSON' if c == 'meta' else ''}" for c in fields)
             table = self.con.sql(
                 f"SELECT row_number() OVER () AS line, to_json(struct_pack(type := '{rtype}', {pack}))::BLOB AS raw "
                 "FROM read_parquet($file)", params={"file": str(path)},
@@ -416,14 +428,15 @@ class _Batch:
         self._commit()
 
     def _dedupe(self, rtype: str, key: str, content: str) -> None:
-        """One record per key: a repeat with the same content is a duplicate (dropped), one with other
-        content a conflict (quarantined), whether the first is in the store or earlier in this batch."""
-        table = TABLES[rtype][0]
-        files = self.store.files(table, self.manifests)
-        stored = (f"SELECT {key}, any_value(hash({content})) AS h FROM read_parquet(?) GROUP BY ALL" if files
+        """One record per key: a repeat with the same content (fingerprint) is a duplicate and dropped,
+        one with other content a conflict and quarantined, whether the first is in the store or
+        earlier in this batch. Simulations are keyed by their fingerprint: only exact repeats go."""
+        run(self.con, f"UPDATE parsed SET fingerprint = hash({content}) WHERE reason IS NULL AND rtype = '{rtype}'")
+        files = self.store.files(TABLES[rtype][0], self.manifests)
+        stored = (f"SELECT {key}, any_value(fingerprint) AS h FROM read_parquet(?) GROUP BY ALL" if files
                   else f"SELECT {key}, 0::UBIGINT AS h FROM parsed WHERE false")
         run(self.con, f"""
-            WITH batch AS (SELECT seq, {key}, hash({content}) AS h,
+            WITH batch AS (SELECT seq, {key}, fingerprint AS h,
                                   row_number() OVER (PARTITION BY {key} ORDER BY seq) AS k
                            FROM parsed WHERE reason IS NULL AND rtype = '{rtype}'),
                  stored AS ({stored}),
@@ -441,7 +454,7 @@ class _Batch:
 
     def _check_dims(self) -> None:
         """Fix each (world, encoder)'s latent dimension and quarantine vectors of another length."""
-        known = self.store.known_dims()
+        known = self.store.known_dims(self.manifests)
         rows = self.con.execute("""
             SELECT world, encoder, len(state) AS dim, count(*) AS n FROM parsed
             WHERE reason IS NULL AND state IS NOT NULL GROUP BY ALL ORDER BY n DESC, dim""").fetchall()
@@ -532,9 +545,11 @@ class _Batch:
             for key, value in zip(partition, values):
                 folder /= f"{key}={urllib.parse.quote(str(value), safe='')}"
             folder.mkdir(parents=True, exist_ok=True)
-            with pq.ParquetWriter(folder / f"{self.id}_{n}.parquet", schema, compression="zstd") as writer:
+            path = folder / f"{self.id}_{n}.parquet"
+            with pq.ParquetWriter(path, schema, compression="zstd") as writer:
                 for batch in reader:
                     writer.write_batch(batch.replace_schema_metadata(schema.metadata))
+            fsync_file(path)  # on disk before the manifest that names it
             written += rows
         return written
 
@@ -542,14 +557,15 @@ class _Batch:
 # -- reading -------------------------------------------------------------------------------------------
 
 
-def _read_chunks(f: Any, hasher: Any, chunk: int, limit: int, block_size: int) -> Iterator[tuple[str, Any]]:
+def _read_chunks(f: Any, hasher: Any | None, chunk: int, limit: int, block_size: int) -> Iterator[tuple[str, Any]]:
     """Events from a byte stream: ("lines", complete lines), ("long", (size, head)) for a line over
     `limit` bytes (never held whole), then ("tail", unterminated bytes) or ("error", exception).
 
     Reads `block_size` bytes at a time (small for gzip, so that a damaged file loses little before
     the damage) and yields complete lines once `chunk` bytes have gathered. Hashes everything it
-    yields except the tail.
+    yields except the tail (when given a hasher).
     """
+    update = hasher.update if hasher is not None else (lambda data: None)
     pending: list[bytes] = []  # blocks not yielded yet
     pending_size = since_newline = 0
     long_line: list[Any] | None = None  # [bytes so far, head]
@@ -562,7 +578,7 @@ def _read_chunks(f: Any, hasher: Any, chunk: int, limit: int, block_size: int) -
         if long_line is not None and block:
             end = block.find(b"\n")
             part = block if end < 0 else block[: end + 1]
-            hasher.update(part)
+            update(part)
             long_line[0] += len(part)
             if end < 0:
                 continue
@@ -580,10 +596,10 @@ def _read_chunks(f: Any, hasher: Any, chunk: int, limit: int, block_size: int) -
             rest = data[last + 1 :]
             pending, pending_size = ([rest] if rest else []), len(rest)
             if last >= 0:
-                hasher.update(memoryview(data)[: last + 1])
+                update(memoryview(data)[: last + 1])
                 yield "lines", data[: last + 1]
             if too_long:
-                hasher.update(rest)
+                update(rest)
                 long_line, pending, pending_size, since_newline = [len(rest), rest[:4096]], [], 0, 0
         if not block:
             break

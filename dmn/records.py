@@ -34,6 +34,7 @@ TENSOR_DTYPES = {"float16": "<f2", "float32": "<f4", "float64": "<f8"}
 
 # Lake tables: record type -> (table, columns). Every table also carries the provenance
 # columns below; `world` and `date` are the partition keys (also stored in the files).
+# `fingerprint` is DuckDB's hash of the record's content: ingest drops exact repeats by it.
 PROVENANCE = {
     "date": "DATE",
     "source_file": "VARCHAR",
@@ -49,20 +50,20 @@ TABLES = {
     "simulation": ("simulations", {
         "episode_id": "VARCHAR", "world": "VARCHAR", "encoder": "VARCHAR", "step": "BIGINT",
         "state": "FLOAT[]", "action": "VARCHAR", "score": "DOUBLE", "predicted": "FLOAT[]",
-        "vetoed": "BOOLEAN", "cost_ms": "DOUBLE", "ts": "TIMESTAMPTZ",
+        "vetoed": "BOOLEAN", "cost_ms": "DOUBLE", "ts": "TIMESTAMPTZ", "fingerprint": "UBIGINT",
     }),
     "decision": ("decisions", {
         "episode_id": "VARCHAR", "world": "VARCHAR", "encoder": "VARCHAR", "step": "BIGINT",
         "state": "FLOAT[]", "action": "VARCHAR", "source": "VARCHAR", "confidence": "DOUBLE",
-        "latency_ms": "DOUBLE", "ts": "TIMESTAMPTZ",
+        "latency_ms": "DOUBLE", "ts": "TIMESTAMPTZ", "fingerprint": "UBIGINT",
     }),
     "outcome": ("outcomes", {
         "episode_id": "VARCHAR", "world": "VARCHAR", "encoder": "VARCHAR", "step": "BIGINT",
-        "reward": "DOUBLE", "done": "BOOLEAN", "success": "BOOLEAN",
+        "reward": "DOUBLE", "done": "BOOLEAN", "success": "BOOLEAN", "fingerprint": "UBIGINT",
     }),
     "episode_end": ("episode_ends", {
         "episode_id": "VARCHAR", "world": "VARCHAR", "encoder": "VARCHAR", "return": "DOUBLE",
-        "success": "BOOLEAN", "ended_at": "TIMESTAMPTZ",
+        "success": "BOOLEAN", "ended_at": "TIMESTAMPTZ", "fingerprint": "UBIGINT",
     }),
 }
 QUARANTINE = {

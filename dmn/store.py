@@ -40,7 +40,7 @@ def connect(memory_limit: str | None = None, temp_directory: Path | None = None)
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": True})
     run(con, "SET TimeZone = 'UTC'")
     if memory_limit:
-        run(con, f"SET memory_limit = '{memory_limit}'")
+        run(con, f"SET memory_limit = '{memory_limit}'")  # checked by Settings.load
     if temp_directory:
         run(con, "SET temp_directory = ?", [str(temp_directory)])
     return con
@@ -57,9 +57,12 @@ class Store:
         out = []
         for path in sorted(self.home.catalog.glob("*.json")):
             try:
-                out.append(json.loads(path.read_bytes()))
-            except (OSError, ValueError) as exc:
+                manifest = json.loads(path.read_bytes())
+                if not {"batch", "committed_at", "files", "ledger"} <= set(manifest):
+                    raise ValueError("fields are missing")
+            except (OSError, ValueError, TypeError) as exc:
                 raise DmnError(f"catalog manifest {path} is unreadable ({exc}); the store needs repair") from None
+            out.append(manifest)
         return out
 
     def files(self, table: str, manifests: list[dict[str, Any]] | None = None) -> list[str]:
@@ -109,19 +112,19 @@ class Store:
             con = self.connect()
             try:
                 return con.execute(query, params)
-            except duckdb.IOException:
+            except duckdb.IOException as exc:
                 # A batch being rolled forward moved a file between listing and reading: list again.
                 if attempt == 2:
-                    raise
+                    raise DmnError(f"the store is missing a file its catalog lists ({exc})") from None
                 time.sleep(0.05)
             except duckdb.Error as exc:
                 raise DmnError(str(exc).strip()) from None
         raise AssertionError("unreachable")
 
-    def known_dims(self) -> dict[tuple[str, str], int]:
+    def known_dims(self, manifests: list[dict[str, Any]] | None = None) -> dict[tuple[str, str], int]:
         """Latent dimension per (world, encoder), as fixed by earlier batches."""
         dims: dict[tuple[str, str], int] = {}
-        for m in self.manifests():
+        for m in self.manifests() if manifests is None else manifests:
             for row in m.get("dims", []):
                 dims.setdefault((row["world"], row["encoder"]), row["dim"])
         return dims

@@ -59,7 +59,7 @@ def _rules(future_skew: float) -> list[tuple[str, str, str]]:
         ("r IS NULL", "'not valid JSON'", "'each line must be one complete JSON object'"),
         ("rtype IS NULL AND json_type(text) <> 'OBJECT'", "'not a JSON object'", "'a record is a JSON object, this line holds a ' || lower(json_type(text))"),
         ("NOT given(r.type)", "'missing field'", "'the record has no \"type\"'"),
-        ("rtype IS NULL OR rtype NOT IN " + str(RECORD_TYPES), "'unknown record type'",
+        (f"rtype IS NULL OR NOT {_in('rtype', RECORD_TYPES)}", "'unknown record type'",
          f"'\"type\" is ' || r.type || '; expected one of {', '.join(RECORD_TYPES)}'"),
     ]
     for rtype in RECORD_TYPES:
@@ -71,16 +71,16 @@ def _rules(future_skew: float) -> list[tuple[str, str, str]]:
         hint = f"'\"{name}\" must be {what}, got ' || left(r.{quote(name)}::VARCHAR, 80)"
         if what == "a timestamp":
             hint += f" || '; {_TS_HINT}'"
-        rules.append((f"rtype IN {_tuple(types)} AND given(r.{quote(name)}) AND {quote(name)} IS NULL", "'wrong field type'", hint))
+        rules.append((f"{_in('rtype', types)} AND given(r.{quote(name)}) AND {quote(name)} IS NULL", "'wrong field type'", hint))
     for vec, types in (("state", ("simulation", "decision")), ("predicted", ("simulation",))):
         rules += _vector_rules(vec, types)
     rules += [
         ("episode_id = ''", "'wrong field type'", "'\"episode_id\" must not be empty'"),
-        ("rtype = 'episode' AND (world = '' OR world IN ('.', '..') OR regexp_matches(world, '[\\x00-\\x1f]') OR length(world) > 200)",
-         "'bad world name'", "'\"world\" must be 1-200 printable characters and not . or ..'"),
+        ("rtype = 'episode' AND (world = '' OR world IN ('.', '..') OR regexp_matches(world, '[\\x00-\\x1f]') OR strlen(world) > 80)",
+         "'bad world name'", "'\"world\" must be 1-80 bytes of printable text and not . or ..'"),
         ("rtype = 'episode' AND encoder = ''", "'wrong field type'", "'\"encoder\" must not be empty'"),
         ("step < 0", "'wrong field type'", "'\"step\" must not be negative'"),
-        ("rtype = 'decision' AND source NOT IN " + str(SOURCES), "'wrong field type'",
+        (f"rtype = 'decision' AND NOT {_in('source', SOURCES)}", "'wrong field type'",
          "'\"source\" is ' || source || '; expected system1 or system2'"),
         ("NOT isfinite(coalesce(score, 0) + coalesce(cost_ms, 0) + coalesce(confidence, 0) + coalesce(latency_ms, 0)"
          " + coalesce(reward, 0) + coalesce(\"return\", 0))", "'NaN or Inf'", "'a number in the record is NaN or Inf'"),
@@ -93,7 +93,8 @@ def _rules(future_skew: float) -> list[tuple[str, str, str]]:
 
 
 def _vector_rules(vec: str, types: tuple[str, ...]) -> list[tuple[str, str, str]]:
-    is_type = f"rtype IN {_tuple(types)}"
+    is_type = _in("rtype", types)
+    dtype_ok = _in(f"coalesce({vec}_obj.dtype, 'float32')", tuple(TENSOR_DTYPES))
     obj = f"{vec}_obj"
     return [(f"{is_type} AND {cond}", reason, hint) for cond, reason, hint in [
         (f"{vec}_arr IS NULL AND given({vec}_json) AND json_type({vec}_json) <> 'OBJECT'", "'wrong field type'",
@@ -101,7 +102,7 @@ def _vector_rules(vec: str, types: tuple[str, ...]) -> list[tuple[str, str, str]
         (f"{vec}_arr IS NULL AND given({vec}_json) AND {obj}.b64 IS NULL", "'latent lost'",
          f"'\"{vec}\" is a tensor object without values (\"b64\"), as Lár-JEPA''s TensorSafeEncoder writes; "
          "log with dmn.EpisodeLogger or dmn.integrations.lar.TensorAuditLogger, which keep the values'"),
-        (f"{vec}_arr IS NULL AND given({vec}_json) AND coalesce({obj}.dtype, 'float32') NOT IN {_tuple(tuple(TENSOR_DTYPES))}",
+        (f"{vec}_arr IS NULL AND given({vec}_json) AND NOT {dtype_ok}",
          "'bad tensor'", f"'\"{vec}\" has dtype ' || {obj}.dtype || '; expected float16, float32 or float64'"),
         (f"{vec}_arr IS NULL AND given({vec}_json) AND {vec}_blob IS NULL", "'bad tensor'",
          f"'\"{vec}\".b64 is not valid base64'"),
@@ -118,8 +119,9 @@ def _vector_rules(vec: str, types: tuple[str, ...]) -> list[tuple[str, str, str]
     ]]
 
 
-def _tuple(items: tuple[str, ...] | list[str]) -> str:
-    return "(" + ", ".join(f"'{i}'" for i in items) + ")"
+def _in(expr: str, items: tuple[str, ...]) -> str:
+    # list_contains rather than IN: DuckDB plans an IN list of five or more as a join, per use.
+    return f"list_contains([{', '.join(repr(i) for i in items)}], {expr})"
 
 
 PARSED_COLUMNS = ", ".join([
@@ -131,7 +133,7 @@ PARSED_COLUMNS = ", ".join([
         "source": "VARCHAR", "confidence": "DOUBLE", "latency_ms": "DOUBLE", "reward": "DOUBLE", "done": "BOOLEAN",
         "success": "BOOLEAN", "return": "DOUBLE", "ended_at": "TIMESTAMPTZ",
     }.items()],
-    "date DATE", "reason VARCHAR", "hint VARCHAR", "raw VARCHAR", "raw_bytes BIGINT",
+    "date DATE", "fingerprint UBIGINT", "reason VARCHAR", "hint VARCHAR", "raw VARCHAR", "raw_bytes BIGINT",
 ])
 
 
@@ -139,12 +141,15 @@ def parse_sql(future_skew: float) -> str:
     rules = _rules(future_skew)
     reason = "CASE " + " ".join(f"WHEN {c} THEN {r}" for c, r, _ in rules) + " END"
     hint = "CASE " + " ".join(f"WHEN {c} THEN {h}" for c, _, h in rules) + " END"
-    scalars = ", ".join(f"{fn}(r.{quote(name)}) AS {quote(name)}" for name, (fn, _) in _SCALARS.items())
+    # A field is read only for the record types that own it: any other field is ignored, as the schemas allow.
+    owners = {name: tuple(t for t in RECORD_TYPES if name in REQUIRED[t] + OPTIONAL[t]) for name in _SCALARS}
+    scalars = ", ".join(f"CASE WHEN {_in('rtype', owners[name])} THEN {fn}(r.{quote(name)}) END AS {quote(name)}"
+                        for name, (fn, _) in _SCALARS.items())
     vectors = []
     for vec, types in (("state", ("simulation", "decision")), ("predicted", ("simulation",))):
         vectors.append(f"""
             r.{vec} AS {vec}_arr,
-            CASE WHEN r.{vec} IS NULL AND rtype IN {_tuple(types)} THEN json_extract(text, '$.{vec}') END AS {vec}_json""")
+            CASE WHEN r.{vec} IS NULL AND {_in('rtype', types)} THEN json_extract(text, '$.{vec}') END AS {vec}_json""")
     decode = []
     for vec in ("state", "predicted"):
         decode.append(f"""
@@ -156,6 +161,7 @@ def parse_sql(future_skew: float) -> str:
     out = {c: c for c in columns}
     out.update({
         "file_index": "file_index", "source_line": "line", "seq": "(file_index::BIGINT << 40) + line", "date": "NULL",
+        "fingerprint": "NULL",
         "reason": "reason", "hint": "hint",
         "raw": f"CASE WHEN reason IS NOT NULL THEN left(rtrim(coalesce(text, raw::VARCHAR), chr(10) || chr(13)), {RAW_KEEP_BYTES}) END",
         "raw_bytes": "CASE WHEN reason IS NOT NULL THEN octet_length(raw) END",
@@ -169,11 +175,11 @@ def parse_sql(future_skew: float) -> str:
         SELECT *, {', '.join(finals)} FROM (
           SELECT *, {', '.join(blobs)} FROM (
             SELECT *, {', '.join(decode)} FROM (
-              SELECT file_index, line, raw, text, r, rtype, r.meta AS meta, {scalars}, {', '.join(vectors)} FROM (
+              SELECT file_index, line, raw, text, r, rtype, CASE WHEN rtype = 'episode' THEN r.meta END AS meta, {scalars}, {', '.join(vectors)} FROM (
                 SELECT *, CASE WHEN json_type(r.type) = 'VARCHAR' THEN r.type ->> '$' END AS rtype FROM (
                   SELECT file_index, line, raw, text, CASE WHEN text IS NOT NULL THEN try(json_transform(text, '{_STRUCT}')) END AS r
                   FROM (SELECT file_index, line, raw, try(decode(raw)) AS text FROM chunk)
-                  WHERE text IS NULL OR octet_length(raw) > 16 OR trim(text) <> ''))))))))"""
+                  WHERE text IS NULL OR NOT contains(' \t\r\n', left(text, 1)) OR trim(text) <> ''))))))))"""
 
 
 def resolve_sql() -> list[str]:
@@ -209,10 +215,11 @@ def resolve_sql() -> list[str]:
 
 RESOLVE = resolve_sql()
 
-KEYED = [  # (record type, its key, what must agree for a repeat to be a mere duplicate)
-    ("decision", "episode_id, step", "action, source, state"),
-    ("outcome", "episode_id, step", "reward, done, success"),
-    ("episode_end", "episode_id", '"return", success'),
+KEYED = [  # (record type, its key, its content: a repeat of the key with the same content is a mere duplicate)
+    ("simulation", "fingerprint", "episode_id, step, action, score, state, predicted, vetoed, cost_ms, ts"),
+    ("decision", "episode_id, step", "episode_id, step, action, source, state, confidence, latency_ms, ts"),
+    ("outcome", "episode_id, step", "episode_id, step, reward, done, success"),
+    ("episode_end", "episode_id", 'episode_id, "return", success, ended_at'),
 ]
 
 

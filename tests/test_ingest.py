@@ -254,7 +254,7 @@ def test_second_ingest_on_one_home_is_refused(home):
 
 
 def test_lake_parquet_moves_between_homes(home, tmp_path):
-    write_jsonl(home.inbox / "a.jsonl", [episode(), simulation(dim=4), decision(dim=4)])
+    write_jsonl(home.inbox / "a.jsonl", [episode(meta={"k": [1, 2]}), simulation(dim=4), decision(dim=4)])
     run(home)
     other = type(home).resolve(tmp_path / "other")
     files = sorted(Store(home).files("episode_starts") + Store(home).files("simulations") + Store(home).files("decisions"))
@@ -265,6 +265,7 @@ def test_lake_parquet_moves_between_homes(home, tmp_path):
     a = Store(home).sql("SELECT state, action, score FROM simulations").fetchone()
     b = Store(other).sql("SELECT state, action, score FROM simulations").fetchone()
     assert a == b
+    assert Store(other).sql("SELECT meta FROM episodes").fetchone()[0] == Store(home).sql("SELECT meta FROM episodes").fetchone()[0]
 
 
 def test_foreign_parquet_is_quarantined(home):
@@ -334,3 +335,70 @@ def test_broken_lar_files_are_quarantined_whole(home, content, reason):
     report = run(home)
     assert report.quarantined == {reason: 1}
     assert Store(home).sql("SELECT raw FROM quarantine").fetchone()[0] == content.decode()
+
+
+def test_the_same_lines_twice_in_one_run_land_once(home, tmp_path):
+    path = write_jsonl(home.inbox / "a.jsonl", [episode(), simulation(step=0), simulation(step=1), decision()])
+    shutil.copy(path, home.inbox / "b.jsonl")
+    report = run(home, path, path, home.inbox)
+    assert report.records == {"episode": 1, "simulation": 2, "decision": 1}
+    assert report.skipped == {"copy of an ingested file": 1}
+
+
+def test_a_gzip_of_ingested_lines_adds_only_what_is_new(home):
+    lines = [episode(), simulation(step=0), simulation(step=1)]
+    path = write_jsonl(home.inbox / "a.jsonl", lines)
+    run(home)
+    (home.inbox / "a.jsonl.gz").write_bytes(gzip.compress(path.read_bytes() + (json.dumps(simulation(step=2)) + "\n").encode()))
+    report = run(home)
+    assert report.records == {"simulation": 1} and report.duplicates == 3
+    assert count(home, "simulations") == 3
+
+
+def test_fields_of_other_record_types_are_ignored(home):
+    write_jsonl(home.inbox / "a.jsonl", [
+        episode(step=-1, confidence=3),
+        {"type": "outcome", "episode_id": "e1", "step": 0, "ts": "2099-01-01T00:00:00Z", "world": "elsewhere"},
+        decision(eid="ghost", world="w2"),
+    ])
+    report = run(home)
+    assert report.records == {"episode": 1, "outcome": 1}
+    assert report.quarantined == {"episode never started": 1}
+    assert Store(home).sql("SELECT world FROM outcomes").fetchone() == ("w",)
+
+
+def test_world_names_that_would_not_fit_a_folder_name_are_refused(home):
+    write_jsonl(home.inbox / "a.jsonl", [episode(world="é" * 200), episode("e2", world="ALE/Pong-v5")])
+    report = run(home)
+    assert report.quarantined == {"bad world name": 1} and report.records == {"episode": 1}
+
+
+def test_an_unfinished_tail_commits_nothing_until_it_is_finished(home):
+    path = home.inbox / "a.jsonl"
+    path.write_text(json.dumps(episode()) + "\n" + json.dumps(simulation())[:20])
+    assert run(home).batch is not None
+    for _ in range(2):
+        again = run(home)
+        assert again.batch is None and again.pending_bytes == 20
+    assert len(list(home.catalog.glob("*.json"))) == 1
+
+
+def test_blank_lines_of_any_length_are_skipped(home):
+    write_jsonl(home.inbox / "a.jsonl", [episode(), " " * 40, "\t", "", simulation()])
+    assert run(home).records == {"episode": 1, "simulation": 1}
+
+
+def test_an_unreadable_file_is_skipped_and_the_rest_lands(home, monkeypatch):
+    write_jsonl(home.inbox / "a.jsonl", [episode()])
+    secret = write_jsonl(home.inbox / "b.jsonl", [episode("e2")])
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: real(p, mode) and str(p) != str(secret))
+    report = run(home)
+    assert report.records == {"episode": 1} and report.skipped == {"unreadable file (permission denied)": 1}
+
+
+def test_lar_steps_without_an_integer_index_still_ingest(home):
+    doc = {"run_id": "r1", "steps": [{"step": "a", "state_before": {},
+                                      "state_diff": {"added": {"action_taken": 1, "latent": [1.0, 2.0]}}}]}
+    (home.inbox / "run_r1.json").write_text(json.dumps(doc))
+    assert run(home).records == {"episode": 1, "decision": 1, "episode_end": 1}

@@ -64,7 +64,7 @@ def audit_to_records(data: bytes, settings: LarSettings, run_name: str = "") -> 
         diff = step.get("state_diff") if isinstance(step.get("state_diff"), dict) else {}
         changed = {**(diff.get("added") or {}), **(diff.get("updated") or {})}
         after = step.get("state_after") if isinstance(step.get("state_after"), dict) else {**before, **changed}
-        line = step.get("step", index)
+        line = step["step"] if isinstance(step.get("step"), int) and not isinstance(step["step"], bool) else index
         if settings.score_key in changed:
             record = {"type": "simulation", "episode_id": episode_id, "step": decisions,
                       "state": after.get(settings.latent_key, before.get(settings.latent_key)),

@@ -31,6 +31,7 @@ import time
 import urllib.parse
 import zlib
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -190,6 +191,7 @@ class _Batch:
         self.parse_sql = parse_sql(settings.ingest.future_skew_seconds)
         self.pending: list[pa.Table] = []
         self.pending_bytes = 0
+        self.passes = 0
 
     def close(self) -> None:
         self.con.close()
@@ -297,12 +299,14 @@ class _Batch:
         """
         tail, error = b"", None
         settings = self.settings.ingest
-        for event in _prefetch(_read_chunks(f, hasher, settings.chunk_bytes, settings.max_line_bytes, block_size)):
+        blocks = min(settings.chunk_bytes, 1 << 24)  # the reader hands over 16 MiB at a time; _parse gathers them
+        for event in _prefetch(_read_chunks(f, hasher, blocks, settings.max_line_bytes, block_size)):
             kind, payload = event
             if kind == "lines":
-                self.report.bytes_read += len(payload)
-                entry["bytes_consumed"] += len(payload)
-                self._parse_block(payload, entry)
+                block, offsets = payload
+                self.report.bytes_read += len(block)
+                entry["bytes_consumed"] += len(block)
+                self._parse_block(block, offsets, entry)
             elif kind == "long":
                 size, head = payload
                 self.report.bytes_read += size
@@ -315,10 +319,9 @@ class _Batch:
                 error = payload
         return tail, error
 
-    def _parse_block(self, block: bytes, entry: dict) -> None:
-        data = np.frombuffer(block, dtype=np.uint8)
-        ends = np.flatnonzero(data == 10) + 1
-        offsets = np.concatenate([[0], ends]).astype(np.int64)
+    def _parse_block(self, block: bytes, offsets: np.ndarray, entry: dict) -> None:
+        """Queue one block of complete lines; `offsets` are the line starts plus the block's end."""
+        ends = offsets[1:]
         first = entry["lines_consumed"] + 1
         entry["lines_consumed"] += len(ends)
         numbers = np.arange(first, first + len(ends), dtype=np.int64)
@@ -376,7 +379,8 @@ class _Batch:
         that a thousand small episode files cost a few DuckDB passes, not a thousand)."""
         self.pending.append(lines.append_column("file_index", pa.array(np.full(lines.num_rows, self.file_index, np.int32))))
         self.pending_bytes += lines.nbytes
-        if self.pending_bytes >= self.settings.ingest.chunk_bytes:
+        # The first passes are small, so that DuckDB starts while the reader is still on the first chunk.
+        if self.pending_bytes >= min(self.settings.ingest.chunk_bytes, (1 << 24) << self.passes):
             self._parse_pending()
 
     def _parse_pending(self) -> None:
@@ -384,6 +388,7 @@ class _Batch:
             return
         chunk = pa.concat_tables(self.pending)
         self.pending, self.pending_bytes = [], 0
+        self.passes += 1
         # Small record batches let DuckDB spread one chunk over all cores (a chunk of 768-d lines
         # is only a few thousand rows, a single vector otherwise).
         self.con.register("chunk", pa.Table.from_batches(chunk.to_batches(max_chunksize=256), chunk.schema))
@@ -411,8 +416,8 @@ class _Batch:
         if not self.entries:
             return
         con = self.con
-        con.register("files_arrow", pa.Table.from_pylist(
-            [{"file_index": i, "source_file": e["path"]} for i, e in enumerate(self.entries)]))
+        # Tables, not registered Arrow objects: the writer threads read them through cursors of their own.
+        self._table("files", pa.Table.from_pylist([{"file_index": i, "source_file": e["path"]} for i, e in enumerate(self.entries)]))
         lake_eps = self.store.files("episode_starts", self.manifests)
         run(con, 
             "CREATE TABLE lake_episodes AS " + (
@@ -452,6 +457,13 @@ class _Batch:
                                                || ', but other values' END
             FROM repeats r WHERE parsed.seq = r.seq AND parsed.rtype = '{rtype}'""", [files] if files else None)
 
+    def _table(self, name: str, data: pa.Table) -> None:
+        self.con.register("arrow_data", data)
+        try:
+            run(self.con, f"CREATE TABLE {name} AS SELECT * FROM arrow_data")
+        finally:
+            self.con.unregister("arrow_data")
+
     def _check_dims(self) -> None:
         """Fix each (world, encoder)'s latent dimension and quarantine vectors of another length."""
         known = self.store.known_dims(self.manifests)
@@ -489,11 +501,11 @@ class _Batch:
             n = self._write(staging, table, f"""
                 SELECT {select}, p.date, f.source_file, p.source_line, '{self.id}' AS batch,
                        '{ingested_at}'::TIMESTAMPTZ AS ingested_at
-                FROM parsed p JOIN files_arrow f USING (file_index)
+                FROM parsed p JOIN files f USING (file_index)
                 WHERE p.reason IS NULL AND p.rtype = '{rtype}'""", ("world", "date"))
             if n:
                 self.report.records[rtype] = n
-        self.con.register("file_quarantine", pa.Table.from_pylist(self.file_quarantine, schema=pa.schema([
+        self._table("file_quarantine", pa.Table.from_pylist(self.file_quarantine, schema=pa.schema([
             ("source_file", pa.string()), ("source_line", pa.int64()), ("type", pa.string()), ("episode_id", pa.string()),
             ("reason", pa.string()), ("hint", pa.string()), ("raw", pa.string()), ("raw_bytes", pa.int64())])))
         quarantine_sql = f"""
@@ -501,7 +513,7 @@ class _Batch:
                    '{ingested_at}'::TIMESTAMPTZ::DATE AS date FROM (
               SELECT f.source_file, p.source_line, p.rtype AS type, p.episode_id, p.reason, p.hint,
                      coalesce(p.raw, {canonical_json()}) AS raw, coalesce(p.raw_bytes, 0) AS raw_bytes
-              FROM parsed p JOIN files_arrow f USING (file_index) WHERE p.reason IS NOT NULL AND p.reason <> 'duplicate'
+              FROM parsed p JOIN files f USING (file_index) WHERE p.reason IS NOT NULL AND p.reason <> 'duplicate'
               UNION ALL SELECT * FROM file_quarantine)"""
         self._write(staging, "quarantine", quarantine_sql, ("date",))
         self.report.duplicates = con.execute("SELECT count(*) FROM parsed WHERE reason = 'duplicate'").fetchall()[0][0]
@@ -525,40 +537,52 @@ class _Batch:
         """Write the rows of `sql` as Parquet under `staging/table/<k>=<v>/...`; returns the row count.
 
         One file per partition and encoder, so that each file holds one latent dimension and its
-        vectors are stored as fixed-size float32 lists. pyarrow writes them about twice as fast as
-        DuckDB's COPY does.
+        vectors are stored as fixed-size float32 lists; a large group is split over two files written
+        at once (pyarrow's writer uses one core, and writes twice as fast as DuckDB's COPY).
         """
         vectors = [c for c in ("state", "predicted") if c in columns(table)]
         keys = list(partition) + (["encoder"] if vectors else [])
         dims = ", ".join(f"max(len({v})) AS {v}" for v in vectors)
         groups = run(self.con, f"SELECT {', '.join(keys)}, count(*) {', ' + dims if dims else ''} FROM ({sql}) GROUP BY ALL")
-        written = 0
+        jobs = []
         for n, group in enumerate(groups):
             values, rows, sizes = group[: len(keys)], group[len(keys)], group[len(keys) + 1 :]
             fixed = ", ".join(f"{v}::FLOAT[{d}] AS {v}" for v, d in zip(vectors, sizes) if d)
             where = " AND ".join(f"{k} IS NOT DISTINCT FROM ?" for k in keys)
             select = f"* REPLACE ({fixed})" if fixed else "*"
-            query = self.con.sql(f"SELECT {select} FROM ({sql}) WHERE {where}", params=list(values))
-            reader = query.to_arrow_reader(65_536)
-            schema = reader.schema.with_metadata({"dmn_table": table})
             folder = staging / table
             for key, value in zip(partition, values):
                 folder /= f"{key}={urllib.parse.quote(str(value), safe='')}"
             folder.mkdir(parents=True, exist_ok=True)
-            path = folder / f"{self.id}_{n}.parquet"
-            with pq.ParquetWriter(path, schema, compression="zstd") as writer:
-                for batch in reader:
-                    writer.write_batch(batch.replace_schema_metadata(schema.metadata))
-            fsync_file(path)  # on disk before the manifest that names it
-            written += rows
-        return written
+            parts = 2 if rows >= 10_000 else 1
+            for part in range(parts):
+                query = f"SELECT {select} FROM ({sql}) WHERE {where} AND coalesce(source_line, 0) % {parts} = {part}"
+                jobs.append((folder / f"{self.id}_{n}_{part}.parquet", query, list(values)))
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            counts = list(pool.map(lambda job: self._write_file(table, vectors, *job), jobs))
+        return sum(counts)
+
+    def _write_file(self, table: str, vectors: list[str], path: Path, query: str, params: list[Any]) -> int:
+        reader = self.con.cursor().sql(query, params=params).to_arrow_reader(65_536)
+        schema = reader.schema.with_metadata({"dmn_table": table})
+        # Dictionaries for the text columns only (trying them on latents costs a third of the write);
+        # byte-stream-split latents compress better.
+        text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+        rows = 0
+        with pq.ParquetWriter(path, schema, compression="zstd", use_dictionary=text,
+                              use_byte_stream_split=[f"{v}.list.element" for v in vectors]) as writer:
+            for batch in reader:
+                writer.write_batch(batch.replace_schema_metadata(schema.metadata))
+                rows += batch.num_rows
+        fsync_file(path)  # on disk before the manifest that names it
+        return rows
 
 
 # -- reading -------------------------------------------------------------------------------------------
 
 
 def _read_chunks(f: Any, hasher: Any | None, chunk: int, limit: int, block_size: int) -> Iterator[tuple[str, Any]]:
-    """Events from a byte stream: ("lines", complete lines), ("long", (size, head)) for a line over
+    """Events from a byte stream: ("lines", (complete lines, their offsets)), ("long", (size, head)) for a line over
     `limit` bytes (never held whole), then ("tail", unterminated bytes) or ("error", exception).
 
     Reads `block_size` bytes at a time (small for gzip, so that a damaged file loses little before
@@ -597,7 +621,7 @@ def _read_chunks(f: Any, hasher: Any | None, chunk: int, limit: int, block_size:
             pending, pending_size = ([rest] if rest else []), len(rest)
             if last >= 0:
                 update(memoryview(data)[: last + 1])
-                yield "lines", data[: last + 1]
+                yield "lines", _split_lines(data[: last + 1])
             if too_long:
                 update(rest)
                 long_line, pending, pending_size, since_newline = [len(rest), rest[:4096]], [], 0, 0
@@ -608,6 +632,12 @@ def _read_chunks(f: Any, hasher: Any | None, chunk: int, limit: int, block_size:
     yield "tail", b"".join(pending)
     if error is not None:
         yield "error", error
+
+
+def _split_lines(block: bytes) -> tuple[bytes, np.ndarray]:
+    """The block and the offsets of its lines (starts, then the end); numpy finds the newlines."""
+    ends = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10) + 1
+    return block, np.concatenate([[0], ends]).astype(np.int64)
 
 
 def _prefetch(events: Iterator[Any], depth: int = 2) -> Iterator[Any]:

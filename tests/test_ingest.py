@@ -402,3 +402,11 @@ def test_lar_steps_without_an_integer_index_still_ingest(home):
                                       "state_diff": {"added": {"action_taken": 1, "latent": [1.0, 2.0]}}}]}
     (home.inbox / "run_r1.json").write_text(json.dumps(doc))
     assert run(home).records == {"episode": 1, "decision": 1, "episode_end": 1}
+
+
+def test_a_large_partition_is_written_as_two_files_with_every_row(home):
+    lines = [episode()] + [simulation(step=s, dim=2, state=[float(s), 1.0]) for s in range(12_000)]
+    write_jsonl(home.inbox / "big.jsonl", lines)
+    assert run(home).records == {"episode": 1, "simulation": 12_000}
+    assert len(Store(home).files("simulations")) == 2
+    assert Store(home).sql("SELECT count(DISTINCT step), sum(state[1]) FROM simulations").fetchone() == (12_000, sum(range(12_000)))

@@ -52,6 +52,7 @@ from dmn.store import Store, connect, quote, run
 from dmn.validate import KEYED, MACROS, PARSED_COLUMNS, RAW_KEEP_BYTES, RESOLVE, canonical_json, parse_sql
 
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".swp", ".crdownload")
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass
@@ -260,6 +261,11 @@ class _Batch:
     def _read_jsonl(self, path: Path, entry: dict, hasher: Any, settled: bool) -> None:
         with open(path, "rb") as f:
             f.seek(entry["bytes_consumed"])
+            if entry["bytes_consumed"] == 0 and f.read(3) != UTF8_BOM:  # Windows editors start files with one
+                f.seek(0)
+            elif entry["bytes_consumed"] == 0:
+                hasher.update(UTF8_BOM)
+                entry["bytes_consumed"] = len(UTF8_BOM)
             tail, _ = self._stream(f, entry, hasher, block_size=1 << 20)
             if tail:
                 if _is_json(tail) or settled:

@@ -410,3 +410,10 @@ def test_a_large_partition_is_written_as_two_files_with_every_row(home):
     assert run(home).records == {"episode": 1, "simulation": 12_000}
     assert len(Store(home).files("simulations")) == 2
     assert Store(home).sql("SELECT count(DISTINCT step), sum(state[1]) FROM simulations").fetchone() == (12_000, sum(range(12_000)))
+
+
+def test_a_byte_order_mark_is_not_a_bad_record(home):
+    path = write_jsonl(home.inbox / "bom.jsonl", [episode(), simulation()])
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert run(home).records == {"episode": 1, "simulation": 1}
+    assert run(home).batch is None

@@ -266,8 +266,13 @@ class _Batch:
             elif entry["bytes_consumed"] == 0:
                 hasher.update(UTF8_BOM)
                 entry["bytes_consumed"] = len(UTF8_BOM)
-            tail, _ = self._stream(f, entry, hasher, block_size=1 << 20)
-            if tail:
+            tail, _, long_tail = self._stream(f, entry, hasher, block_size=1 << 20)
+            if long_tail and not settled:  # an over-long last line still being written: wait for its end
+                size, _head, hasher = long_tail
+                self.report.pending_bytes += size
+            elif long_tail:
+                self._consume_long(entry, *long_tail[:2])
+            elif tail:
                 if _is_json(tail) or settled:
                     hasher.update(tail)
                     entry["bytes_consumed"] += len(tail)
@@ -287,7 +292,9 @@ class _Batch:
         with open(path, "rb") as raw:
             _hash_prefix(raw, entry["size"], hasher)
         with gzip.open(path, "rb") as f:
-            tail, error = self._stream(f, entry, None, block_size=1 << 16)
+            tail, error, long_tail = self._stream(f, entry, None, block_size=1 << 16)
+        if long_tail:
+            self._consume_long(entry, *long_tail[:2])
         if error is not None:
             self._quarantine_file(entry, "corrupt gzip file", f"decompression failed after line {entry['lines_consumed']} "
                                   f"({error}); the lines before it were ingested (if a writer was still writing it, "
@@ -298,12 +305,13 @@ class _Batch:
         entry["bytes_consumed"] = entry["size"]
         entry["sha256"] = hasher.hexdigest()
 
-    def _stream(self, f: Any, entry: dict, hasher: Any | None, block_size: int) -> tuple[bytes, Exception | None]:
-        """Parse every complete line of `f`; return the unterminated tail and any read error.
+    def _stream(self, f: Any, entry: dict, hasher: Any | None, block_size: int) -> tuple[bytes, Exception | None, Any]:
+        """Parse every complete line of `f`; return the unterminated tail, any read error, and
+        (size, head, hasher as it was before it) for an over-long last line without its newline.
 
         A thread reads and hashes the next chunk while DuckDB parses this one.
         """
-        tail, error = b"", None
+        tail, error, long_tail = b"", None, None
         settings = self.settings.ingest
         blocks = min(settings.chunk_bytes, 1 << 24)  # the reader hands over 16 MiB at a time; _parse gathers them
         for event in _prefetch(_read_chunks(f, hasher, blocks, settings.max_line_bytes, block_size)):
@@ -314,16 +322,20 @@ class _Batch:
                 entry["bytes_consumed"] += len(block)
                 self._parse_block(block, offsets, entry)
             elif kind == "long":
-                size, head = payload
-                self.report.bytes_read += size
-                entry["bytes_consumed"] += size
-                entry["lines_consumed"] += 1
-                self._quarantine_long(entry, entry["lines_consumed"], size, head)
+                self._consume_long(entry, *payload)
+            elif kind == "long_tail":
+                long_tail = payload
             elif kind == "tail":
                 tail = payload
             else:
                 error = payload
-        return tail, error
+        return tail, error, long_tail
+
+    def _consume_long(self, entry: dict, size: int, head: bytes) -> None:
+        self.report.bytes_read += size
+        entry["bytes_consumed"] += size
+        entry["lines_consumed"] += 1
+        self._quarantine_long(entry, entry["lines_consumed"], size, head)
 
     def _parse_block(self, block: bytes, offsets: np.ndarray, entry: dict) -> None:
         """Queue one block of complete lines; `offsets` are the line starts plus the block's end."""
@@ -589,7 +601,8 @@ class _Batch:
 
 def _read_chunks(f: Any, hasher: Any | None, chunk: int, limit: int, block_size: int) -> Iterator[tuple[str, Any]]:
     """Events from a byte stream: ("lines", (complete lines, their offsets)), ("long", (size, head)) for a line over
-    `limit` bytes (never held whole), then ("tail", unterminated bytes) or ("error", exception).
+    `limit` bytes (never held whole), ("long_tail", (size, head, hasher before it)) when such a line
+    has no newline yet, then ("tail", unterminated bytes) and ("error", exception) if reading failed.
 
     Reads `block_size` bytes at a time (small for gzip, so that a damaged file loses little before
     the damage) and yields complete lines once `chunk` bytes have gathered. Hashes everything it
@@ -599,6 +612,7 @@ def _read_chunks(f: Any, hasher: Any | None, chunk: int, limit: int, block_size:
     pending: list[bytes] = []  # blocks not yielded yet
     pending_size = since_newline = 0
     long_line: list[Any] | None = None  # [bytes so far, head]
+    before_long = None  # the hasher before the over-long line, should the line turn out unfinished
     error: Exception | None = None
     while True:
         try:
@@ -629,12 +643,13 @@ def _read_chunks(f: Any, hasher: Any | None, chunk: int, limit: int, block_size:
                 update(memoryview(data)[: last + 1])
                 yield "lines", _split_lines(data[: last + 1])
             if too_long:
+                before_long = hasher.copy() if hasher is not None else None
                 update(rest)
                 long_line, pending, pending_size, since_newline = [len(rest), rest[:4096]], [], 0, 0
         if not block:
             break
-    if long_line is not None:  # the over-long line ran to the end of the stream
-        yield "long", tuple(long_line)
+    if long_line is not None:  # the over-long line runs to the end of the stream: its writer may not be done
+        yield "long_tail", (*long_line, before_long)
     yield "tail", b"".join(pending)
     if error is not None:
         yield "error", error

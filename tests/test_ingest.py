@@ -417,3 +417,20 @@ def test_a_byte_order_mark_is_not_a_bad_record(home):
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
     assert run(home).records == {"episode": 1, "simulation": 1}
     assert run(home).batch is None
+
+
+def test_an_unfinished_over_long_last_line_waits_like_any_unfinished_line(home):
+    (home.root / "dmn.toml").write_text("[ingest]\nmax_line_bytes = 1000\n")
+    path = home.inbox / "a.jsonl"
+    path.write_bytes((json.dumps(episode()) + "\n").encode() + b'{"type": "simulation", "x": "' + b"y" * 3000)
+    report = run(home)
+    assert report.records == {"episode": 1} and report.quarantined == {} and report.pending_bytes > 3000
+    with open(path, "ab") as f:
+        f.write(b'"}\n' + (json.dumps(simulation()) + "\n").encode())
+    report = run(home)
+    assert report.records == {"simulation": 1} and report.quarantined == {"line too long": 1}
+    assert Store(home).sql("SELECT source_line FROM simulations").fetchone() == (3,)
+    old = time.time() - 7200
+    path.write_bytes(path.read_bytes() + b'{"unfinished": "' + b"z" * 3000)
+    os.utime(path, (old, old))
+    assert run(home).quarantined == {"line too long": 1}

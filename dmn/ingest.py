@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 from dmn import records, tensors
 from dmn.config import Settings
 from dmn.errors import DmnError
-from dmn.home import Home, fsync_file
+from dmn.home import Home, fsync
 from dmn.integrations.lar import audit_to_records
 from dmn.records import TABLES, columns
 from dmn.store import Store, connect, quote, run
@@ -592,7 +592,8 @@ class _Batch:
             for batch in reader:
                 writer.write_batch(batch.replace_schema_metadata(schema.metadata))
                 rows += batch.num_rows
-        fsync_file(path)  # on disk before the manifest that names it
+        fsync(path)  # on disk, with its folder entry, before the manifest that names it
+        fsync(path.parent)
         return rows
 
 

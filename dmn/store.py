@@ -24,7 +24,7 @@ import duckdb
 import pyarrow as pa
 
 from dmn.errors import DmnError
-from dmn.home import Home, fsync_dir, write_atomic
+from dmn.home import Home, fsync, write_atomic
 from dmn.records import LAKE_TABLES, columns
 
 MANIFEST_VERSION = 1
@@ -158,7 +158,7 @@ class Store:
             dst = self.home.lake / src.relative_to(staging)
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dst)
-            fsync_dir(dst.parent)
+            fsync(dst.parent)
         shutil.rmtree(staging, ignore_errors=True)
 
 

@@ -147,6 +147,11 @@ def discover(paths: list[Path], home: Home) -> tuple[list[Path], list[tuple[Path
 
 
 def _consider(path: Path, home: Home, files: list[Path], skipped: list[tuple[Path, str]]) -> None:
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        skipped.append((path, "file name is not valid UTF-8 (rename it)"))
+        return
     if path.is_symlink():
         skipped.append((path, "symbolic link (not followed; copy the file instead)"))
     elif path.name.startswith(".") or path.name.endswith(TEMP_SUFFIXES):
@@ -193,6 +198,7 @@ class _Batch:
         self.pending: list[pa.Table] = []
         self.pending_bytes = 0
         self.passes = 0
+        self.rows = 0  # records queued so far: each gets its own seq, in reading order
 
     def close(self) -> None:
         self.con.close()
@@ -202,7 +208,11 @@ class _Batch:
     def add_file(self, path: Path) -> None:
         kind = file_kind(path)
         key = self._key(path)
-        st = path.stat()
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            self._skip("gone before it was read")
+            return
         prev = self.ledger.get(key)
         if prev and prev["size"] == st.st_size and prev["mtime_ns"] == st.st_mtime_ns and prev["bytes_consumed"] == st.st_size:
             self._skip("already ingested (unchanged)")
@@ -292,6 +302,11 @@ class _Batch:
         with open(path, "rb") as raw:
             _hash_prefix(raw, entry["size"], hasher)
         with gzip.open(path, "rb") as f:
+            try:
+                if f.read(len(UTF8_BOM)) != UTF8_BOM:
+                    f.seek(0)
+            except (EOFError, zlib.error, gzip.BadGzipFile):
+                f.seek(0)  # _stream meets the damage again and reports it
             tail, error, long_tail = self._stream(f, entry, None, block_size=1 << 16)
         if long_tail:
             self._consume_long(entry, *long_tail[:2])
@@ -395,7 +410,10 @@ class _Batch:
     def _parse(self, lines: pa.Table) -> None:
         """Queue the current file's lines; parse once `chunk_bytes` have gathered (across files, so
         that a thousand small episode files cost a few DuckDB passes, not a thousand)."""
-        self.pending.append(lines.append_column("file_index", pa.array(np.full(lines.num_rows, self.file_index, np.int32))))
+        n = lines.num_rows
+        lines = lines.append_column("file_index", pa.array(np.full(n, self.file_index, np.int32)))
+        self.pending.append(lines.append_column("seq", pa.array(np.arange(self.rows, self.rows + n, dtype=np.int64))))
+        self.rows += n
         self.pending_bytes += lines.nbytes
         # The first passes are small, so that DuckDB starts while the reader is still on the first chunk.
         if self.pending_bytes >= min(self.settings.ingest.chunk_bytes, (1 << 24) << self.passes):
@@ -447,16 +465,19 @@ class _Batch:
             run(con, sql)
         self._check_dims()
         for rtype, key, content in KEYED:
-            self._dedupe(rtype, key, content)
+            run(self.con, f"UPDATE parsed SET fingerprint = hash({content}) WHERE reason IS NULL AND rtype = '{rtype}'")
+            if rtype == "simulation":
+                self._drop_resent_simulations()
+            else:
+                self._dedupe(rtype, key)
         self._commit()
 
-    def _dedupe(self, rtype: str, key: str, content: str) -> None:
+    def _dedupe(self, rtype: str, key: str) -> None:
         """One record per key: a repeat with the same content (fingerprint) is a duplicate and dropped,
         one with other content a conflict and quarantined, whether the first is in the store or
         earlier in this batch. Simulations are keyed by their fingerprint: only exact repeats go."""
-        run(self.con, f"UPDATE parsed SET fingerprint = hash({content}) WHERE reason IS NULL AND rtype = '{rtype}'")
         files = self.store.files(TABLES[rtype][0], self.manifests)
-        stored = (f"SELECT {key}, any_value(fingerprint) AS h FROM read_parquet(?) GROUP BY ALL" if files
+        stored = (f"SELECT {key}, any_value(fingerprint) AS h FROM read_parquet(?, union_by_name = true) GROUP BY ALL" if files
                   else f"SELECT {key}, 0::UBIGINT AS h FROM parsed WHERE false")
         run(self.con, f"""
             WITH batch AS (SELECT seq, {key}, fingerprint AS h,
@@ -474,6 +495,27 @@ class _Batch:
                                           ELSE '{rtype} with the same {key.replace(", ", " and ")} as in ' || r.place
                                                || ', but other values' END
             FROM repeats r WHERE parsed.seq = r.seq AND parsed.rtype = '{rtype}'""", [files] if files else None)
+
+    def _drop_resent_simulations(self) -> None:
+        """Identical simulations can be genuine (a planner that evaluates the same action twice), so
+        a fingerprint keeps as many copies as the one source that holds the most: copies the store
+        already has, and copies in other files of this batch (a re-sent or recompressed log), go."""
+        files = self.store.files("simulations", self.manifests)
+        stored = ("SELECT fingerprint, count(*) AS c FROM read_parquet(?, union_by_name = true) GROUP BY 1" if files
+                  else "SELECT fingerprint, 0 AS c FROM parsed WHERE false")
+        run(self.con, f"""
+            WITH batch AS (SELECT seq, file_index, fingerprint FROM parsed WHERE reason IS NULL AND rtype = 'simulation'),
+                 stored AS ({stored}),
+                 counts AS (SELECT fingerprint, file_index, count(*) AS n FROM batch GROUP BY ALL),
+                 source AS (SELECT fingerprint, first(file_index ORDER BY n DESC, file_index) AS file_index
+                            FROM counts GROUP BY 1),
+                 ranked AS (SELECT seq, fingerprint, file_index,
+                                   row_number() OVER (PARTITION BY fingerprint, file_index ORDER BY seq) AS k FROM batch),
+                 resent AS (SELECT r.seq FROM ranked r JOIN source s USING (fingerprint) LEFT JOIN stored USING (fingerprint)
+                            WHERE r.file_index <> s.file_index OR r.k <= coalesce(stored.c, 0))
+            UPDATE parsed SET reason = 'duplicate',
+                              hint = 'the same simulation is in the store or in another file of this batch'
+            WHERE seq IN (SELECT seq FROM resent)""", [files] if files else None)
 
     def _table(self, name: str, data: pa.Table) -> None:
         self.con.register("arrow_data", data)
@@ -528,7 +570,7 @@ class _Batch:
             ("reason", pa.string()), ("hint", pa.string()), ("raw", pa.string()), ("raw_bytes", pa.int64())])))
         quarantine_sql = f"""
             SELECT *, '{self.id}' AS batch, '{ingested_at}'::TIMESTAMPTZ AS ingested_at,
-                   '{ingested_at}'::TIMESTAMPTZ::DATE AS date FROM (
+                   '{self.now.date()}'::DATE AS date FROM (
               SELECT f.source_file, p.source_line, p.rtype AS type, p.episode_id, p.reason, p.hint,
                      coalesce(p.raw, {canonical_json()}) AS raw, coalesce(p.raw_bytes, 0) AS raw_bytes
               FROM parsed p JOIN files f USING (file_index) WHERE p.reason IS NOT NULL AND p.reason <> 'duplicate'
@@ -574,7 +616,7 @@ class _Batch:
             folder.mkdir(parents=True, exist_ok=True)
             parts = 2 if rows >= 10_000 else 1
             for part in range(parts):
-                query = f"SELECT {select} FROM ({sql}) WHERE {where} AND coalesce(source_line, 0) % {parts} = {part}"
+                query = f"SELECT {select} FROM ({sql}) WHERE {where} AND ((coalesce(source_line, 0) % {parts}) + {parts}) % {parts} = {part}"
                 jobs.append((folder / f"{self.id}_{n}_{part}.parquet", query, list(values)))
         with ThreadPoolExecutor(max_workers=2) as pool:
             counts = list(pool.map(lambda job: self._write_file(table, vectors, *job), jobs))
@@ -620,6 +662,7 @@ def _read_chunks(f: Any, hasher: Any | None, chunk: int, limit: int, block_size:
             block = f.read(block_size)
         except (EOFError, zlib.error, gzip.BadGzipFile) as exc:  # damaged gzip: end here, keep what came before
             block, error = b"", exc
+        eof = not block
         if long_line is not None and block:
             end = block.find(b"\n")
             part = block if end < 0 else block[: end + 1]
@@ -647,7 +690,7 @@ def _read_chunks(f: Any, hasher: Any | None, chunk: int, limit: int, block_size:
                 before_long = hasher.copy() if hasher is not None else None
                 update(rest)
                 long_line, pending, pending_size, since_newline = [len(rest), rest[:4096]], [], 0, 0
-        if not block:
+        if eof:
             break
     if long_line is not None:  # the over-long line runs to the end of the stream: its writer may not be done
         yield "long_tail", (*long_line, before_long)

@@ -38,7 +38,7 @@ def run(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = Non
 def connect(memory_limit: str | None = None, temp_directory: Path | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with dmn's session settings (UTC, no extension downloads)."""
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": True})
-    run(con, "SET TimeZone = 'UTC'")
+    run(con, "SET GLOBAL TimeZone = 'UTC'")  # GLOBAL: cursors of this connection too
     if memory_limit:
         run(con, f"SET memory_limit = '{memory_limit}'")  # checked by Settings.load
     if temp_directory:
@@ -113,6 +113,8 @@ class Store:
             try:
                 return con.execute(query, params)
             except duckdb.IOException as exc:
+                if str(self.home.root) not in str(exc):  # the query's own file, not the store's
+                    raise DmnError(str(exc).strip()) from None
                 # A batch being rolled forward moved a file between listing and reading: list again.
                 if attempt == 2:
                     raise DmnError(f"the store is missing a file its catalog lists ({exc})") from None

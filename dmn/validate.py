@@ -148,7 +148,7 @@ def parse_sql(future_skew: float) -> str:
     vectors = []
     for vec, types in (("state", ("simulation", "decision")), ("predicted", ("simulation",))):
         vectors.append(f"""
-            r.{vec} AS {vec}_arr,
+            CASE WHEN {_in('rtype', types)} THEN r.{vec} END AS {vec}_arr,
             CASE WHEN r.{vec} IS NULL AND {_in('rtype', types)} THEN json_extract(text, '$.{vec}') END AS {vec}_json""")
     decode = []
     for vec in ("state", "predicted"):
@@ -160,7 +160,7 @@ def parse_sql(future_skew: float) -> str:
     columns = [c.split()[0] for c in PARSED_COLUMNS.split(", ")]
     out = {c: c for c in columns}
     out.update({
-        "file_index": "file_index", "source_line": "line", "seq": "(file_index::BIGINT << 40) + line", "date": "NULL",
+        "file_index": "file_index", "source_line": "line", "seq": "seq", "date": "NULL",
         "fingerprint": "NULL",
         "reason": "reason", "hint": "hint",
         "raw": f"CASE WHEN reason IS NOT NULL THEN left(rtrim(coalesce(text, raw::VARCHAR), chr(10) || chr(13)), {RAW_KEEP_BYTES}) END",
@@ -175,10 +175,10 @@ def parse_sql(future_skew: float) -> str:
         SELECT *, {', '.join(finals)} FROM (
           SELECT *, {', '.join(blobs)} FROM (
             SELECT *, {', '.join(decode)} FROM (
-              SELECT file_index, line, raw, text, r, rtype, CASE WHEN rtype = 'episode' THEN r.meta END AS meta, {scalars}, {', '.join(vectors)} FROM (
+              SELECT file_index, seq, line, raw, text, r, rtype, CASE WHEN rtype = 'episode' THEN r.meta END AS meta, {scalars}, {', '.join(vectors)} FROM (
                 SELECT *, CASE WHEN json_type(r.type) = 'VARCHAR' THEN r.type ->> '$' END AS rtype FROM (
-                  SELECT file_index, line, raw, text, CASE WHEN text IS NOT NULL THEN try(json_transform(text, '{_STRUCT}')) END AS r
-                  FROM (SELECT file_index, line, raw, try(decode(raw)) AS text FROM chunk)
+                  SELECT file_index, seq, line, raw, text, CASE WHEN text IS NOT NULL THEN try(json_transform(text, '{_STRUCT}')) END AS r
+                  FROM (SELECT file_index, seq, line, raw, try(decode(raw)) AS text FROM chunk)
                   WHERE text IS NULL OR NOT contains(' \t\r\n', left(text, 1)) OR trim(text) <> ''))))))))"""
 
 
@@ -215,7 +215,8 @@ def resolve_sql() -> list[str]:
 
 RESOLVE = resolve_sql()
 
-KEYED = [  # (record type, its key, its content: a repeat of the key with the same content is a mere duplicate)
+KEYED = [  # (record type, its key, its content: a repeat of the key with the same content is a mere duplicate;
+           #  simulations are keyed by their content alone, see _Batch._drop_resent_simulations)
     ("simulation", "fingerprint", "episode_id, step, action, score, state, predicted, vetoed, cost_ms, ts"),
     ("decision", "episode_id, step", "episode_id, step, action, source, state, confidence, latency_ms, ts"),
     ("outcome", "episode_id, step", "episode_id, step, reward, done, success"),

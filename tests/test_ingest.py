@@ -434,3 +434,77 @@ def test_an_unfinished_over_long_last_line_waits_like_any_unfinished_line(home):
     path.write_bytes(path.read_bytes() + b'{"unfinished": "' + b"z" * 3000)
     os.utime(path, (old, old))
     assert run(home).quarantined == {"line too long": 1}
+
+
+def test_identical_simulations_in_one_log_are_all_kept_but_resent_ones_are_not(home):
+    same = simulation(step=0)  # a planner that evaluates the same action twice, identically
+    path = write_jsonl(home.inbox / "a.jsonl", [episode(), same, same, simulation(step=1)])
+    assert run(home).records == {"episode": 1, "simulation": 3}
+    (home.inbox / "a.jsonl.gz").write_bytes(gzip.compress(path.read_bytes()))
+    write_jsonl(home.inbox / "b.jsonl", [same, same, same, simulation(step=2)])
+    report = run(home)
+    assert report.records == {"simulation": 2} and report.duplicates == 6
+    assert count(home, "simulations", "step = 0") == 3
+
+
+def test_lar_runs_with_repeated_or_negative_step_numbers_keep_every_record(home):
+    steps = [{"step": 3, "state_before": {}, "state_diff": {"added": {"score": 1.0, "candidate_action": 0, "latent": [1.0, 2.0]}}},
+             {"step": 3, "state_before": {}, "state_diff": {"added": {"score": 1.0, "candidate_action": 0, "latent": [1.0, 2.0]}}},
+             {"step": -7, "state_before": {}, "state_diff": {"added": {"action_taken": 0, "latent": [1.0, 2.0]}}}]
+    (home.inbox / "run_r2.json").write_text(json.dumps({"run_id": "r2", "steps": steps}))
+    assert run(home).records == {"episode": 1, "simulation": 2, "decision": 1, "episode_end": 1}
+
+
+def test_quarantine_lands_whatever_the_machine_time_zone(home):
+    import subprocess
+    import sys
+
+    write_jsonl(home.inbox / "a.jsonl", ["not json", {"type": "episode"}])
+    env = {**os.environ, "TZ": "Pacific/Kiritimati"}  # UTC+14: its date is ahead of UTC's much of the day
+    done = subprocess.run([sys.executable, "-m", "dmn", "ingest", "--home", str(home.root)], env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    assert count(home, "quarantine") == 2
+
+
+def test_reading_goes_on_after_an_over_long_line_that_ends_a_read_block(home):
+    (home.root / "dmn.toml").write_text("[ingest]\nmax_line_bytes = 1000\n")
+    first = (json.dumps(episode()) + "\n").encode()
+    long_line = b'{"x": "' + b"y" * (2 * 65536 - len(first) - 10) + b'"}\n'
+    assert len(first) + len(long_line) == 2 * 65536  # gzip is read 64 KiB at a time
+    rest = "".join(json.dumps(simulation(step=s)) + "\n" for s in range(50)).encode()
+    (home.inbox / "a.jsonl.gz").write_bytes(gzip.compress(first + long_line + rest))
+    report = run(home)
+    assert report.records == {"episode": 1, "simulation": 50} and report.quarantined == {"line too long": 1}
+
+
+def test_vectors_on_records_that_have_none_are_ignored(home):
+    write_jsonl(home.inbox / "a.jsonl", [episode(), decision(dim=4),
+                                         {"type": "outcome", "episode_id": "e1", "step": 0, "state": [0.5, 0.6]},
+                                         {"type": "episode_end", "episode_id": "e1", "predicted": [1, "a"]}])
+    assert run(home).records == {"episode": 1, "decision": 1, "outcome": 1, "episode_end": 1}
+
+
+def test_a_gzip_with_a_byte_order_mark(home):
+    data = b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in [episode(), simulation()]).encode()
+    (home.inbox / "a.jsonl.gz").write_bytes(gzip.compress(data))
+    assert run(home).records == {"episode": 1, "simulation": 1}
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped(home):
+    write_jsonl(home.inbox / "good.jsonl", [episode()])
+    write_jsonl(home.inbox / os.fsdecode(b"bad\xff.jsonl"), [episode("e2")])
+    report = run(home)
+    assert report.records == {"episode": 1} and report.skipped == {"file name is not valid UTF-8 (rename it)": 1}
+
+
+@pytest.mark.parametrize("doc,reason", [
+    (b"[" * 200_000, "not valid JSON"),
+    (json.dumps({"run_id": "r", "steps": [{"state_diff": {"added": [1, 2]}}], "timestamp": "0001-01-01T00:00:00"}).encode(), None),
+])
+def test_odd_lar_files_never_stop_the_run(home, doc, reason):
+    (home.inbox / "run_odd.json").write_bytes(doc)
+    write_jsonl(home.inbox / "a.jsonl", [episode()])
+    report = run(home)
+    assert report.records["episode"] >= 1
+    if reason:
+        assert report.quarantined == {reason: 1}

@@ -42,7 +42,7 @@ def audit_to_records(data: bytes, settings: LarSettings, run_name: str = "") -> 
     """Translate one Lár audit file into native dmn records: ([(Lár step, JSON line)], problem)."""
     try:
         doc = json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         return [], ("not valid JSON", f"the Lár audit file does not parse: {exc}")
     if not isinstance(doc, dict) or not isinstance(doc.get("steps"), list):
         return [], ("not a Lár audit file", "expected a JSON object with a \"steps\" list (as lar.AuditLogger writes)")
@@ -62,7 +62,7 @@ def audit_to_records(data: bytes, settings: LarSettings, run_name: str = "") -> 
             continue
         before = step.get("state_before") if isinstance(step.get("state_before"), dict) else {}
         diff = step.get("state_diff") if isinstance(step.get("state_diff"), dict) else {}
-        changed = {**(diff.get("added") or {}), **(diff.get("updated") or {})}
+        changed = {k: v for part in ("added", "updated") if isinstance(diff.get(part), dict) for k, v in diff[part].items()}
         after = step.get("state_after") if isinstance(step.get("state_after"), dict) else {**before, **changed}
         line = step["step"] if isinstance(step.get("step"), int) and not isinstance(step["step"], bool) else index
         if settings.score_key in changed:
@@ -102,9 +102,9 @@ def _with_timezone(stamp: str) -> str:
     """Lár writes local time without a zone; read it as this machine's local time."""
     try:
         moment = datetime.fromisoformat(stamp)
-    except ValueError:
-        return stamp
-    return (moment if moment.tzinfo else moment.astimezone()).isoformat()
+        return (moment if moment.tzinfo else moment.astimezone()).isoformat()
+    except (ValueError, OverflowError):
+        return stamp  # ingest quarantines what it cannot read
 
 
 # -- writing through Lár (needs lar-engine) ------------------------------------------------------------

@@ -455,17 +455,15 @@ class _Batch:
         # Tables, not registered Arrow objects: the writer threads read them through cursors of their own.
         self._table("files", pa.Table.from_pylist([{"file_index": i, "source_file": e["path"]} for i, e in enumerate(self.entries)]))
         lake_eps = self.store.files("episode_starts", self.manifests)
-        run(con, 
-            "CREATE TABLE lake_episodes AS " + (
-                "SELECT episode_id, world, encoder, started_at FROM read_parquet(?)" if lake_eps
-                else "SELECT NULL::VARCHAR episode_id, NULL::VARCHAR world, NULL::VARCHAR encoder, NULL::TIMESTAMPTZ started_at WHERE false"
-            ), [lake_eps] if lake_eps else None,
-        )
+        run(con, "CREATE TABLE lake_episodes AS " + (
+            "SELECT episode_id, world, encoder, started_at FROM read_parquet(?)" if lake_eps
+            else "SELECT NULL::VARCHAR episode_id, NULL::VARCHAR world, NULL::VARCHAR encoder, NULL::TIMESTAMPTZ started_at WHERE false"
+        ), [lake_eps] if lake_eps else None)
         for sql in RESOLVE:
             run(con, sql)
         self._check_dims()
         for rtype, key, content in KEYED:
-            run(self.con, f"UPDATE parsed SET fingerprint = hash({content}) WHERE reason IS NULL AND rtype = '{rtype}'")
+            run(con, f"UPDATE parsed SET fingerprint = hash({content}) WHERE reason IS NULL AND rtype = '{rtype}'")
             if rtype == "simulation":
                 self._drop_resent_simulations()
             else:
@@ -475,7 +473,7 @@ class _Batch:
     def _dedupe(self, rtype: str, key: str) -> None:
         """One record per key: a repeat with the same content (fingerprint) is a duplicate and dropped,
         one with other content a conflict and quarantined, whether the first is in the store or
-        earlier in this batch. Simulations are keyed by their fingerprint: only exact repeats go."""
+        earlier in this batch."""
         files = self.store.files(TABLES[rtype][0], self.manifests)
         stored = (f"SELECT {key}, any_value(fingerprint) AS h FROM read_parquet(?, union_by_name = true) GROUP BY ALL" if files
                   else f"SELECT {key}, 0::UBIGINT AS h FROM parsed WHERE false")

@@ -85,12 +85,10 @@ class Store:
         manifests = self.manifests()
         for table in LAKE_TABLES:
             run(con, f"CREATE VIEW {quote(table)} AS {self._select(table, manifests)}")
-        run(con, 
-            """CREATE VIEW episodes AS
-               SELECT s.episode_id, s.world, s.encoder, s.agent, s.started_at, e.ended_at,
-                      e."return", e.success, s.meta, s.date, s.source_file, s.batch, s.ingested_at
-               FROM episode_starts s LEFT JOIN episode_ends e USING (episode_id)"""
-        )
+        run(con, """CREATE VIEW episodes AS
+            SELECT s.episode_id, s.world, s.encoder, s.agent, s.started_at, e.ended_at,
+                   e."return", e.success, s.meta, s.date, s.source_file, s.batch, s.ingested_at
+            FROM episode_starts s LEFT JOIN episode_ends e USING (episode_id)""")
         con.register("ingest_files", _ledger_table(manifests))
         return con
 

@@ -64,6 +64,7 @@ class EpisodeLogger:
         self._closed = False
         self._queue: queue.Queue[tuple[Path, bytes] | None] = queue.Queue()
         self._error: BaseException | None = None
+        self._unwritten: list[tuple[Path, bytes]] = []  # files a write failed for: retried at the next flush
         self._writer = threading.Thread(target=self._write_loop, name="dmn-logger", daemon=True)
         self._writer.start()
         _OPEN.add(self)
@@ -155,11 +156,15 @@ class EpisodeLogger:
         """Hand the buffered records to the writer as a new inbox file; returns its path (None if nothing
         was buffered). With `wait`, return once every file handed over so far is on disk.
 
-        Raises DmnError if an earlier write failed (a full or read-only disk, say).
+        Raises DmnError if an earlier write failed (a full or read-only disk, say); the records of a
+        failed write are kept and written again at the next flush.
         """
         with self._lock:
             parts, self._parts, self._records = self._parts, [], 0
             self._last_flush = time.monotonic()
+            retry, self._unwritten = self._unwritten, []
+            for item in retry:
+                self._queue.put(item)
             path = None
             if parts:
                 self._files += 1
@@ -190,6 +195,8 @@ class EpisodeLogger:
                 write_atomic(*item)
             except BaseException as exc:  # noqa: BLE001 - raised on the agent's next flush
                 self._error = self._error or exc
+                with self._lock:
+                    self._unwritten.append(item)
             finally:
                 self._queue.task_done()
         self._queue.task_done()

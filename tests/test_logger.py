@@ -92,9 +92,13 @@ def test_records_before_an_episode_are_refused(home):
             log.decision(0, [1.0], 0)
 
 
-def test_a_failed_write_is_reported(home, tmp_path):
+def test_a_failed_write_is_reported_and_retried(home, tmp_path):
     log = EpisodeLogger(home, world="w", encoder="e")
     log.episode()
     home.inbox.rename(tmp_path / "gone")  # the inbox vanishes under the agent
     with pytest.raises(DmnError, match="cannot write"):
         log.flush(wait=True)
+    home.inbox.mkdir()
+    log.decision(0, [1.0], 0)
+    log.close()
+    assert run(home).records == {"episode": 1, "decision": 1}

@@ -454,11 +454,8 @@ class _Batch:
         con = self.con
         # Tables, not registered Arrow objects: the writer threads read them through cursors of their own.
         self._table("files", pa.Table.from_pylist([{"file_index": i, "source_file": e["path"]} for i, e in enumerate(self.entries)]))
-        lake_eps = self.store.files("episode_starts", self.manifests)
-        run(con, "CREATE TABLE lake_episodes AS " + (
-            "SELECT episode_id, world, encoder, started_at FROM read_parquet(?)" if lake_eps
-            else "SELECT NULL::VARCHAR episode_id, NULL::VARCHAR world, NULL::VARCHAR encoder, NULL::TIMESTAMPTZ started_at WHERE false"
-        ), [lake_eps] if lake_eps else None)
+        run(con, "CREATE TABLE lake_episodes AS SELECT episode_id, world, encoder, started_at "
+                 f"FROM ({self.store.table_sql('episode_starts', self.manifests)})")
         for sql in RESOLVE:
             run(con, sql)
         self._check_dims()
@@ -474,14 +471,12 @@ class _Batch:
         """One record per key: a repeat with the same content (fingerprint) is a duplicate and dropped,
         one with other content a conflict and quarantined, whether the first is in the store or
         earlier in this batch."""
-        files = self.store.files(TABLES[rtype][0], self.manifests)
-        stored = (f"SELECT {key}, any_value(fingerprint) AS h FROM read_parquet(?, union_by_name = true) GROUP BY ALL" if files
-                  else f"SELECT {key}, 0::UBIGINT AS h FROM parsed WHERE false")
+        lake = self.store.table_sql(TABLES[rtype][0], self.manifests)
         run(self.con, f"""
             WITH batch AS (SELECT seq, {key}, fingerprint AS h,
                                   row_number() OVER (PARTITION BY {key} ORDER BY seq) AS k
                            FROM parsed WHERE reason IS NULL AND rtype = '{rtype}'),
-                 stored AS ({stored}),
+                 stored AS (SELECT {key}, any_value(fingerprint) AS h FROM ({lake}) GROUP BY ALL),
                  earlier AS (SELECT {key}, h, 'the store' AS place FROM stored
                              UNION ALL
                              SELECT {key}, h, 'an earlier line of this batch' FROM batch
@@ -492,18 +487,16 @@ class _Batch:
                               hint = CASE WHEN r.same THEN 'the same {rtype} as ' || r.place
                                           ELSE '{rtype} with the same {key.replace(", ", " and ")} as in ' || r.place
                                                || ', but other values' END
-            FROM repeats r WHERE parsed.seq = r.seq AND parsed.rtype = '{rtype}'""", [files] if files else None)
+            FROM repeats r WHERE parsed.seq = r.seq AND parsed.rtype = '{rtype}'""")
 
     def _drop_resent_simulations(self) -> None:
         """Identical simulations can be genuine (a planner that evaluates the same action twice), so
         a fingerprint keeps as many copies as the one source that holds the most: copies the store
         already has, and copies in other files of this batch (a re-sent or recompressed log), go."""
-        files = self.store.files("simulations", self.manifests)
-        stored = ("SELECT fingerprint, count(*) AS c FROM read_parquet(?, union_by_name = true) GROUP BY 1" if files
-                  else "SELECT fingerprint, 0 AS c FROM parsed WHERE false")
+        lake = self.store.table_sql("simulations", self.manifests)
         run(self.con, f"""
             WITH batch AS (SELECT seq, file_index, fingerprint FROM parsed WHERE reason IS NULL AND rtype = 'simulation'),
-                 stored AS ({stored}),
+                 stored AS (SELECT fingerprint, count(*) AS c FROM ({lake}) GROUP BY 1),
                  counts AS (SELECT fingerprint, file_index, count(*) AS n FROM batch GROUP BY ALL),
                  source AS (SELECT fingerprint, first(file_index ORDER BY n DESC, file_index) AS file_index
                             FROM counts GROUP BY 1),
@@ -513,7 +506,7 @@ class _Batch:
                             WHERE r.file_index <> s.file_index OR r.k <= coalesce(stored.c, 0))
             UPDATE parsed SET reason = 'duplicate',
                               hint = 'the same simulation is in the store or in another file of this batch'
-            WHERE seq IN (SELECT seq FROM resent)""", [files] if files else None)
+            WHERE seq IN (SELECT seq FROM resent)""")
 
     def _table(self, name: str, data: pa.Table) -> None:
         self.con.register("arrow_data", data)

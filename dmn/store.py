@@ -84,7 +84,7 @@ class Store:
         con = connect()
         manifests = self.manifests()
         for table in LAKE_TABLES:
-            run(con, f"CREATE VIEW {quote(table)} AS {self._select(table, manifests)}")
+            run(con, f"CREATE VIEW {quote(table)} AS {self.table_sql(table, manifests)}")
         run(con, """CREATE VIEW episodes AS
             SELECT s.episode_id, s.world, s.encoder, s.agent, s.started_at, e.ended_at,
                    e."return", e.success, s.meta, s.date, s.source_file, s.batch, s.ingested_at
@@ -92,7 +92,8 @@ class Store:
         con.register("ingest_files", _ledger_table(manifests))
         return con
 
-    def _select(self, table: str, manifests: list[dict[str, Any]]) -> str:
+    def table_sql(self, table: str, manifests: list[dict[str, Any]]) -> str:
+        """A SELECT of a lake table's committed rows, typed as `dmn.records` says (typed and empty with no files)."""
         cols = columns(table)
         files = self.files(table, manifests)
         if not files:
@@ -102,7 +103,7 @@ class Store:
         return f"SELECT {casts} FROM read_parquet([{listing}], union_by_name = true, hive_partitioning = false)"
 
     def sql(self, query: str, params: list[Any] | None = None) -> duckdb.DuckDBPyConnection:
-        """Run a SQL query over the store's views and return its result (fetchall(), fetch_arrow_table(), ...).
+        """Run a SQL query over the store's views and return its result (fetchall(), to_arrow_table(), ...).
 
         A bad query raises DmnError with DuckDB's message.
         """

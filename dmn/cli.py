@@ -102,6 +102,46 @@ def sql(
         out.print(table)
 
 
+world_app = typer.Typer(help="The reference world: a JEPA world-model agent on Gymnasium (extra `worlds`).",
+                        no_args_is_help=True)
+app.add_typer(world_app, name="world")
+
+
+@world_app.command("run")
+def world_run(
+    env: str = typer.Option("CartPole-v1", "--env", help="A Gymnasium environment with vector observations and discrete actions."),
+    episodes: int = typer.Option(20, "--episodes", "-n", min=1, help="Episodes to run."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the environment and the planner."),
+    reflexes: bool = typer.Option(False, "--reflexes", help="Ask System 1 first; System 2 plans when it abstains."),
+    audit_rate: float = typer.Option(0.0, "--audit-rate", min=0.0, max=1.0,
+                                     help="Share of reflex-served steps System 2 plans too, to measure agreement."),
+    home: Optional[Path] = HomeOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+) -> None:
+    """Run the reference agent and log its episodes into the home's inbox (the first run trains its world model).
+
+    Example: dmn world run --env CartPole-v1 --episodes 20 && dmn ingest
+    """
+    try:
+        from dmn.worlds import run
+    except ImportError as exc:
+        raise DmnError(f"the reference world needs the `worlds` extra ({exc}): pip install 'dmn[worlds]'") from None
+    if reflexes:
+        raise DmnError("--reflexes needs the System 1 client (dmn.Reflexes), which this version of dmn does not "
+                       "have yet; run without --reflexes")
+    report = run(Home.resolve(home), env, episodes, seed=seed, audit_rate=audit_rate,
+                 on_progress=lambda line: err.print(line, highlight=False))
+    summary = report.to_dict()
+    if as_json:
+        out.print_json(json.dumps(summary))
+        return
+    table = Table(title=f"{env}: {summary['episodes']} episodes, encoder {summary['encoder']}", show_header=False)
+    for key, value in summary.items():
+        if key not in ("world", "encoder", "episodes"):
+            table.add_row(key.replace("_", " "), "-" if value is None else _cell(value))
+    out.print(table)
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "isoformat"):
         return value.isoformat()

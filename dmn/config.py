@@ -69,6 +69,60 @@ class LarSettings:
 
 
 @dataclass
+class WorldSettings:
+    latent_dim: int = 128
+    """Dimension of the reference world model's latent state z."""
+    hidden: int = 128
+    """Width of the hidden layers of its networks."""
+    explore_steps: int = 8000
+    """Transitions of random exploration collected before the first training."""
+    sticky: float = 4.0
+    """Mean run of a repeated random exploration action, so exploration wanders farther than coin flips."""
+    restarts: float = field(default=0.5, metadata={"zero_ok": True, "max": 1})
+    """Share of exploration episodes that restart from one of the rarest states seen so far (Go-Explore)."""
+    rollout: int = 5
+    """Steps the predictor is unrolled in training, each compared with the target encoder's latent."""
+    updates: int = 1500
+    """Gradient steps of the first training."""
+    batch: int = 256
+    """Training windows per gradient step."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    ema: float = field(default=0.99, metadata={"max": 1})
+    """Momentum of the target encoder (an exponential moving average of the encoder)."""
+    gamma: float = field(default=0.9, metadata={"max": 1})
+    """Discount of the value head's return-to-go."""
+    variance_weight: float = 1.0
+    """VICReg variance term: keeps every latent dimension spread out, so the latents cannot collapse."""
+    covariance_weight: float = 0.04
+    """VICReg covariance term: decorrelates the latent dimensions."""
+    rounds: int = field(default=1, metadata={"zero_ok": True})
+    """Rounds of data aggregation after the first training: the planner collects, then training goes on."""
+    round_steps: int = 2000
+    """Transitions the planner collects per round."""
+    round_updates: int = 500
+    """Gradient steps after each round."""
+    seed: int = field(default=1, metadata={"zero_ok": True})
+    """Seed of the world model's training (the model is cached per environment and settings)."""
+
+
+@dataclass
+class PlannerSettings:
+    horizon: int = 15
+    """Steps System 2 imagines ahead."""
+    samples: int = 64
+    """Action sequences imagined per iteration, split evenly over the first actions."""
+    iterations: int = 2
+    """Cross-entropy-method iterations: each refits the sampling distribution to the elites."""
+    elites: int = 8
+    """Best sequences of an iteration that the next one samples around."""
+    value_weight: float = 0.3
+    """Weight of the values of the imagined states in a sequence's score (the rest is imagined reward)."""
+    veto: float = field(default=0.5, metadata={"max": 1})
+    """A first action is vetoed when its best imagined future fails (ends an episode early) with this probability."""
+
+
+@dataclass
 class Settings:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     """How logs are read."""
@@ -76,6 +130,10 @@ class Settings:
     """How Lár audit files map onto episodes."""
     dims: dict[str, int] = field(default_factory=dict)
     """Latent dimension per world, when known up front; otherwise the first ingested batch sets it."""
+    world: WorldSettings = field(default_factory=WorldSettings)
+    """How the reference world model (`dmn world`) is trained."""
+    planner: PlannerSettings = field(default_factory=PlannerSettings)
+    """How the reference world's System 2 plans."""
 
     @classmethod
     def load(cls, path: Path) -> "Settings":
@@ -92,9 +150,11 @@ class Settings:
             ingest=_section(IngestSettings, data.pop("ingest", {}), path, "ingest"),
             lar=_section(LarSettings, data.pop("lar", {}), path, "lar"),
             dims=_dims(data.pop("dims", {}), path),
+            world=_section(WorldSettings, data.pop("world", {}), path, "world"),
+            planner=_section(PlannerSettings, data.pop("planner", {}), path, "planner"),
         )
         if data:
-            raise DmnError(f"{path}: unknown section(s) {sorted(data)}; known: ingest, lar, dims")
+            raise DmnError(f"{path}: unknown section(s) {sorted(data)}; known: ingest, lar, dims, world, planner")
         if not re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]?i?B", settings.ingest.memory_limit, re.IGNORECASE):
             raise DmnError(f"{path}: [ingest] memory_limit must be a size such as '2GB', got {settings.ingest.memory_limit!r}")
         if settings.lar.hmac_secret is None:
@@ -116,8 +176,11 @@ def _section(kind: type, values: Any, path: Path, name: str) -> Any:
             value = float(value)
         if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
             raise DmnError(f"{path}: [{name}] {key} must be {expected.__name__}, got {value!r}")
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
-            raise DmnError(f"{path}: [{name}] {key} must be positive, got {value!r}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            zero_ok, high = fields[key].metadata.get("zero_ok", False), fields[key].metadata.get("max")
+            if value < 0 or value == 0 and not zero_ok or high is not None and value > high:
+                allowed = ("zero or more" if zero_ok else "positive") + (f" and at most {high}" if high else "")
+                raise DmnError(f"{path}: [{name}] {key} must be {allowed}, got {value!r}")
     return kind(**values)
 
 

@@ -7,6 +7,7 @@
       catalog/        one JSON manifest per committed ingest batch: the store's source of truth
       tmp/            staging and DuckDB spill space (a crashed batch waits here for the next ingest to finish or undo it)
       locks/          advisory locks so that two writers never overlap
+      worlds/         the reference world's trained world models (`dmn world`), one folder per env and settings
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ class Home:
     @property
     def locks(self) -> Path:
         return self.root / "locks"
+
+    @property
+    def worlds(self) -> Path:
+        return self.root / "worlds"
 
     def settings(self) -> Settings:
         return Settings.load(self.root / "dmn.toml")

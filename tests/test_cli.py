@@ -19,9 +19,9 @@ def dmn(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dmn", *args], capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("command", ["ingest", "sql"])
+@pytest.mark.parametrize("command", ["ingest", "sql", "world run"])
 def test_every_command_has_an_example(command):
-    result = runner.invoke(app, [command, "--help"])
+    result = runner.invoke(app, [*command.split(), "--help"])
     assert result.exit_code == 0 and "Example:" in result.output
 
 

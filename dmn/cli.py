@@ -69,7 +69,7 @@ def ingest(
 @app.command()
 def sql(
     query: str = typer.Argument(..., help="A SQL query over the views episodes, simulations, decisions, outcomes, "
-                                "episode_ends, quarantine, ingest_files."),
+                                "episode_ends, quarantine, ingest_files, consolidations, artifacts."),
     home: Optional[Path] = HomeOption,
     fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json (one JSON object per line)."),
 ) -> None:
@@ -102,6 +102,62 @@ def sql(
         out.print(table)
 
 
+@app.command()
+def consolidate(
+    world: Optional[str] = typer.Option(None, "--world", "-w", help="Only this world (default: every world with new data)."),
+    home: Optional[Path] = HomeOption,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per world."),
+) -> None:
+    """Ingest the inbox, then distil System 2's simulations into System 1 bundles (the nightly job).
+
+    Example: dmn consolidate --world CartPole-v1
+    """
+    from dmn.consolidate import consolidate as run_consolidate
+
+    nights = run_consolidate(Home.resolve(home), world,
+                             on_progress=None if as_json else lambda line: err.print(line, highlight=False))
+    if as_json:
+        for night in nights:
+            sys.stdout.write(json.dumps(night.to_dict()) + "\n")
+        return
+    if not nights:
+        out.print("no System 2 decisions in the store yet: nothing to consolidate")
+    for night in nights:
+        m = night.metrics.get("combined", {})
+        table = Table(title=f"{night.world} ({night.encoder}): {night.status}", show_header=False)
+        table.add_row("published", night.version or "-")
+        table.add_row("current bundle", night.current or "-")
+        if night.reason:
+            table.add_row("why", escape(night.reason))
+        for key in ("steps", "simulations", "episodes"):
+            if key in night.counts:
+                table.add_row(key, f"{night.counts[key]:,}")
+        if m:
+            table.add_row("test coverage", f"{m['coverage']:.3f}")
+            table.add_row("test precision", "-" if m["precision"] is None else f"{m['precision']:.3f}")
+            live = night.metrics["live"]
+            table.add_row("live precision (audits)", "-" if live["precision"] is None
+                          else f"{live['precision']:.3f} of {live['audited']}")
+        if night.seconds:
+            table.add_row("seconds", ", ".join(f"{k} {v:.2f}" for k, v in night.seconds.items()))
+        out.print(table)
+
+
+@app.command()
+def rollback(
+    world: str = typer.Option(..., "--world", "-w", help="The world whose bundle to roll back."),
+    to: Optional[str] = typer.Option(None, "--to", help="The version to publish again (default: the one before)."),
+    home: Optional[Path] = HomeOption,
+) -> None:
+    """Publish an older kept bundle of a world again.
+
+    Example: dmn rollback --world CartPole-v1 --to v000003
+    """
+    from dmn.publish import rollback as run_rollback
+
+    out.print(f"{world}: now serving {run_rollback(Home.resolve(home, create=False), world, to)}")
+
+
 world_app = typer.Typer(help="The reference world: a JEPA world-model agent on Gymnasium (extra `worlds`).",
                         no_args_is_help=True)
 app.add_typer(world_app, name="world")
@@ -126,6 +182,8 @@ def world_run(
         from dmn.worlds import run
     except ImportError as exc:
         raise DmnError(f"the reference world needs the `worlds` extra ({exc}): pip install 'dmn[worlds]'") from None
+    if audit_rate and not reflexes:
+        raise DmnError("--audit-rate checks System 1's answers, so it needs --reflexes")
     if reflexes:
         raise DmnError("--reflexes needs the System 1 client (dmn.Reflexes), which this version of dmn does not "
                        "have yet; run without --reflexes")

@@ -16,6 +16,7 @@ Example `dmn.toml`::
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -76,33 +77,35 @@ class WorldSettings:
     """Width of the hidden layers of its networks."""
     explore_steps: int = 8000
     """Transitions of random exploration collected before the first training."""
-    sticky: float = 4.0
+    sticky: float = field(default=4.0, metadata={"min": 1})
     """Mean run of a repeated random exploration action, so exploration wanders farther than coin flips."""
-    restarts: float = field(default=0.5, metadata={"zero_ok": True, "max": 1})
-    """Share of exploration episodes that restart from one of the rarest states seen so far (Go-Explore)."""
+    restarts: float = field(default=0.5, metadata={"min": 0, "max": 1})
+    """Share of the first exploration's episodes that restart from a rarely seen state (Go-Explore).
+
+    The random play of each round always restarts from rare states, the planner's included."""
     rollout: int = 5
     """Steps the predictor is unrolled in training, each compared with the target encoder's latent."""
     updates: int = 1500
     """Gradient steps of the first training."""
-    batch: int = 256
+    batch: int = field(default=256, metadata={"min": 2})
     """Training windows per gradient step."""
     lr: float = 1e-3
     """Adam learning rate."""
     ema: float = field(default=0.99, metadata={"max": 1})
     """Momentum of the target encoder (an exponential moving average of the encoder)."""
-    gamma: float = field(default=0.9, metadata={"max": 1})
+    gamma: float = field(default=0.9, metadata={"below": 1})
     """Discount of the value head's return-to-go."""
     variance_weight: float = 1.0
     """VICReg variance term: keeps every latent dimension spread out, so the latents cannot collapse."""
     covariance_weight: float = 0.04
     """VICReg covariance term: decorrelates the latent dimensions."""
-    rounds: int = field(default=1, metadata={"zero_ok": True})
+    rounds: int = field(default=1, metadata={"min": 0})
     """Rounds of data aggregation after the first training: the planner collects, then training goes on."""
     round_steps: int = 2000
     """Transitions the planner collects per round."""
     round_updates: int = 500
     """Gradient steps after each round."""
-    seed: int = field(default=1, metadata={"zero_ok": True})
+    seed: int = field(default=1, metadata={"min": 0})
     """Seed of the world model's training (the model is cached per environment and settings)."""
 
 
@@ -123,6 +126,48 @@ class PlannerSettings:
 
 
 @dataclass
+class ConsolidateSettings:
+    half_life_days: float = 7.0
+    """Age at which a decision counts half as much as today's: older experience fades."""
+    window_days: float = 30.0
+    """Only decisions from this many days back are read: bounds the nightly work."""
+    max_decisions: int = 1_000_000
+    """At most this many decisions (the newest) are read per world."""
+    situations: int = field(default=0, metadata={"min": 0})
+    """Number of situations (k-means clusters of decision states); 0 picks it from the data size."""
+    outcome_types: int = 16
+    """Number of outcome types (k-means clusters of imagined consequences)."""
+    pca_dims: int = field(default=0, metadata={"min": 0})
+    """Reduce latents to this many dimensions (FAISS PCA) before clustering and lookup; 0 keeps them."""
+    min_support: float = 3.0
+    """A situation needs this much (age-weighted) experience before System 1 answers from it."""
+    radius_quantile: float = field(default=0.95, metadata={"max": 1})
+    """A situation's novelty radius: this quantile of its members' distances to its centre."""
+    policy_reach: float = field(default=2.0, metadata={"min": 1})
+    """The policy answers only within this many novelty radii of a known situation."""
+    avoid_veto_rate: float = field(default=0.5, metadata={"max": 1})
+    """An action System 2 vetoed at least this often in a situation goes on its avoid list."""
+    policy_hidden: int = 256
+    """Width of the distilled policy network's hidden layers."""
+    policy_epochs: int = 30
+    """Maximum training epochs of the policy network (it stops early on validation loss)."""
+    soft_weight: float = field(default=0.5, metadata={"min": 0, "max": 1})
+    """Share of the policy's target that comes from System 2's scores (soft) rather than its choice (hard)."""
+    precision_target: float = field(default=0.95, metadata={"max": 1})
+    """System 1 must agree with System 2 at least this often when it answers; thresholds are set for it."""
+    coverage_tolerance: float = field(default=0.02, metadata={"min": 0, "max": 1})
+    """A new bundle may cover this much less than the published one and still replace it."""
+    validation_share: float = field(default=0.15, metadata={"max": 0.5})
+    """Share of the episodes (the newest but the test ones) that set thresholds and calibration."""
+    test_share: float = field(default=0.15, metadata={"max": 0.5})
+    """Share of the episodes (the newest) held out to report the metrics the gate uses."""
+    keep: int = 5
+    """Published bundles kept per world (for rollback)."""
+    seed: int = field(default=0, metadata={"min": 0})
+    """Seed of clustering and training."""
+
+
+@dataclass
 class Settings:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     """How logs are read."""
@@ -134,6 +179,8 @@ class Settings:
     """How the reference world model (`dmn world`) is trained."""
     planner: PlannerSettings = field(default_factory=PlannerSettings)
     """How the reference world's System 2 plans."""
+    consolidate: ConsolidateSettings = field(default_factory=ConsolidateSettings)
+    """How the night distils System 2's simulations into System 1's reflexes."""
 
     @classmethod
     def load(cls, path: Path) -> "Settings":
@@ -152,9 +199,11 @@ class Settings:
             dims=_dims(data.pop("dims", {}), path),
             world=_section(WorldSettings, data.pop("world", {}), path, "world"),
             planner=_section(PlannerSettings, data.pop("planner", {}), path, "planner"),
+            consolidate=_section(ConsolidateSettings, data.pop("consolidate", {}), path, "consolidate"),
         )
         if data:
-            raise DmnError(f"{path}: unknown section(s) {sorted(data)}; known: ingest, lar, dims, world, planner")
+            raise DmnError(f"{path}: unknown section(s) {sorted(data)}; "
+                           "known: ingest, lar, dims, world, planner, consolidate")
         if not re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]?i?B", settings.ingest.memory_limit, re.IGNORECASE):
             raise DmnError(f"{path}: [ingest] memory_limit must be a size such as '2GB', got {settings.ingest.memory_limit!r}")
         if settings.lar.hmac_secret is None:
@@ -177,10 +226,12 @@ def _section(kind: type, values: Any, path: Path, name: str) -> Any:
         if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
             raise DmnError(f"{path}: [{name}] {key} must be {expected.__name__}, got {value!r}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            zero_ok, high = fields[key].metadata.get("zero_ok", False), fields[key].metadata.get("max")
-            if value < 0 or value == 0 and not zero_ok or high is not None and value > high:
-                allowed = ("zero or more" if zero_ok else "positive") + (f" and at most {high}" if high else "")
-                raise DmnError(f"{path}: [{name}] {key} must be {allowed}, got {value!r}")
+            bounds = fields[key].metadata  # "min" (inclusive; default: above 0), "max" (inclusive), "below"
+            low, high, below = bounds.get("min"), bounds.get("max", math.inf), bounds.get("below", math.inf)
+            if (value <= 0 if low is None else value < low) or value > high or value >= below:
+                allowed = ["positive" if low is None else f"at least {low}"]
+                allowed += [f"at most {high}"] * (high < math.inf) + [f"below {below}"] * (below < math.inf)
+                raise DmnError(f"{path}: [{name}] {key} must be {' and '.join(allowed)}, got {value!r}")
     return kind(**values)
 
 

@@ -8,6 +8,8 @@
       tmp/            staging and DuckDB spill space (a crashed batch waits here for the next ingest to finish or undo it)
       locks/          advisory locks so that two writers never overlap
       worlds/         the reference world's trained world models (`dmn world`), one folder per env and settings
+      bundles/        published System 1 bundles, one folder per world (see dmn.publish)
+      runs/           one JSON record per consolidation run
 """
 
 from __future__ import annotations
@@ -75,6 +77,14 @@ class Home:
     @property
     def worlds(self) -> Path:
         return self.root / "worlds"
+
+    @property
+    def bundles(self) -> Path:
+        return self.root / "bundles"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
 
     def settings(self) -> Settings:
         return Settings.load(self.root / "dmn.toml")

@@ -24,6 +24,7 @@ import duckdb
 import pyarrow as pa
 
 from dmn.errors import DmnError
+from dmn import publish
 from dmn.home import Home, fsync, write_atomic
 from dmn.records import LAKE_TABLES, columns
 
@@ -90,6 +91,20 @@ class Store:
                    e."return", e.success, s.meta, s.date, s.source_file, s.batch, s.ingested_at
             FROM episode_starts s LEFT JOIN episode_ends e USING (episode_id)""")
         con.register("ingest_files", _ledger_table(manifests))
+        con.register("consolidation_records", _json_rows(consolidation_runs(self.home), CONSOLIDATION_COLUMNS))
+        con.register("artifact_records", _json_rows(publish.manifests(self.home), ARTIFACT_COLUMNS))
+        run(con, """CREATE VIEW consolidations AS SELECT run_id, world, encoder, status, reason, version, current,
+            started_at::TIMESTAMPTZ AS started_at, ended_at::TIMESTAMPTZ AS ended_at,
+            (metrics::JSON->>'$.combined.coverage')::DOUBLE AS coverage,
+            (metrics::JSON->>'$.combined.precision')::DOUBLE AS precision,
+            (metrics::JSON->>'$.live.precision')::DOUBLE AS live_precision,
+            seconds::JSON AS seconds, counts::JSON AS counts, metrics::JSON AS metrics, watermark
+            FROM consolidation_records""")
+        run(con, """CREATE VIEW artifacts AS SELECT world, version, current::BOOLEAN AS current, encoder, dim::INTEGER AS dim,
+            created_at::TIMESTAMPTZ AS created_at, (metrics::JSON->>'$.combined.coverage')::DOUBLE AS coverage,
+            (metrics::JSON->>'$.combined.precision')::DOUBLE AS precision, thresholds::JSON AS thresholds,
+            "window"::JSON AS "window", run_id, signature IS NOT NULL AS signed, path
+            FROM artifact_records""")
         return con
 
     def table_sql(self, table: str, manifests: list[dict[str, Any]]) -> str:
@@ -177,6 +192,31 @@ def _ledger_table(manifests: list[dict[str, Any]]) -> pa.Table:
         for m in manifests for row in m["ledger"]
     ]
     return pa.Table.from_pylist(rows, schema=LEDGER_SCHEMA)
+
+
+CONSOLIDATION_COLUMNS = ("run_id", "world", "encoder", "status", "reason", "version", "current", "started_at",
+                         "ended_at", "watermark", "seconds", "counts", "metrics")
+ARTIFACT_COLUMNS = ("world", "version", "current", "encoder", "dim", "created_at", "metrics", "thresholds", "window",
+                    "run_id", "signature", "path")
+
+
+def consolidation_runs(home: Home) -> list[dict[str, Any]]:
+    """Every recorded consolidation run (`<home>/runs/*.json`), oldest first; unreadable records are skipped."""
+    out = []
+    for path in sorted(home.runs.glob("*.json")) if home.runs.is_dir() else []:
+        try:
+            out.append(json.loads(path.read_bytes()))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def _json_rows(records: list[dict[str, Any]], names: tuple[str, ...]) -> pa.Table:
+    """Records as a table of text columns: strings as they are, anything else as JSON (the views cast them)."""
+    def cell(value: Any) -> str | None:
+        return value if value is None or isinstance(value, str) else json.dumps(value)
+
+    return pa.table({n: pa.array([cell(r.get(n)) for r in records], pa.string()) for n in names})
 
 
 def quote(name: str) -> str:

@@ -54,9 +54,10 @@ def test_windows_give_discounted_returns_and_mask_what_is_unknown():
     assert data["done"][:, 0].tolist() == [0, 0, 0, 1]
     assert data["mask"].tolist() == [[1, 1], [1, 1], [1, 1], [1, 0]]  # the last window runs past the end
     assert data["next"][0].flatten().tolist() == [1.0, 2.0] and data["actions"][1].tolist() == [1, 0]
-    # Cut by the time limit instead, the last steps' returns are unknown (reach of gamma 0.5: 2 steps).
-    cut = windows([Episode(obs, ended.actions, ended.rewards, terminated=False)], rollout=1, gamma=0.5)
-    assert cut["value_mask"][:, 0].tolist() == [1, 1, 0, 0] and cut["done"].sum() == 0
+    # Cut by the time limit instead, the last steps' returns are unknown (gamma 0.25: 4 steps leave < 1%).
+    cut = windows([Episode(np.arange(7, dtype=np.float32)[:, None], np.zeros(6, int), np.ones(6, np.float32),
+                           terminated=False)], rollout=1, gamma=0.25)
+    assert cut["value_mask"][:, 0].tolist() == [1, 1, 0, 0, 0, 0] and cut["done"].sum() == 0
 
 
 def test_collect_plays_whole_episodes_until_enough_steps():
@@ -123,24 +124,28 @@ def test_training_teaches_imagination_to_foresee_the_end_without_collapse():
 
 def test_a_trained_world_is_cached_and_checked(home):
     trained = []
-    world = load_world(home, "CartPole-v1", TINY.world, TINY.planner, on_train=trained.append)
-    again = load_world(home, "CartPole-v1", TINY.world, TINY.planner, on_train=trained.append)
+    world = load_world(home, "CartPole-v1", TINY.world, on_train=trained.append)
+    again = load_world(home, "CartPole-v1", TINY.world, on_train=trained.append)
     assert len(trained) == 1 and again.encoder == world.encoder and world.encoder.startswith("jepa-")
     assert world.meta["transitions"] >= 400 + 60 and world.meta["failure"] is True  # ending CartPole is failing
     z = world.encode(np.zeros(4, np.float32))
     assert z.shape == (16,) and np.array_equal(z, again.encode(np.zeros(4, np.float32)))
-    other = load_world(home, "CartPole-v1", WorldSettings(**{**vars(TINY.world), "seed": 7}), TINY.planner)
+    other = load_world(home, "CartPole-v1", WorldSettings(**{**vars(TINY.world), "seed": 7}))
     assert other.encoder != world.encoder  # other settings, another model
     for weights in home.worlds.glob("CartPole-v1/*/model.pt"):
         data = bytearray(weights.read_bytes())
         data[len(data) // 2] ^= 0xFF
         weights.write_bytes(bytes(data))
-    with pytest.raises(DmnError, match="checksum"):
-        load_world(home, "CartPole-v1", TINY.world, TINY.planner)
+    with pytest.raises(DmnError, match="damaged .*checksum.*delete that folder"):
+        load_world(home, "CartPole-v1", TINY.world)
+    (next(home.worlds.glob("CartPole-v1/*/meta.json"))).write_text("{")
+    with pytest.raises(DmnError, match="damaged"):
+        load_world(home, "CartPole-v1", TINY.world)
 
 
 @pytest.mark.parametrize("env_id, message", [
     ("NoSuchWorld-v0", "cannot make Gymnasium environment"),
+    ("no_such_module:World-v0", "cannot make Gymnasium environment"),
     ("Pendulum-v1", "needs a vector .* and Discrete actions"),
 ])
 def test_unsuitable_environments_are_refused(env_id, message):
@@ -288,3 +293,8 @@ def test_world_run_says_clearly_what_it_cannot_do(home):
     (home.root / "dmn.toml").write_text("[planner]\nveto = 1.5\n")
     bad_setting = dmn("world", "run", "--home", str(home.root))
     assert bad_setting.returncode == 1 and "veto must be positive and at most 1" in bad_setting.stderr
+    (home.root / "dmn.toml").write_text("[world]\ngamma = 1.0\n")
+    bad_gamma = dmn("world", "run", "--home", str(home.root))
+    assert bad_gamma.returncode == 1 and "gamma must be positive and below 1" in bad_gamma.stderr
+    audit_alone = dmn("world", "run", "--audit-rate", "0.5", "--home", str(home.root))
+    assert audit_alone.returncode == 1 and "needs --reflexes" in audit_alone.stderr

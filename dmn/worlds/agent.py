@@ -74,17 +74,17 @@ def run(home: Home, env_id: str, episodes: int, *, seed: int = 0, reflexes: Refl
     if not 0.0 <= audit_rate <= 1.0:
         raise ValueError(f"audit_rate must be between 0 and 1, got {audit_rate}")
     settings = settings or home.settings()
-    env = make_env(env_id)
-    world = load_world(home, env_id, settings.world, settings.planner, on_train=on_progress)
+    world = load_world(home, env_id, settings.world, on_train=on_progress)
     planner = Planner(world.model, settings.planner, seed=seed)
     rng = np.random.default_rng(seed)
     report = RunReport(env_id, world.encoder)
     started = time.perf_counter()
+    env = make_env(env_id)
     try:
         with one_thread(), EpisodeLogger(home, world=env_id, encoder=world.encoder, agent="dmn-world") as log:
-            obs, _ = env.reset(seed=seed)
             for episode in range(episodes):
-                log.episode(meta={"env": env_id, "seed": seed, "episode": episode, "reflexes": reflexes is not None})
+                obs, _ = env.reset(seed=seed + episode)
+                log.episode(meta={"env": env_id, "seed": seed + episode, "reflexes": reflexes is not None})
                 total, step = 0.0, 0
                 while True:
                     z = world.encode(obs)
@@ -100,7 +100,6 @@ def run(home: Home, env_id: str, episodes: int, *, seed: int = 0, reflexes: Refl
                 report.returns.append(total)
                 if on_progress:
                     on_progress(f"episode {episode + 1}/{episodes}: return {total:g}")
-                obs, _ = env.reset()
     finally:
         env.close()
     report.seconds = time.perf_counter() - started
@@ -111,6 +110,7 @@ def _decide(z: np.ndarray, step: int, planner: Planner, reflexes: ReflexSource |
             rng: np.random.Generator, log: EpisodeLogger, report: RunReport) -> int:
     """One decision: a reflex if there is one (audited at `audit_rate`), else System 2."""
     report.decisions += 1
+    asked = 0.0  # time spent asking System 1 before System 2 had to think after all
     if reflexes is not None:
         start = time.perf_counter()
         reflex = reflexes.lookup(z)
@@ -124,9 +124,10 @@ def _decide(z: np.ndarray, step: int, planner: Planner, reflexes: ReflexSource |
                 report.audited += 1
                 report.agreed += _log_plan(planner.plan(z), z, step, log, report) == action
             return action
+        asked = ms
     plan = planner.plan(z)
-    log.decision(step, z, plan.action, source="system2", latency_ms=plan.ms)
-    report.system2_ms += plan.ms
+    log.decision(step, z, plan.action, source="system2", latency_ms=asked + plan.ms)
+    report.system2_ms += asked + plan.ms
     return _log_plan(plan, z, step, log, report)
 
 

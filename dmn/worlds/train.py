@@ -75,35 +75,39 @@ def make_env(env_id: str) -> gym.Env:
     """The Gymnasium environment `env_id`, checked to have what the world model needs."""
     try:
         env = gym.make(env_id)
-    except gym.error.Error as exc:
+    except Exception as exc:  # noqa: BLE001 - Gymnasium raises its own errors, import errors, missing extras...
         raise DmnError(f"cannot make Gymnasium environment {env_id!r}: {exc}") from None
     if not (isinstance(env.observation_space, gym.spaces.Box) and len(env.observation_space.shape) == 1
-            and isinstance(env.action_space, gym.spaces.Discrete)):
+            and isinstance(env.action_space, gym.spaces.Discrete) and env.action_space.start == 0):
         env.close()
         raise DmnError(f"{env_id} has observations {env.observation_space} and actions {env.action_space}; "
-                       "the reference world needs a vector (1-D Box) observation and Discrete actions")
+                       "the reference world needs a vector (1-D Box) observation and Discrete actions from 0")
     return env
 
 
-def load_world(home: Home, env_id: str, settings: WorldSettings, planner: PlannerSettings,
+def load_world(home: Home, env_id: str, settings: WorldSettings,
                on_train: Callable[[str], None] | None = None) -> World:
     """The world model for `env_id` from the home's cache, trained first if there is none.
 
-    >>> world = load_world(Home.resolve(), "CartPole-v1", WorldSettings(), PlannerSettings())  # doctest: +SKIP
+    >>> world = load_world(Home.resolve(), "CartPole-v1", WorldSettings())  # doctest: +SKIP
     """
-    key = hashlib.sha256(json.dumps([MODEL_FORMAT, env_id, dataclasses.asdict(settings),
-                                     dataclasses.asdict(planner)], sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([MODEL_FORMAT, env_id, dataclasses.asdict(settings)],
+                                    sort_keys=True).encode()).hexdigest()[:16]
     folder = home.worlds / quote(env_id, safe="") / key
     with home.lock(f"world-{key}", wait=3600):  # two agents starting together train once
         if not (folder / "meta.json").exists():
             if on_train:
                 on_train(f"training the {env_id} world model (once; cached in {folder})")
-            _save(folder, *train(env_id, settings, planner))
+            _save(folder, *train(env_id, settings))
         return _load(folder)
 
 
-def train(env_id: str, settings: WorldSettings, planner_settings: PlannerSettings) -> tuple[WorldModel, dict]:
-    """Explore, train, then let the planner collect and train on; returns the model and its training facts."""
+def train(env_id: str, settings: WorldSettings) -> tuple[WorldModel, dict]:
+    """Explore, train, then let the planner collect and train on; returns the model and its training facts.
+
+    The planner that collects plans with the default `PlannerSettings`, so tuning `[planner]` never
+    retrains the model (and never changes its encoder version).
+    """
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
@@ -122,7 +126,7 @@ def train(env_id: str, settings: WorldSettings, planner_settings: PlannerSetting
     losses = fit(model, opt, windows(episodes, settings.rollout, settings.gamma), settings, settings.updates)
     returns = []
     for round_ in range(settings.rounds):
-        planner = Planner(model, planner_settings, seed=settings.seed + round_)
+        planner = Planner(model, PlannerSettings(), seed=settings.seed + round_)
 
         def planned(obs: np.ndarray, previous: int | None) -> int:
             if rng.random() < EXPLORE_EPSILON:
@@ -131,15 +135,18 @@ def train(env_id: str, settings: WorldSettings, planner_settings: PlannerSetting
                 return planner.plan(model.encode(torch.as_tensor(obs, dtype=torch.float32))).action
 
         with one_thread():
-            new = collect(env, settings.round_steps, planned, settings.seed + round_ + 1, 0.0, frontier, rng)
+            new = collect(env, settings.round_steps, planned, settings.seed + 2 * round_ + 1, 0.0, frontier, rng)
         returns.append(float(np.mean([ep.rewards.sum() for ep in new])))
-        # Random play from rare states, now including where the planner went: what happens beyond its plans.
-        episodes += new + collect(env, settings.round_steps, sticky_random, settings.seed + round_ + 1, 1.0,
+        # Random play, every episode restarted from a rare state, now including where the planner went:
+        # what happens beyond its plans.
+        episodes += new + collect(env, settings.round_steps, sticky_random, settings.seed + 2 * round_ + 2, 1.0,
                                   frontier, rng)
         losses = fit(model, opt, windows(episodes, settings.rollout, settings.gamma), settings,
                      settings.round_updates)
     env.close()
-    meta = {"env": env_id, "settings": dataclasses.asdict(settings), "planner": dataclasses.asdict(planner_settings),
+    if not all(np.isfinite(list(losses.values()))):
+        raise DmnError(f"training the {env_id} world model diverged (losses {losses}); try a lower [world] lr")
+    meta = {"env": env_id, "settings": dataclasses.asdict(settings),
             "transitions": int(sum(len(ep.actions) for ep in episodes)), "episodes": len(episodes),
             "round_returns": returns, "losses": losses, "failure": bool(model.failure),
             "train_seconds": round(time.perf_counter() - started, 1)}
@@ -210,7 +217,7 @@ def windows(episodes: list[Episode], rollout: int, gamma: float) -> dict[str, to
     """
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "actions", "next", "rewards", "done", "value",
                                                           "mask", "value_mask")}
-    reach = int(np.ceil(1 / (1 - gamma)))  # steps beyond which the discounted future hardly counts
+    reach = int(np.ceil(np.log(0.01) / np.log(gamma)))  # steps beyond which less than 1% of the return is left
     for ep in episodes:
         steps = len(ep.actions)
         to_go = np.zeros(steps, np.float32)  # return from the observation after step t
@@ -301,11 +308,15 @@ def _save(folder: Path, model: WorldModel, meta: dict) -> None:
 
 
 def _load(folder: Path) -> World:
-    meta = json.loads((folder / "meta.json").read_text())
-    weights = (folder / "model.pt").read_bytes()
-    if hashlib.sha256(weights).hexdigest() != meta["sha256"]:
-        raise DmnError(f"{folder / 'model.pt'} does not match its checksum; delete {folder} to train it again")
-    settings = meta["settings"]
-    model = WorldModel(meta["obs_dim"], meta["n_actions"], settings["latent_dim"], settings["hidden"])
-    model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))  # weights only: nothing is unpickled
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        weights = (folder / "model.pt").read_bytes()
+        if hashlib.sha256(weights).hexdigest() != meta["sha256"]:
+            raise ValueError("model.pt does not match its checksum")
+        settings = meta["settings"]
+        model = WorldModel(meta["obs_dim"], meta["n_actions"], settings["latent_dim"], settings["hidden"])
+        model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))  # weights only: nothing unpickled
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise DmnError(f"the cached world model in {folder} is damaged ({exc}); delete that folder to train it "
+                       "again") from None
     return World(meta["env"], model, f"jepa-{meta['sha256'][:12]}", meta)

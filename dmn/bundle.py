@@ -1,0 +1,73 @@
+"""A published bundle, loaded for lookups: what the System 1 client serves and tests check.
+
+Loading verifies the manifest's checksums (and signature, with DMN_SIGNING_KEY) first; nothing is
+unpickled (FAISS indexes are deserialised from bytes, the policy's arrays read with allow_pickle=False).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dmn import publish
+from dmn.errors import DmnError
+from dmn.home import Home
+from dmn.reflex import POLICY_KEYS, Answers, answer, table_columns
+
+
+@dataclass
+class Bundle:
+    manifest: dict[str, Any]
+    index: faiss.Index
+    """Search index over the situations' centroids (PCA inside when the night used it)."""
+    table: pa.Table
+    outcomes: pa.Table
+    outcome_index: faiss.Index
+    policy: dict[str, np.ndarray]
+    columns: dict[str, np.ndarray]
+    """The table columns lookups need, as arrays: best (action index), confidence, radius, support."""
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    @property
+    def actions(self) -> list[str]:
+        return self.manifest["actions"]
+
+    def answer(self, states: np.ndarray) -> Answers:
+        """System 1's answers for (n, d) latent states, exactly as the night evaluated them."""
+        t = self.manifest["thresholds"]
+        thresholds = {k: np.inf if t[k] is None else t[k] for k in ("table", "policy")}
+        return answer(states, self.index, self.columns, self.policy, thresholds, self.manifest["min_support"],
+                      self.manifest["policy_reach"])
+
+
+def load(home: Home, world: str, version: str | None = None) -> Bundle:
+    """The published (or the given) bundle of `world`, verified; raises DmnError when there is none or it is damaged."""
+    version = version or publish.current(home, world)
+    if version is None:
+        raise DmnError(f"no bundle published for world {world!r}")
+    return load_path(publish.folder(home, world) / version)
+
+
+def load_path(path: Path) -> Bundle:
+    manifest = publish.verify(path)
+    try:
+        index = faiss.deserialize_index(np.frombuffer((path / "situations.faiss").read_bytes(), np.uint8))
+        outcome_index = faiss.deserialize_index(np.frombuffer((path / "outcomes.faiss").read_bytes(), np.uint8))
+        table = pq.read_table(path / "table.parquet")
+        with np.load(io.BytesIO((path / "policy.npz").read_bytes()), allow_pickle=False) as npz:
+            policy = {k: npz[k] for k in POLICY_KEYS}
+        columns = table_columns(table, manifest["actions"])
+        outcomes = pq.read_table(path / "outcomes.parquet")
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+        raise DmnError(f"bundle {path} cannot be loaded ({exc})") from None
+    return Bundle(manifest, index, table, outcomes, outcome_index, policy, columns)

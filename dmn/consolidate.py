@@ -1,0 +1,261 @@
+"""The night: turn the day's System 2 simulations into System 1 reflexes, and publish them if they are good.
+
+For every world with new System 2 experience (its newest encoder; or the world named):
+
+    select     the labelled steps of the last `window_days`, age-weighted (dmn.experience)
+    split      by episode and time: train, validation, test (dmn.evaluate)
+    cluster    training states into situations, FAISS k-means (dmn.cluster)
+    outcomes   imagined consequences into outcome types, FAISS k-means
+    table      per situation: what System 2 did, how surely, what it avoided, what it imagined (dmn.distill)
+    policy     a small network distilled from System 2's choices and scores, calibrated (dmn.distill)
+    evaluate   thresholds on validation for the precision target; coverage and precision on test
+    gate       publish only if test precision meets the target and coverage holds up against the current bundle
+    publish    a versioned bundle, switched in atomically (dmn.publish)
+
+Every run, published or not, is recorded in `<home>/runs/` (the `consolidations` view).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dmn import __version__, publish
+from dmn.cluster import kmeans, situation_count, situation_index
+from dmn.config import ConsolidateSettings
+from dmn.distill import heuristic_table, outcome_table, targets, train_policy
+from dmn.errors import DmnError
+from dmn.evaluate import metrics, split, threshold
+from dmn.experience import Experience, pairs, select
+from dmn.home import Home, write_atomic
+from dmn.ingest import ingest
+from dmn.reflex import answer, nearest, table_columns
+from dmn.store import Store, consolidation_runs
+
+
+@dataclass
+class Consolidation:
+    """What one night did for one world."""
+
+    world: str
+    encoder: str
+    status: str
+    """published, kept (the gate refused the new bundle), nothing new, or failed."""
+    reason: str = ""
+    version: str | None = None
+    """The bundle published now (None when nothing was published)."""
+    current: str | None = None
+    """The bundle readers load after this run."""
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    started_at: str = ""
+    ended_at: str = ""
+    watermark: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def consolidate(home: Home, world: str | None = None, *, settings: ConsolidateSettings | None = None,
+                now: float | None = None, on_progress: Callable[[str], None] | None = None) -> list[Consolidation]:
+    """Ingest the inbox, then consolidate every world with new System 2 experience (or `world`).
+
+    Raises `Busy` if another consolidation holds the home.
+
+    >>> for night in consolidate(Home.resolve()):  # doctest: +SKIP
+    ...     print(night.world, night.status, night.version)
+    """
+    settings = settings or home.settings().consolidate
+    say = on_progress or (lambda line: None)
+    with home.lock("consolidate"):
+        say("ingesting the inbox")
+        ingest(home)
+        store = Store(home)
+        found = pairs(store)
+        if world is not None:
+            found = [p for p in found if p[0] == world]
+            if not found:
+                raise DmnError(f"no decisions for world {world!r} in the store")
+        nights, seen = [], set()
+        for w, encoder, watermark in found:
+            if w in seen:
+                continue  # an older encoder of a world: its latents are not the ones agents now send
+            seen.add(w)
+            nights.append(_night(home, store, w, encoder, watermark, settings, now, say))
+        return nights
+
+
+def _night(home: Home, store: Store, world: str, encoder: str, watermark: str, settings: ConsolidateSettings,
+           now: float | None, say: Callable[[str], None]) -> Consolidation:
+    night = Consolidation(world, encoder, "failed", started_at=_iso(), watermark=watermark,
+                          current=publish.current(home, world))
+    last = _last_run(home, world)
+    if last and last["watermark"] == watermark and last["encoder"] == encoder and last["status"] != "failed":
+        night.status, night.reason = "nothing new", f"no new System 2 experience since run {last['run_id']}"
+    else:
+        try:
+            _consolidate(home, store, night, settings, now, say)
+        except (DmnError, ValueError) as exc:
+            night.reason = str(exc)
+    night.ended_at = _iso()
+    home.runs.mkdir(exist_ok=True)
+    write_atomic(home.runs / f"{night.started_at[:19].replace(':', '')}-{night.run_id}.json",
+                 json.dumps(night.to_dict(), indent=1).encode())
+    say(f"{world}: {night.status}{' ' + night.version if night.version else ''}"
+        f"{' (' + night.reason + ')' if night.reason else ''}")
+    return night
+
+
+def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateSettings, now: float | None,
+                 say: Callable[[str], None]) -> None:
+    clock = _Clock(night.seconds)
+    say(f"{night.world}: selecting experience")
+    exp = select(store, night.world, night.encoder, s, now)
+    parts = split(exp, s)
+    clock.lap("select")
+    train, val, test = parts.train, parts.validation, parts.test
+    night.counts = {"steps": len(exp.label), "simulations": len(exp.sim_step), "train": len(train),
+                    "validation": len(val), "test": len(test), "episodes": len(set(exp.episode))}
+
+    say(f"{night.world}: clustering {len(train):,} states")
+    k = s.situations or situation_count(len(train))
+    index = situation_index(exp.states[train], k, exp.weight[train], s.pca_dims, s.seed)
+    cluster, distance = nearest(index, exp.states[train])
+    clock.lap("cluster")
+
+    imagined = ~np.isnan(exp.sim_predicted[:, 0]) if len(exp.sim_step) else np.zeros(0, bool)
+    outcome = np.full(len(exp.sim_step), -1)
+    outcome_index = faiss.IndexFlatL2(exp.dim)
+    if imagined.any():
+        outcome_index.add(kmeans(exp.sim_predicted[imagined], s.outcome_types, None, s.seed))
+        outcome[imagined] = nearest(outcome_index, exp.sim_predicted[imagined])[0]
+    clock.lap("outcomes")
+
+    table = heuristic_table(exp, train, cluster, distance, index.ntotal, outcome, max(outcome_index.ntotal, 1), s)
+    outcomes = outcome_table(exp, outcome, max(outcome_index.ntotal, 1))
+    clock.lap("table")
+
+    say(f"{night.world}: distilling the policy")
+    y = targets(exp, s.soft_weight)
+    weights = train_policy(exp.states[train], y[train], exp.weight[train], exp.states[val], exp.label[val], s)
+    clock.lap("policy")
+
+    say(f"{night.world}: evaluating on {len(test):,} held-out steps")
+    system1 = partial(answer, index=index, table=table_columns(table, exp.actions), weights=weights,
+                      min_support=s.min_support, policy_reach=s.policy_reach)
+    # Thresholds on validation: the table's first, then the policy's on what the table leaves to it.
+    by_table = system1(exp.states[val], thresholds={"table": -np.inf, "policy": np.inf})
+    t_table = threshold(by_table.action == exp.label[val], by_table.confidence, s.precision_target)
+    left = system1(exp.states[val], thresholds={"table": t_table, "policy": -np.inf})
+    to_policy = left.source == "policy"
+    t_policy = threshold(left.action[to_policy] == exp.label[val][to_policy], left.confidence[to_policy],
+                         s.precision_target)
+    truth = exp.label[test]
+    night.metrics = {
+        "combined": metrics(system1(exp.states[test], thresholds={"table": t_table, "policy": t_policy}), truth,
+                            exp.actions),
+        "table": metrics(system1(exp.states[test], thresholds={"table": t_table, "policy": np.inf}), truth,
+                         exp.actions),
+        "policy": metrics(system1(exp.states[test], thresholds={"table": np.inf, "policy": t_policy}), truth,
+                          exp.actions),
+        "thresholds": {"table": _finite(t_table), "policy": _finite(t_policy)},
+        "situations": int(index.ntotal), "outcome_types": int(outcome_index.ntotal), "live": _live(exp),
+    }
+    clock.lap("evaluate")
+
+    reason = _gate(home, night, s)
+    if reason:
+        night.status, night.reason = "kept", reason
+        return
+    files = {
+        "table.parquet": _parquet(table), "outcomes.parquet": _parquet(outcomes),
+        "situations.faiss": faiss.serialize_index(index).tobytes(),
+        "outcomes.faiss": faiss.serialize_index(outcome_index).tobytes(),
+        "policy.npz": _npz(weights),
+    }
+    manifest = {
+        "encoder": night.encoder, "dim": exp.dim, "actions": exp.actions, "created_at": _iso(),
+        "code_version": __version__, "run_id": night.run_id, "min_support": s.min_support,
+        "policy_reach": s.policy_reach,
+        "thresholds": night.metrics["thresholds"], "metrics": {k: night.metrics[k] for k in
+                                                               ("combined", "table", "policy")},
+        "window": {"from": _iso(float(exp.ts.min())), "to": _iso(float(exp.ts.max())), "steps": len(exp.label)},
+        "settings": asdict(s),
+    }
+    night.version = publish.publish(home, night.world, files, manifest, s.keep)
+    night.current, night.status = night.version, "published"
+    clock.lap("publish")
+
+
+def _gate(home: Home, night: Consolidation, s: ConsolidateSettings) -> str:
+    """Why the new bundle must not replace the current one ("" when it may)."""
+    combined = night.metrics["combined"]
+    if combined["precision"] is None:
+        return "System 1 would answer none of the held-out decisions at the precision target"
+    if combined["precision"] < s.precision_target:
+        return f"test precision {combined['precision']:.3f} is below the target {s.precision_target}"
+    if night.current:
+        try:
+            old = publish.verify(publish.folder(home, night.world) / night.current)
+        except DmnError:
+            return ""  # a damaged current bundle is no standard to hold the new one to
+        old_coverage = old["metrics"]["combined"]["coverage"]
+        if old.get("encoder") == night.encoder and combined["coverage"] < old_coverage - s.coverage_tolerance:
+            return (f"test coverage {combined['coverage']:.3f} is worse than the published {night.current}'s "
+                    f"{old_coverage:.3f} by more than {s.coverage_tolerance}")
+    return ""
+
+
+def _live(exp: Experience) -> dict[str, Any]:
+    """How System 1 did in the world: agreement with System 2 on the reflex steps that were audited."""
+    audited = exp.source == "system1"
+    agreed = int((exp.acted[audited] == exp.label[audited]).sum())
+    return {"audited": int(audited.sum()), "precision": agreed / int(audited.sum()) if audited.any() else None}
+
+
+def _last_run(home: Home, world: str) -> dict[str, Any] | None:
+    runs = [r for r in consolidation_runs(home) if r.get("world") == world]
+    return runs[-1] if runs else None
+
+
+class _Clock:
+    def __init__(self, into: dict[str, float]):
+        self.into, self.last = into, time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.into[stage] = round(now - self.last, 3)
+        self.last = now
+
+
+def _parquet(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+def _npz(arrays: dict[str, np.ndarray]) -> bytes:
+    sink = io.BytesIO()
+    np.savez(sink, **arrays)
+    return sink.getvalue()
+
+
+def _finite(value: float) -> float | None:
+    return None if not np.isfinite(value) else float(value)
+
+
+def _iso(seconds: float | None = None) -> str:
+    return datetime.fromtimestamp(time.time() if seconds is None else seconds, timezone.utc).isoformat()

@@ -1,0 +1,142 @@
+"""What a night learns from: System 2's labelled steps of one (world, encoder), read from the lake.
+
+A step is labelled when System 2 decided it (`source = 'system2'`), or when System 1 decided it and
+System 2 was asked too (an audit, logged as the step's simulations): System 2's answer is then its
+best-scoring candidate it did not veto. Unaudited System 1 steps teach nothing: learning from its own
+answers would only make System 1 surer of itself.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from dmn.config import ConsolidateSettings
+from dmn.errors import DmnError
+from dmn.store import Store, run
+
+
+@dataclass
+class Experience:
+    world: str
+    encoder: str
+    actions: list[str]
+    """The action vocabulary: labels and candidate actions are indices into it."""
+    episode: np.ndarray
+    """(n,) episode id of each labelled step."""
+    ts: np.ndarray
+    """(n,) Unix seconds of each step's decision."""
+    states: np.ndarray
+    """(n, d) float32 latent states."""
+    label: np.ndarray
+    """(n,) System 2's action."""
+    weight: np.ndarray
+    """(n,) age weight, exp(-ln 2 * age / half-life)."""
+    reward: np.ndarray
+    """(n,) reward the step earned in the world (NaN when no outcome was logged)."""
+    source: np.ndarray
+    """(n,) who acted: 'system2', or 'system1' (an audited reflex)."""
+    acted: np.ndarray
+    """(n,) the action taken (System 1's on audited reflex steps)."""
+    sim_step: np.ndarray
+    """(m,) the labelled step each simulation belongs to (index into the n steps)."""
+    sim_action: np.ndarray
+    sim_score: np.ndarray
+    sim_vetoed: np.ndarray
+    sim_predicted: np.ndarray
+    """(m, d) imagined consequences; rows of NaN where none was logged."""
+    watermark: str
+    """The newest ingest batch among the steps: a later night with the same watermark has nothing new."""
+
+    @property
+    def dim(self) -> int:
+        return self.states.shape[1]
+
+
+def pairs(store: Store) -> list[tuple[str, str, str]]:
+    """(world, encoder, newest batch) of every pair with System 2 labels, newest encoder first per world."""
+    return run(store.connect(), """
+        SELECT world, encoder, max(batch) AS watermark FROM decisions GROUP BY ALL
+        ORDER BY world, max(coalesce(ts, ingested_at)) DESC""")
+
+
+def select(store: Store, world: str, encoder: str, settings: ConsolidateSettings, now: float | None = None
+           ) -> Experience:
+    """Read the labelled steps of (`world`, `encoder`) from the last `window_days`, newest first."""
+    now = time.time() if now is None else now
+    con = store.connect()
+    params = {"world": world, "encoder": encoder, "since": now - settings.window_days * 86400,
+              "limit": settings.max_decisions}
+    run(con, """
+        CREATE TEMP TABLE sims AS
+        SELECT episode_id, step, action, score, coalesce(vetoed, false) AS vetoed, predicted
+        FROM simulations WHERE world = $world AND encoder = $encoder""", {"world": world, "encoder": encoder})
+    run(con, """
+        CREATE TEMP TABLE steps AS
+        WITH d AS (
+            SELECT episode_id, step, state, action, source, batch, epoch(coalesce(ts, ingested_at)) AS t
+            FROM decisions
+            WHERE world = $world AND encoder = $encoder AND epoch(coalesce(ts, ingested_at)) >= $since),
+        best AS (
+            SELECT episode_id, step,
+                   coalesce(arg_max(action, score) FILTER (WHERE NOT vetoed), arg_max(action, score)) AS best
+            FROM sims GROUP BY ALL)
+        SELECT row_number() OVER (ORDER BY d.t DESC, d.episode_id, d.step) - 1 AS i, d.episode_id, d.step, d.t,
+               d.state, CASE WHEN d.source = 'system2' THEN d.action ELSE best.best END AS label,
+               d.source, d.action AS acted, d.batch, o.reward
+        FROM d LEFT JOIN best USING (episode_id, step)
+               LEFT JOIN outcomes o ON o.episode_id = d.episode_id AND o.step = d.step
+        WHERE d.source = 'system2' OR best.best IS NOT NULL
+        ORDER BY i LIMIT $limit""", params)
+    steps = con.sql("SELECT episode_id, t, state, label, source, acted, batch, reward FROM steps ORDER BY i"
+                        ).to_arrow_table()
+    if steps.num_rows == 0:
+        raise DmnError(f"no System 2 decisions for world {world!r}, encoder {encoder!r} in the last "
+                       f"{settings.window_days:g} days")
+    sims = con.sql("""
+        SELECT s.i, m.action, m.score, m.vetoed, m.predicted
+        FROM sims m JOIN steps s USING (episode_id, step) ORDER BY s.i""").to_arrow_table()
+    actions = sorted(set(steps["label"].to_pylist()) | set(steps["acted"].to_pylist())
+                     | set(sims["action"].to_pylist()), key=_action_order)
+    index = {a: i for i, a in enumerate(actions)}
+    states = _matrix(steps["state"])
+    t = steps["t"].to_numpy().astype(np.float64)
+    return Experience(
+        world=world, encoder=encoder, actions=actions,
+        episode=np.asarray(steps["episode_id"].to_pylist(), dtype=object), ts=t, states=states,
+        label=np.array([index[a] for a in steps["label"].to_pylist()], np.int64),
+        weight=np.exp(-math.log(2) * np.maximum(now - t, 0) / (settings.half_life_days * 86400)),
+        reward=steps["reward"].to_numpy(zero_copy_only=False).astype(np.float64),
+        source=np.asarray(steps["source"].to_pylist(), dtype=object),
+        acted=np.array([index[a] for a in steps["acted"].to_pylist()], np.int64),
+        sim_step=sims["i"].to_numpy().astype(np.int64),
+        sim_action=np.array([index[a] for a in sims["action"].to_pylist()], np.int64),
+        sim_score=sims["score"].to_numpy().astype(np.float64),
+        sim_vetoed=sims["vetoed"].to_numpy(zero_copy_only=False).astype(bool),
+        sim_predicted=_matrix(sims["predicted"], states.shape[1]),
+        watermark=max(steps["batch"].to_pylist()),
+    )
+
+
+def _matrix(column: pa.ChunkedArray, dim: int | None = None) -> np.ndarray:
+    """A list column of equal-length vectors as an (n, d) float32 matrix (NULL rows become NaN)."""
+    column = column.combine_chunks()
+    if dim is None:
+        dim = len(column[0]) if len(column) else 0
+    out = np.full((len(column), dim), np.nan, np.float32)
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    if valid.any():
+        out[valid] = column.filter(column.is_valid()).flatten().to_numpy().astype(np.float32).reshape(-1, dim)
+    return out
+
+
+def _action_order(action: str) -> tuple[int, float | str]:
+    """Integer actions in numeric order (2 before 10), then the others by name."""
+    try:
+        return 0, float(action)
+    except ValueError:
+        return 1, action

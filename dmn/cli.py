@@ -119,28 +119,35 @@ def consolidate(
     if as_json:
         for night in nights:
             sys.stdout.write(json.dumps(night.to_dict()) + "\n")
-        return
-    if not nights:
+    elif not nights:
         out.print("no System 2 decisions in the store yet: nothing to consolidate")
-    for night in nights:
-        m = night.metrics.get("combined", {})
-        table = Table(title=f"{night.world} ({night.encoder}): {night.status}", show_header=False)
-        table.add_row("published", night.version or "-")
-        table.add_row("current bundle", night.current or "-")
-        if night.reason:
-            table.add_row("why", escape(night.reason))
-        for key in ("steps", "simulations", "episodes"):
-            if key in night.counts:
-                table.add_row(key, f"{night.counts[key]:,}")
-        if m:
-            table.add_row("test coverage", f"{m['coverage']:.3f}")
-            table.add_row("test precision", "-" if m["precision"] is None else f"{m['precision']:.3f}")
-            live = night.metrics["live"]
-            table.add_row("live precision (audits)", "-" if live["precision"] is None
-                          else f"{live['precision']:.3f} of {live['audited']}")
-        if night.seconds:
-            table.add_row("seconds", ", ".join(f"{k} {v:.2f}" for k, v in night.seconds.items()))
-        out.print(table)
+    else:
+        for night in nights:
+            out.print(_night_table(night))
+    failed = [f"{n.world}: {n.reason}" for n in nights if n.status == "failed"]
+    if failed:
+        raise DmnError("consolidation failed for " + "; ".join(failed))
+
+
+def _night_table(night: Any) -> Table:
+    m = night.metrics.get("combined", {})
+    table = Table(title=f"{night.world} ({night.encoder}): {night.status}", show_header=False)
+    table.add_row("published", night.version or "-")
+    table.add_row("current bundle", night.current or "-")
+    if night.reason:
+        table.add_row("why", escape(night.reason))
+    for key in ("steps", "simulations", "episodes"):
+        if key in night.counts:
+            table.add_row(key, f"{night.counts[key]:,}")
+    if m:
+        table.add_row("test coverage", f"{m['coverage']:.3f}")
+        table.add_row("test precision", "-" if m["precision"] is None else f"{m['precision']:.3f}")
+        live = night.metrics["live"]
+        table.add_row("live precision (audits)", "-" if live["precision"] is None
+                      else f"{live['precision']:.3f} of {live['audited']}")
+    if night.seconds:
+        table.add_row("seconds", ", ".join(f"{k} {v:.2f}" for k, v in night.seconds.items()))
+    return table
 
 
 @app.command()

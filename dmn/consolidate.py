@@ -110,6 +110,8 @@ def _night(home: Home, store: Store, world: str, encoder: str, watermark: str, s
             _consolidate(home, store, night, settings, now, say)
         except (DmnError, ValueError) as exc:
             night.reason = str(exc)
+        except Exception as exc:  # noqa: BLE001 - recorded, and the other worlds still get their night
+            night.reason = f"{type(exc).__name__}: {exc}"
     night.ended_at = _iso()
     home.runs.mkdir(exist_ok=True)
     write_atomic(home.runs / f"{night.started_at[:19].replace(':', '')}-{night.run_id}.json",

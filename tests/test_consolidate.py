@@ -153,3 +153,25 @@ def test_consolidate_and_rollback_commands(home):
     refused = subprocess.run([sys.executable, "-m", "dmn", "rollback", "--world", "w", "--home", str(home.root)],
                              capture_output=True, text=True)
     assert refused.returncode == 1 and "no bundle older than v000001" in refused.stderr
+
+
+def test_a_failed_night_is_recorded_and_reported(home):
+    write_logs(home, world="short", situations=2, dim=8, episodes=2, steps=5)
+    failed = subprocess.run([sys.executable, "-m", "dmn", "consolidate", "--home", str(home.root)],
+                            capture_output=True, text=True)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert "consolidation failed for short: 2 episode(s): at least 3 are needed" in failed.stderr
+    rows = Store(home).sql("SELECT world, status, reason FROM consolidations").fetchall()
+    assert rows == [("short", "failed", "2 episode(s): at least 3 are needed to train, validate and test")]
+
+
+def test_pca_shrinks_the_situation_index_and_lookups_still_take_raw_latents(home):
+    truth = write_logs(home, world="w", situations=8, dim=256, episodes=30, steps=10, accuracy=1.0)
+    night = consolidate(home, settings=ConsolidateSettings(policy_hidden=64, policy_epochs=10, pca_dims=16))[0]
+    assert night.status == "published", night.reason
+    bundle = load(home, "w")
+    assert bundle.index.d == 256 and bundle.index.index.d == 16  # raw latents in, PCA inside the index
+    states, best = truth.sample(500)
+    answers = bundle.answer(states)
+    answered = ~np.isnan(answers.confidence)
+    assert answered.mean() > 0.9 and (answers.action[answered] == best[answered]).mean() > 0.95

@@ -4,9 +4,11 @@ A cross-entropy-method search. Every iteration samples `samples` action sequence
 the first actions so that each candidate first action is imagined as often as the others; rolls them
 out with the predictor; scores each by its imagined rewards plus `value_weight` times the values of
 the states it passes through, both weighted by the imagined chance that the episode is still running;
-then refits each first action's distribution of later steps to that action's elites.
+then refits the distribution of the later steps to the elites. (One distribution per first action,
+each refit to its own elites, would judge every candidate by continuations of its own; with the same
+budget it leaves each too few elites, and the Acrobot agent stopped reaching its goal.)
 
-A candidate first action's score is the mean of its elites in the last iteration. It is
+A candidate first action's score is the mean of its best sequences in the last iteration. It is
 vetoed when the episode ending early means failure (CartPole: yes; Acrobot: ending is the goal) and
 its best imagined future fails with probability `veto` or more. System 2 takes the best-scoring
 candidate it did not veto (the best of all when it vetoed every one): that rule is what lets
@@ -70,26 +72,24 @@ class Planner:
         start = time.perf_counter()
         s, n = self.settings, self.model.n_actions
         per_action = -(-s.samples // n)  # sequences per first action in one iteration
-        elites = max(1, min(s.elites // n, per_action))  # per first action
-        first = torch.arange(n).repeat_interleave(per_action)  # sample i starts with action i // per_action
-        # One sampling distribution of the later steps per first action, so that every candidate is
-        # judged by the best continuations of its own, not by those found for another first action.
-        probs = torch.full((n, max(s.horizon - 1, 0), n), 1.0 / n)
+        first = torch.arange(n).repeat(per_action)  # sample i starts with action i % n
+        probs = torch.full((max(s.horizon - 1, 0), n), 1.0 / n)
         z0 = torch.as_tensor(z, dtype=torch.float32).expand(len(first), -1)
         for _ in range(s.iterations):
-            rest = (torch.multinomial(probs[first].reshape(-1, n), 1, generator=self.generator).view(len(first), -1)
+            rest = (torch.multinomial(probs, len(first), replacement=True, generator=self.generator).T
                     if s.horizon > 1 else first.new_empty((len(first), 0)))
             actions = torch.cat([first[:, None], rest], 1)
             score, ending, final = self._imagine(z0, actions)
-            top = score.view(n, per_action).topk(elites, dim=1)  # (n, elites)
-            best = top.indices + torch.arange(n)[:, None] * per_action
-            probs = 0.1 * probs + 0.9 * F.one_hot(actions[best][:, :, 1:], n).float().mean(1)
+            elite = actions[score.topk(min(s.elites, len(score))).indices, 1:]
+            probs = 0.1 * probs + 0.9 * F.one_hot(elite, n).float().mean(0)
+        best_per_action = max(1, s.elites // n)
+        top = score.view(per_action, n).topk(min(best_per_action, per_action), dim=0)
         candidates = []
         for action in range(n):
-            i = int(best[action, 0])
-            ends = float(ending[i])
-            candidates.append(Candidate(action, float(top.values[action].mean()), final[i].numpy().copy(), ends,
-                                        bool(self.model.failure) and ends >= s.veto))
+            best = int(top.indices[0, action]) * n + action
+            ends = float(ending[best])
+            candidates.append(Candidate(action, float(top.values[:, action].mean()), final[best].numpy().copy(),
+                                        ends, bool(self.model.failure) and ends >= s.veto))
         allowed = [c for c in candidates if not c.vetoed] or candidates
         action = max(allowed, key=lambda c: c.score).action
         return Plan(action, candidates, (time.perf_counter() - start) * 1000)

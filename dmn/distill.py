@@ -129,14 +129,17 @@ class Policy(nn.Module):
 def targets(exp: Experience, soft_weight: float) -> np.ndarray:
     """(n, actions) training targets: System 2's choice, mixed with a softmax of its candidates' scores.
 
-    Scores are divided by their spread over the whole world, so the softness means the same in every
-    world; vetoed candidates get nothing (unless all were vetoed).
+    Scores are divided by the spread of their differences within a step (over the whole world), so
+    the softness means the same in every world and says how much better one candidate looked than the
+    others there; vetoed candidates get nothing (unless all were vetoed).
     """
     n, a = len(exp.label), len(exp.actions)
     hard = np.eye(a)[exp.label]
     if not len(exp.sim_step) or soft_weight == 0:
         return hard
-    scale = exp.sim_score.std() or 1.0
+    per_step = np.bincount(exp.sim_step, minlength=n)
+    step_mean = np.bincount(exp.sim_step, weights=exp.sim_score, minlength=n) / np.maximum(per_step, 1)
+    scale = (exp.sim_score - step_mean[exp.sim_step]).std() or 1.0
     logits = np.full((n, a), -np.inf)
     allowed = ~exp.sim_vetoed
     all_vetoed = np.ones(n, bool)

@@ -64,12 +64,16 @@ def one_thread() -> Iterator[None]:
 class Planner:
     def __init__(self, model: WorldModel, settings: PlannerSettings, seed: int = 0):
         self.model, self.settings = model, settings
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
+        self.generator = torch.Generator()
 
     @torch.inference_mode()
     def plan(self, z: np.ndarray) -> Plan:
         """Search from latent `z` (1-D) and return the chosen first action with every candidate's figures."""
         start = time.perf_counter()
+        # Common random numbers: every search draws the same samples, so System 2 is a function of the
+        # state — the same state gets the same answer, which is what System 1 can learn to recall.
+        self.generator.manual_seed(self.seed)
         s, n = self.settings, self.model.n_actions
         per_action = -(-s.samples // n)  # sequences per first action in one iteration
         first = torch.arange(n).repeat(per_action)  # sample i starts with action i % n

@@ -126,7 +126,7 @@ def train(env_id: str, settings: WorldSettings) -> tuple[WorldModel, dict]:
     losses = fit(model, opt, windows(episodes, settings.rollout, settings.gamma), settings, settings.updates)
     returns = []
     for round_ in range(settings.rounds):
-        planner = Planner(model, PlannerSettings(), seed=settings.seed + round_)
+        planner = Planner(model, PlannerSettings(), seed=settings.seed + round_, repeatable=False)
 
         def planned(obs: np.ndarray, previous: int | None) -> int:
             if rng.random() < EXPLORE_EPSILON:

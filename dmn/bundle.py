@@ -55,6 +55,8 @@ def load(home: Home, world: str, version: str | None = None) -> Bundle:
     version = version or publish.current(home, world)
     if version is None:
         raise DmnError(f"no bundle published for world {world!r}")
+    if not publish.VERSION.fullmatch(version):  # a name, never a path: nothing outside the world's folder
+        raise DmnError(f"{version!r} is not a bundle version (they look like v000001)")
     return load_path(publish.folder(home, world) / version)
 
 

@@ -94,6 +94,8 @@ def test_versions_checksums_signatures_and_rollback(home, monkeypatch):
     assert publish.rollback(home, "w", "2") == "v000002"
     with pytest.raises(DmnError, match="no bundle 'v000009'"):
         publish.rollback(home, "w", "v000009")
+    with pytest.raises(DmnError, match="not a bundle version"):
+        load(home, "w", "../w/v000001")
     monkeypatch.setenv("DMN_SIGNING_KEY", "another-key")
     with pytest.raises(DmnError, match="bad signature"):
         load(home, "w")

@@ -39,9 +39,10 @@ def situation_index(states: np.ndarray, k: int, weights: np.ndarray, pca_dims: i
     """Cluster `states` into k situations; returns the search index over their centroids (PCA inside)."""
     transform = None
     if pca_dims and pca_dims < states.shape[1]:
+        states = np.ascontiguousarray(states, dtype=np.float32)
         transform = faiss.PCAMatrix(states.shape[1], pca_dims)
-        transform.train(np.ascontiguousarray(states, dtype=np.float32))
-        states = transform.apply(np.ascontiguousarray(states, dtype=np.float32))
+        transform.train(states)
+        states = transform.apply(states)
     flat = faiss.IndexFlatL2(states.shape[1])
     flat.add(kmeans(states, k, weights, seed))
     if transform is None:

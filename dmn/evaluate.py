@@ -62,7 +62,7 @@ def metrics(answers: Answers, truth: np.ndarray, actions: list[str]) -> dict:
     if m:
         out["calibration_error"] = _ece(correct, answers.confidence[answered])
         labels = list(range(len(actions)))
-        p, r, _, support = precision_recall_fscore_support(truth[answered], answers.action[answered], labels=labels,
+        p, r, _, _ = precision_recall_fscore_support(truth[answered], answers.action[answered], labels=labels,
                                                            zero_division=0)
         decided = np.bincount(truth, minlength=len(actions))
         out["per_action"] = {actions[i]: {"precision": float(p[i]), "recall": float(r[i]),

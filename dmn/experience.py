@@ -49,8 +49,6 @@ class Experience:
     sim_vetoed: np.ndarray
     sim_predicted: np.ndarray
     """(m, d) imagined consequences; rows of NaN where none was logged."""
-    watermark: str
-    """The newest ingest batch among the steps: a later night with the same watermark has nothing new."""
 
     @property
     def dim(self) -> int:
@@ -58,7 +56,7 @@ class Experience:
 
 
 def pairs(store: Store) -> list[tuple[str, str, str]]:
-    """(world, encoder, newest batch) of every pair with System 2 labels, newest encoder first per world."""
+    """(world, encoder, newest batch of its decisions) of every pair with decisions, newest encoder first per world."""
     return run(store.connect(), """
         SELECT world, encoder, max(batch) AS watermark FROM decisions GROUP BY ALL
         ORDER BY world, max(coalesce(ts, ingested_at)) DESC""")
@@ -78,7 +76,7 @@ def select(store: Store, world: str, encoder: str, settings: ConsolidateSettings
     run(con, """
         CREATE TEMP TABLE steps AS
         WITH d AS (
-            SELECT episode_id, step, state, action, source, batch, epoch(coalesce(ts, ingested_at)) AS t
+            SELECT episode_id, step, state, action, source, epoch(coalesce(ts, ingested_at)) AS t
             FROM decisions
             WHERE world = $world AND encoder = $encoder AND epoch(coalesce(ts, ingested_at)) >= $since),
         best AS (
@@ -87,12 +85,12 @@ def select(store: Store, world: str, encoder: str, settings: ConsolidateSettings
             FROM sims GROUP BY ALL)
         SELECT row_number() OVER (ORDER BY d.t DESC, d.episode_id, d.step) - 1 AS i, d.episode_id, d.step, d.t,
                d.state, CASE WHEN d.source = 'system2' THEN d.action ELSE best.best END AS label,
-               d.source, d.action AS acted, d.batch, o.reward
+               d.source, d.action AS acted, o.reward
         FROM d LEFT JOIN best USING (episode_id, step)
                LEFT JOIN outcomes o ON o.episode_id = d.episode_id AND o.step = d.step
         WHERE d.source = 'system2' OR best.best IS NOT NULL
         ORDER BY i LIMIT $limit""", params)
-    steps = con.sql("SELECT episode_id, t, state, label, source, acted, batch, reward FROM steps ORDER BY i"
+    steps = con.sql("SELECT episode_id, t, state, label, source, acted, reward FROM steps ORDER BY i"
                         ).to_arrow_table()
     if steps.num_rows == 0:
         raise DmnError(f"no System 2 decisions for world {world!r}, encoder {encoder!r} in the last "
@@ -118,7 +116,6 @@ def select(store: Store, world: str, encoder: str, settings: ConsolidateSettings
         sim_score=sims["score"].to_numpy().astype(np.float64),
         sim_vetoed=sims["vetoed"].to_numpy(zero_copy_only=False).astype(bool),
         sim_predicted=_matrix(sims["predicted"], states.shape[1]),
-        watermark=max(steps["batch"].to_pylist()),
     )
 
 

@@ -22,7 +22,7 @@ import shutil
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from dmn.errors import DmnError
 from dmn.home import Home, fsync, write_atomic
@@ -143,8 +143,9 @@ def manifests(home: Home) -> list[dict[str, Any]]:
     if not home.bundles.is_dir():
         return out
     for base in sorted(home.bundles.iterdir()):
-        published = (base / "CURRENT").read_text().strip() if (base / "CURRENT").exists() else None
-        for version in sorted(p.name for p in base.iterdir() if VERSION.fullmatch(p.name)):
+        world = unquote(base.name)
+        published = current(home, world)
+        for version in versions(home, world):
             try:
                 manifest = json.loads((base / version / "manifest.json").read_bytes())
             except (OSError, ValueError):

@@ -174,7 +174,7 @@ app.add_typer(world_app, name="world")
 def world_run(
     env: str = typer.Option("CartPole-v1", "--env", help="A Gymnasium environment with vector observations and discrete actions."),
     episodes: int = typer.Option(20, "--episodes", "-n", min=1, help="Episodes to run."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the environment and the planner."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the environment's episodes (System 2's own seed is the [planner] setting)."),
     reflexes: bool = typer.Option(False, "--reflexes", help="Ask System 1 first; System 2 plans when it abstains."),
     audit_rate: float = typer.Option(0.0, "--audit-rate", min=0.0, max=1.0,
                                      help="Share of reflex-served steps System 2 plans too, to measure agreement."),
@@ -183,19 +183,17 @@ def world_run(
 ) -> None:
     """Run the reference agent and log its episodes into the home's inbox (the first run trains its world model).
 
-    Example: dmn world run --env CartPole-v1 --episodes 20 && dmn ingest
+    Example: dmn world run --env CartPole-v1 --episodes 20 --reflexes --audit-rate 0.05 && dmn consolidate
     """
-    try:
-        from dmn.worlds import run
-    except ImportError as exc:
-        raise DmnError(f"the reference world needs the `worlds` extra ({exc}): pip install 'dmn[worlds]'") from None
+    worlds = _worlds()
     if audit_rate and not reflexes:
         raise DmnError("--audit-rate checks System 1's answers, so it needs --reflexes")
-    if reflexes:
-        raise DmnError("--reflexes needs the System 1 client (dmn.Reflexes), which this version of dmn does not "
-                       "have yet; run without --reflexes")
-    report = run(Home.resolve(home), env, episodes, seed=seed, audit_rate=audit_rate,
-                 on_progress=lambda line: err.print(line, highlight=False))
+    root = Home.resolve(home)
+    say = lambda line: err.print(line, highlight=False)  # noqa: E731
+    client = worlds.reflexes_for(root, env, audit_rate=audit_rate, seed=seed, on_progress=say) if reflexes else None
+    if client is not None and client.problem:
+        err.print(f"[yellow]System 1 is silent:[/] {escape(client.problem)}", highlight=False)
+    report = worlds.run(root, env, episodes, seed=seed, reflexes=client, on_progress=say)
     summary = report.to_dict()
     if as_json:
         out.print_json(json.dumps(summary))
@@ -205,6 +203,62 @@ def world_run(
         if key not in ("world", "encoder", "episodes"):
             table.add_row(key.replace("_", " "), "-" if value is None else _cell(value))
     out.print(table)
+
+
+@app.command()
+def demo(
+    env: str = typer.Option("CartPole-v1", "--env", help="A Gymnasium environment with vector observations and discrete actions."),
+    nights: int = typer.Option(3, "--nights", min=1, help="Nights of consolidation, each followed by a day with reflexes."),
+    episodes_per_day: int = typer.Option(10, "--episodes-per-day", min=1, help="Episodes the agent plays each day."),
+    audit_rate: float = typer.Option(0.03, "--audit-rate", min=0.0, max=1.0,
+                                     help="Share of System 1's answers withheld so that System 2 checks them."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the first day's first episode."),
+    home: Optional[Path] = HomeOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the days as one JSON list."),
+) -> None:
+    """Sleep and wake on the reference world: a day of System 2, then nights of consolidation and days with reflexes.
+
+    Example: dmn demo --env CartPole-v1 --nights 3 --episodes-per-day 10
+    """
+    worlds = _worlds()
+    table = Table(title=f"dmn demo: {env}", caption="System 1: share of decisions it served; agreement: System 2 "
+                  "agreeing on audits; ms: mean decision latency; night: the bundle it published, or what it did")
+    for column in ("day", "episodes", "return", "decisions", "System 1", "agreement", "ms", "S1 ms", "S2 ms",
+                   "night s", "night"):
+        table.add_column(column, justify="left" if column == "night" else "right")
+
+    def row(day: Any) -> None:
+        r = day.run
+        night = day.night.split(":")[0].replace("published ", "") if day.night else "-"
+        table.add_row(str(day.day), str(r["episodes"]), f"{r['mean_return']:.1f}", f"{r['decisions']:,}",
+                      f"{r['system1_share']:.1%}", _share(r["agreement"]), _ms(r["latency_ms"]),
+                      _ms(r["system1_latency_ms"]), _ms(r["system2_latency_ms"]),
+                      "-" if day.night_seconds is None else f"{day.night_seconds:.1f}", escape(night))
+        err.print(f"day {day.day}: mean return {r['mean_return']:.1f}, System 1 served {r['system1_share']:.1%}"
+                  + (f"; night: {day.night}" if day.night else ""), highlight=False)
+
+    days = worlds.demo(Home.resolve(home), env, nights=nights, episodes_per_day=episodes_per_day, audit_rate=audit_rate,
+                       seed=seed, on_progress=lambda line: err.print(line, highlight=False), on_day=row)
+    if as_json:
+        out.print_json(json.dumps([d.to_dict() for d in days]))
+    else:  # piped or logged, the table keeps its figures whole rather than fitting 80 columns
+        (out if out.is_terminal else Console(width=160)).print(table)
+
+
+def _worlds() -> Any:
+    try:
+        import dmn.worlds as worlds
+    except ImportError as exc:
+        raise DmnError(f"the reference world needs the `worlds` extra ({exc}): pip install 'dmn[worlds]'") from None
+    return worlds
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}" if value < 1 else f"{value:.1f}"
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,8 +1,9 @@
 """FAISS k-means: decision states into situations, imagined consequences into outcome types.
 
-A situation index is one FAISS index over the centroids, with the optional PCA folded in
-(`IndexPreTransform`), so whoever searches it passes raw latents and gets the same distances the
-night computed.
+A situation index is one FAISS index over the centroids that takes raw latents and returns exact
+distances, so whoever searches it gets what the night computed. For speed at large d it can search
+in a few PCA dimensions (`IndexPreTransform`) and re-rank the nearest candidates by their exact
+distance (`IndexRefineFlat`): novelty is still judged in the full space.
 """
 
 from __future__ import annotations
@@ -10,6 +11,12 @@ from __future__ import annotations
 import faiss
 import numpy as np
 from sklearn.cluster import kmeans_plusplus
+
+
+PCA_SAMPLE = 50_000
+"""Rows the PCA is fitted on: plenty for a covariance in a few hundred dimensions."""
+REFINE_CANDIDATES = 8
+"""Nearest centroids in PCA space whose exact distances are compared."""
 
 
 def situation_count(n: int) -> int:
@@ -36,16 +43,17 @@ def kmeans(x: np.ndarray, k: int, weights: np.ndarray | None = None, seed: int =
 
 
 def situation_index(states: np.ndarray, k: int, weights: np.ndarray, pca_dims: int, seed: int) -> faiss.Index:
-    """Cluster `states` into k situations; returns the search index over their centroids (PCA inside)."""
-    transform = None
-    if pca_dims and pca_dims < states.shape[1]:
-        states = np.ascontiguousarray(states, dtype=np.float32)
-        transform = faiss.PCAMatrix(states.shape[1], pca_dims)
-        transform.train(states)
-        states = transform.apply(states)
-    flat = faiss.IndexFlatL2(states.shape[1])
-    flat.add(kmeans(states, k, weights, seed))
-    if transform is None:
-        return flat
-    return faiss.IndexPreTransform(transform, flat)  # FAISS's Python layer keeps both parts alive
-
+    """Cluster `states` into k situations; returns the search index over their centroids."""
+    centroids = kmeans(states, k, weights, seed)
+    d = states.shape[1]
+    if not pca_dims or pca_dims >= d or len(states) <= pca_dims:
+        index = faiss.IndexFlatL2(d)
+        index.add(centroids)
+        return index
+    pca = faiss.PCAMatrix(d, pca_dims)
+    sample = np.random.default_rng(seed).choice(len(states), min(len(states), PCA_SAMPLE), replace=False)
+    pca.train(np.ascontiguousarray(states[np.sort(sample)], dtype=np.float32))
+    index = faiss.IndexRefineFlat(faiss.IndexPreTransform(pca, faiss.IndexFlatL2(pca_dims)))
+    index.k_factor = REFINE_CANDIDATES
+    index.add(centroids)
+    return index  # FAISS's Python layer keeps the parts alive

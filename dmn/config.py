@@ -113,16 +113,18 @@ class WorldSettings:
 class PlannerSettings:
     horizon: int = 15
     """Steps System 2 imagines ahead."""
-    samples: int = 64
+    samples: int = 128
     """Action sequences imagined per iteration, split evenly over the first actions."""
-    iterations: int = 2
-    """Cross-entropy-method iterations: each refits the sampling distribution to the elites."""
+    iterations: int = 1
+    """Cross-entropy-method iterations: each after the first refits the sampling distribution to the elites."""
     elites: int = 8
     """Best sequences of an iteration that the next one samples around."""
     value_weight: float = 0.3
     """Weight of the values of the imagined states in a sequence's score (the rest is imagined reward)."""
     veto: float = field(default=0.5, metadata={"max": 1})
     """A first action is vetoed when its best imagined future fails (ends an episode early) with this probability."""
+    seed: int = field(default=0, metadata={"min": 0})
+    """Seed of System 2's random numbers, drawn afresh for every search: the same state gets the same answer."""
 
 
 @dataclass
@@ -137,24 +139,33 @@ class ConsolidateSettings:
     """Number of situations (k-means clusters of decision states); 0 picks it from the data size."""
     outcome_types: int = 16
     """Number of outcome types (k-means clusters of imagined consequences)."""
-    pca_dims: int = field(default=0, metadata={"min": 0})
-    """Reduce latents to this many dimensions (FAISS PCA) before clustering and lookup; 0 keeps them."""
+    pca_dims: int = field(default=64, metadata={"min": 0})
+    """Search situations in this many PCA dimensions, then compare the nearest few by exact distance:
+    fast lookups at large d. 0 (or at least the latents' size) searches exactly."""
     min_support: float = 3.0
     """A situation needs this much (age-weighted) experience before System 1 answers from it."""
     radius_quantile: float = field(default=0.95, metadata={"max": 1})
     """A situation's novelty radius: this quantile of its members' distances to its centre."""
     policy_reach: float = field(default=2.0, metadata={"min": 1})
     """The policy answers only within this many novelty radii of a known situation."""
+    demote_audits: int = 2
+    """A situation whose audits (this many at least) agreed with System 2 less often than the precision
+    target is demoted: System 1 stays silent there and System 2 decides."""
     avoid_veto_rate: float = field(default=0.5, metadata={"max": 1})
     """An action System 2 vetoed at least this often in a situation goes on its avoid list."""
     policy_hidden: int = 256
     """Width of the distilled policy network's hidden layers."""
+    policy_batch: int = 128
+    """Minibatch size of the policy network's training."""
     policy_epochs: int = 30
     """Maximum training epochs of the policy network (it stops early on validation loss)."""
     soft_weight: float = field(default=0.5, metadata={"min": 0, "max": 1})
     """Share of the policy's target that comes from System 2's scores (soft) rather than its choice (hard)."""
     precision_target: float = field(default=0.95, metadata={"max": 1})
     """System 1 must agree with System 2 at least this often when it answers; thresholds are set for it."""
+    precision_z: float = field(default=1.0, metadata={"min": 0})
+    """Thresholds must meet the precision target this many standard errors down (a Wilson lower bound) on
+    validation data, so that a small validation set cannot pass them by luck."""
     coverage_tolerance: float = field(default=0.02, metadata={"min": 0, "max": 1})
     """A new bundle may cover this much less than the published one and still replace it."""
     validation_share: float = field(default=0.15, metadata={"max": 0.5})

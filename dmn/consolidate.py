@@ -36,7 +36,7 @@ from dmn.cluster import kmeans, situation_count, situation_index
 from dmn.config import ConsolidateSettings
 from dmn.distill import heuristic_table, outcome_table, targets, train_policy
 from dmn.errors import DmnError
-from dmn.evaluate import metrics, split, threshold
+from dmn.evaluate import metrics, split, thresholds
 from dmn.experience import Experience, pairs, select
 from dmn.home import Home, write_atomic
 from dmn.ingest import ingest
@@ -158,13 +158,9 @@ def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateS
     say(f"{night.world}: evaluating on {len(test):,} held-out steps")
     system1 = partial(answer, index=index, table=table_columns(table, exp.actions), weights=weights,
                       min_support=s.min_support, policy_reach=s.policy_reach)
-    # Thresholds on validation: the table's first, then the policy's on what the table leaves to it.
-    by_table = system1(exp.states[val], thresholds={"table": -np.inf, "policy": np.inf})
-    t_table = threshold(by_table.action == exp.label[val], by_table.confidence, s.precision_target)
-    left = system1(exp.states[val], thresholds={"table": t_table, "policy": -np.inf})
-    to_policy = left.source == "policy"
-    t_policy = threshold(left.action[to_policy] == exp.label[val][to_policy], left.confidence[to_policy],
-                         s.precision_target)
+    t_table, t_policy = thresholds(system1(exp.states[val], thresholds={"table": -np.inf, "policy": np.inf}),
+                                   system1(exp.states[val], thresholds={"table": np.inf, "policy": -np.inf}),
+                                   exp.label[val], s.precision_target, s.precision_z)
     truth = exp.label[test]
     night.metrics = {
         "combined": metrics(system1(exp.states[test], thresholds={"table": t_table, "policy": t_policy}), truth,
@@ -222,9 +218,9 @@ def _gate(home: Home, night: Consolidation, s: ConsolidateSettings) -> str:
 
 
 def _live(exp: Experience) -> dict[str, Any]:
-    """How System 1 did in the world: agreement with System 2 on the reflex steps that were audited."""
-    audited = exp.source == "system1"
-    agreed = int((exp.acted[audited] == exp.label[audited]).sum())
+    """How System 1 did in the world: agreement with System 2 on the steps that audited it."""
+    audited = exp.reflex >= 0
+    agreed = int((exp.reflex[audited] == exp.label[audited]).sum())
     return {"audited": int(audited.sum()), "precision": agreed / int(audited.sum()) if audited.any() else None}
 
 

@@ -17,19 +17,8 @@ from sklearn.metrics import log_loss
 from torch import nn
 
 from dmn.config import ConsolidateSettings
+from dmn.evaluate import wilson_lower
 from dmn.experience import Experience
-
-Z95 = 1.959964  # two-sided 95% normal quantile, for Wilson bounds
-
-
-def wilson_lower(p: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """Lower end of the 95% Wilson score interval of a proportion p observed over n trials."""
-    n = np.maximum(n, 1e-12)
-    z2 = Z95**2
-    centre = p + z2 / (2 * n)
-    spread = Z95 * np.sqrt(np.maximum(p * (1 - p) / n + z2 / (4 * n * n), 0))
-    return (centre - spread) / (1 + z2 / n)
-
 
 def heuristic_table(exp: Experience, rows: np.ndarray, cluster: np.ndarray, distance: np.ndarray, k: int,
                     outcome: np.ndarray, outcome_types: int, settings: ConsolidateSettings) -> pa.Table:
@@ -80,6 +69,12 @@ def heuristic_table(exp: Experience, rows: np.ndarray, cluster: np.ndarray, dist
             known = reward[members][~np.isnan(reward[members])]
             reward_mean[c] = known.mean() if len(known) else np.nan
     avoid = [[exp.actions[j] for j in range(a) if veto_rate[c, j] >= settings.avoid_veto_rate] for c in range(k)]
+    audited = exp.reflex[rows] >= 0  # live feedback: where System 1 was checked against System 2
+    audits = np.bincount(cluster[audited], minlength=k)
+    agreed = np.bincount(cluster[audited & (exp.reflex[rows] == label)], minlength=k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        live = agreed / audits
+    demoted = (audits >= settings.demote_audits) & (live < settings.precision_target)
     return pa.table({
         "cluster": pa.array(np.arange(k), pa.int32()),
         "support": support, "count": pa.array(count, pa.int64()),
@@ -93,6 +88,9 @@ def heuristic_table(exp: Experience, rows: np.ndarray, cluster: np.ndarray, dist
         "radius": radius,
         "last_seen": pa.array((last_seen * 1e6).astype(np.int64), pa.timestamp("us", tz="UTC")),
         "reward_mean": pa.array(reward_mean, pa.float64(), from_pandas=True),  # NaN (no outcomes) -> NULL
+        "audits": pa.array(audits, pa.int64()),
+        "live_agreement": pa.array(live, pa.float64(), from_pandas=True),
+        "demoted": demoted,
     })
 
 
@@ -168,7 +166,7 @@ def train_policy(x: np.ndarray, y: np.ndarray, w: np.ndarray, x_val: np.ndarray,
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5)
     best, best_loss, patience = None, math.inf, 0
     for _ in range(settings.policy_epochs):
-        for batch in torch.randperm(len(xt)).split(512):
+        for batch in torch.randperm(len(xt)).split(settings.policy_batch):
             loss = (-(yt[batch] * F.log_softmax(model(xt[batch]), 1)).sum(1) * wt[batch]).mean()
             opt.zero_grad()
             loss.backward()

@@ -12,12 +12,24 @@ from dataclasses import dataclass
 
 import numpy as np
 from sklearn.calibration import calibration_curve
-from sklearn.metrics import precision_recall_curve, precision_recall_fscore_support
+from sklearn.metrics import precision_recall_fscore_support
 from sklearn.model_selection import train_test_split
 
 from dmn.config import ConsolidateSettings
 from dmn.experience import Experience
 from dmn.reflex import Answers
+
+
+Z95 = 1.959964  # two-sided 95% normal quantile, for Wilson bounds
+
+
+def wilson_lower(p: np.ndarray, n: np.ndarray, z: float = Z95) -> np.ndarray:
+    """Lower end of the Wilson score interval (z standard errors; 95% by default) of a proportion p over n trials."""
+    n = np.maximum(n, 1e-12)
+    z2 = z**2
+    centre = p + z2 / (2 * n)
+    spread = z * np.sqrt(np.maximum(p * (1 - p) / n + z2 / (4 * n * n), 0))
+    return (centre - spread) / (1 + z2 / n)
 
 
 @dataclass
@@ -40,16 +52,35 @@ def split(exp: Experience, settings: ConsolidateSettings) -> Split:
     return Split(*(np.flatnonzero(np.isin(exp.episode, part)) for part in (train, validation, test)))
 
 
-def threshold(correct: np.ndarray, confidence: np.ndarray, target: float) -> float:
-    """The lowest confidence at which answering reaches `target` precision (inf: never answer)."""
-    answered = ~np.isnan(confidence)
-    if not answered.any() or correct[answered].all():
-        return float(np.nanmin(confidence)) if answered.any() else float("inf")
-    if not correct[answered].any():
-        return float("inf")
-    precision, _, thresholds = precision_recall_curve(correct[answered], confidence[answered])
-    ok = np.flatnonzero(precision[:-1] >= target)
-    return float(thresholds[ok[0]]) if len(ok) else float("inf")
+def thresholds(table: Answers, policy: Answers, truth: np.ndarray, target: float, z: float) -> tuple[float, float]:
+    """The (table, policy) confidence thresholds at which System 1 as a whole (table first, then the
+    policy on what the table leaves) answers the most validation steps with `target` precision — by the
+    Wilson lower bound `z` standard errors down, so that a small validation set cannot pass by luck.
+
+    `table` and `policy` are each part's answers on its own (confidence NaN where it cannot answer at
+    any threshold). Every table threshold worth trying is tried; for each, the policy's is the lowest
+    at which the combined precision still meets the target. (inf: that part never answers.)
+    """
+    best = (0, np.inf, np.inf)
+    t_conf = np.where(np.isnan(table.confidence), -np.inf, table.confidence)
+    for t in np.append(np.unique(t_conf[np.isfinite(t_conf)]), np.inf):
+        by_table = t_conf >= t
+        right, answered = int((table.action[by_table] == truth[by_table]).sum()), int(by_table.sum())
+        if answered and wilson_lower(right / answered, answered, z) < target:
+            continue
+        left = ~by_table & ~np.isnan(policy.confidence)
+        conf = policy.confidence[left]
+        order = np.argsort(-conf, kind="stable")
+        hits = np.cumsum(policy.action[left][order] == truth[left][order])
+        m = np.arange(1, len(order) + 1)
+        ok = wilson_lower((right + hits) / (answered + m), answered + m, z) >= target
+        ok &= np.append(conf[order][1:] < conf[order][:-1], True)  # cut only between distinct confidences
+        cut = int(np.flatnonzero(ok)[-1]) if ok.any() else -1
+        p = float(conf[order][cut]) if cut >= 0 else np.inf
+        covered = answered + cut + 1
+        if covered > best[0]:
+            best = (covered, float(t), p)
+    return best[1], best[2]
 
 
 def metrics(answers: Answers, truth: np.ndarray, actions: list[str]) -> dict:

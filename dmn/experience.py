@@ -1,9 +1,10 @@
 """What a night learns from: System 2's labelled steps of one (world, encoder), read from the lake.
 
 A step is labelled when System 2 decided it (`source = 'system2'`), or when System 1 decided it and
-System 2 was asked too (an audit, logged as the step's simulations): System 2's answer is then its
-best-scoring candidate it did not veto. Unaudited System 1 steps teach nothing: learning from its own
-answers would only make System 1 surer of itself.
+System 2 was asked too (logged as the step's simulations): System 2's answer is then its best-scoring
+candidate it did not veto. Unaudited System 1 steps teach nothing: learning from its own answers would
+only make System 1 surer of itself. A step audits System 1 when both answers are known: a System 2
+decision carrying the answer System 1 withheld (`reflex`), or a System 1 step System 2 was asked about.
 """
 
 from __future__ import annotations
@@ -38,10 +39,8 @@ class Experience:
     """(n,) age weight, exp(-ln 2 * age / half-life)."""
     reward: np.ndarray
     """(n,) reward the step earned in the world (NaN when no outcome was logged)."""
-    source: np.ndarray
-    """(n,) who acted: 'system2', or 'system1' (an audited reflex)."""
-    acted: np.ndarray
-    """(n,) the action taken (System 1's on audited reflex steps)."""
+    reflex: np.ndarray
+    """(n,) System 1's answer on the steps that audited it, -1 elsewhere."""
     sim_step: np.ndarray
     """(m,) the labelled step each simulation belongs to (index into the n steps)."""
     sim_action: np.ndarray
@@ -76,7 +75,7 @@ def select(store: Store, world: str, encoder: str, settings: ConsolidateSettings
     run(con, """
         CREATE TEMP TABLE steps AS
         WITH d AS (
-            SELECT episode_id, step, state, action, source, epoch(coalesce(ts, ingested_at)) AS t
+            SELECT episode_id, step, state, action, source, reflex, epoch(coalesce(ts, ingested_at)) AS t
             FROM decisions
             WHERE world = $world AND encoder = $encoder AND epoch(coalesce(ts, ingested_at)) >= $since),
         best AS (
@@ -85,12 +84,12 @@ def select(store: Store, world: str, encoder: str, settings: ConsolidateSettings
             FROM sims GROUP BY ALL)
         SELECT row_number() OVER (ORDER BY d.t DESC, d.episode_id, d.step) - 1 AS i, d.episode_id, d.step, d.t,
                d.state, CASE WHEN d.source = 'system2' THEN d.action ELSE best.best END AS label,
-               d.source, d.action AS acted, o.reward
+               CASE WHEN d.source = 'system1' THEN d.action ELSE d.reflex END AS reflex, o.reward
         FROM d LEFT JOIN best USING (episode_id, step)
                LEFT JOIN outcomes o ON o.episode_id = d.episode_id AND o.step = d.step
         WHERE d.source = 'system2' OR best.best IS NOT NULL
         ORDER BY i LIMIT $limit""", params)
-    steps = con.sql("SELECT episode_id, t, state, label, source, acted, reward FROM steps ORDER BY i"
+    steps = con.sql("SELECT episode_id, t, state, label, reflex, reward FROM steps ORDER BY i"
                         ).to_arrow_table()
     if steps.num_rows == 0:
         raise DmnError(f"no System 2 decisions for world {world!r}, encoder {encoder!r} in the last "
@@ -98,7 +97,7 @@ def select(store: Store, world: str, encoder: str, settings: ConsolidateSettings
     sims = con.sql("""
         SELECT s.i, m.action, m.score, m.vetoed, m.predicted
         FROM sims m JOIN steps s USING (episode_id, step) ORDER BY s.i""").to_arrow_table()
-    actions = sorted(set(steps["label"].to_pylist()) | set(steps["acted"].to_pylist())
+    actions = sorted(set(steps["label"].to_pylist()) | set(steps["reflex"].drop_null().to_pylist())
                      | set(sims["action"].to_pylist()), key=_action_order)
     index = {a: i for i, a in enumerate(actions)}
     states = _matrix(steps["state"])
@@ -109,8 +108,7 @@ def select(store: Store, world: str, encoder: str, settings: ConsolidateSettings
         label=np.array([index[a] for a in steps["label"].to_pylist()], np.int64),
         weight=np.exp(-math.log(2) * np.maximum(now - t, 0) / (settings.half_life_days * 86400)),
         reward=steps["reward"].to_numpy(zero_copy_only=False).astype(np.float64),
-        source=np.asarray(steps["source"].to_pylist(), dtype=object),
-        acted=np.array([index[a] for a in steps["acted"].to_pylist()], np.int64),
+        reflex=np.array([-1 if a is None else index[a] for a in steps["reflex"].to_pylist()], np.int64),
         sim_step=sims["i"].to_numpy().astype(np.int64),
         sim_action=np.array([index[a] for a in sims["action"].to_pylist()], np.int64),
         sim_score=sims["score"].to_numpy().astype(np.float64),

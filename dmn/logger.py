@@ -100,9 +100,13 @@ class EpisodeLogger:
         self._add(record, vectors)
 
     def decision(self, step: int, state: Any, action: int | str, *, source: str = "system2",
-                 confidence: float | None = None, latency_ms: float | None = None,
+                 confidence: float | None = None, latency_ms: float | None = None, reflex: int | str | None = None,
                  episode_id: str | None = None) -> None:
-        """What the agent did at `step`, and whether deliberation (system2) or a reflex (system1) chose it."""
+        """What the agent did at `step`, and whether deliberation (system2) or a reflex (system1) chose it.
+
+        `reflex`: on a System 2 decision made because System 1's answer was withheld for an audit
+        (`Reflexes.withheld()`), that answer's action, so that the night measures System 1's live precision.
+        """
         if source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
         record = {"type": "decision", "episode_id": self._id(episode_id), "step": _step(step),
@@ -112,6 +116,8 @@ class EpisodeLogger:
             record["confidence"] = _number(confidence, "confidence")
         if latency_ms is not None:
             record["latency_ms"] = _number(latency_ms, "latency_ms")
+        if reflex is not None:
+            record["reflex"] = _action(reflex)
         self._add(record, vectors)
 
     def outcome(self, step: int, *, reward: float | None = None, done: bool | None = None,

@@ -21,7 +21,7 @@ REQUIRED = {
 OPTIONAL = {
     "episode": ("agent", "started_at", "meta"),
     "simulation": ("predicted", "vetoed", "cost_ms", "ts"),
-    "decision": ("confidence", "latency_ms", "ts"),
+    "decision": ("confidence", "latency_ms", "reflex", "ts"),
     "outcome": ("reward", "done", "success"),
     "episode_end": ("return", "success", "ended_at"),
 }
@@ -55,7 +55,7 @@ TABLES = {
     "decision": ("decisions", {
         "episode_id": "VARCHAR", "world": "VARCHAR", "encoder": "VARCHAR", "step": "BIGINT",
         "state": "FLOAT[]", "action": "VARCHAR", "source": "VARCHAR", "confidence": "DOUBLE",
-        "latency_ms": "DOUBLE", "ts": "TIMESTAMPTZ", "fingerprint": "UBIGINT",
+        "latency_ms": "DOUBLE", "reflex": "VARCHAR", "ts": "TIMESTAMPTZ", "fingerprint": "UBIGINT",
     }),
     "outcome": ("outcomes", {
         "episode_id": "VARCHAR", "world": "VARCHAR", "encoder": "VARCHAR", "step": "BIGINT",

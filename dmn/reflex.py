@@ -24,6 +24,8 @@ class Answers:
     confidence: np.ndarray
     source: np.ndarray
     """'table', 'policy', or '' where it abstains."""
+    situation: np.ndarray
+    """The nearest situation of each state."""
 
 
 def policy_probabilities(weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
@@ -42,7 +44,8 @@ def table_columns(table: pa.Table, actions: list[str]) -> dict[str, np.ndarray]:
     position = {a: i for i, a in enumerate(actions)}
     return {"best": np.array([position[a] for a in table["best_action"].to_pylist()], np.int64),
             "confidence": table["confidence"].to_numpy(), "radius": table["radius"].to_numpy(),
-            "support": table["support"].to_numpy()}
+            "support": table["support"].to_numpy(),
+            "demoted": table["demoted"].to_numpy(zero_copy_only=False).astype(bool)}
 
 
 def nearest(index: faiss.Index, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -55,16 +58,21 @@ def answer(x: np.ndarray, index: faiss.Index, table: dict[str, np.ndarray], weig
            thresholds: dict[str, float], min_support: float, policy_reach: float) -> Answers:
     """Table first (a known situation, within its radius, with enough support and confidence), then the
     policy (confident enough, and within `policy_reach` radii of a known situation: a network is
-    confidently wrong far from its data), else abstain. `table` holds the columns best (action index),
-    confidence, radius and support."""
+    confidently wrong far from its data), else abstain; a demoted situation always abstains. `table`
+    holds the columns of `table_columns`."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
     situation, distance = nearest(index, x)
     radius = table["radius"][situation]
     table_conf = table["confidence"][situation]
-    from_table = (distance <= radius) & (table["support"][situation] >= min_support) & (table_conf >= thresholds["table"])
-    probs = policy_probabilities(weights, x)
-    policy_conf = probs.max(1)
-    from_policy = ~from_table & (distance <= policy_reach * radius) & (policy_conf >= thresholds["policy"])
-    action = np.where(from_table, table["best"][situation], probs.argmax(1))
-    confidence = np.where(from_table, table_conf, np.where(from_policy, policy_conf, np.nan))
-    source = np.where(from_table, "table", np.where(from_policy, "policy", ""))
-    return Answers(action, confidence, source)
+    trusted = ~table["demoted"][situation]
+    from_table = (trusted & (distance <= radius) & (table["support"][situation] >= min_support)
+                  & (table_conf >= thresholds["table"]))
+    action = table["best"][situation]
+    confidence = np.where(from_table, table_conf, np.nan)
+    reach = trusted & ~from_table & (distance <= policy_reach * radius)  # the policy runs only where it may answer
+    if reach.any():
+        probs = policy_probabilities(weights, x[reach])
+        action[reach] = probs.argmax(1)
+        confidence[reach] = np.where(probs.max(1) >= thresholds["policy"], probs.max(1), np.nan)
+    source = np.where(from_table, "table", np.where(reach & ~np.isnan(confidence), "policy", ""))
+    return Answers(action, confidence, source, situation)

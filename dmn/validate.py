@@ -43,7 +43,8 @@ _STRUCT = json.dumps({
 _SCALARS = {
     "episode_id": ("jstr", "a string"), "world": ("jstr", "a string"), "encoder": ("jstr", "a string"),
     "agent": ("jstr", "a string"), "source": ("jstr", "a string"), "step": ("jint", "an integer"),
-    "action": ("jaction", "an integer or a string"), "score": ("jnum", "a number"), "cost_ms": ("jnum", "a number"),
+    "action": ("jaction", "an integer or a string"), "reflex": ("jaction", "an integer or a string"),
+    "score": ("jnum", "a number"), "cost_ms": ("jnum", "a number"),
     "confidence": ("jnum", "a number"), "latency_ms": ("jnum", "a number"), "reward": ("jnum", "a number"),
     "return": ("jnum", "a number"), "vetoed": ("jbool", "true or false"), "done": ("jbool", "true or false"),
     "success": ("jbool", "true or false"), "started_at": ("jts", "a timestamp"), "ended_at": ("jts", "a timestamp"),
@@ -130,7 +131,7 @@ PARSED_COLUMNS = ", ".join([
         "episode_id": "VARCHAR", "world": "VARCHAR", "encoder": "VARCHAR", "agent": "VARCHAR",
         "started_at": "TIMESTAMPTZ", "meta": "JSON", "step": "BIGINT", "state": "FLOAT[]", "action": "VARCHAR",
         "score": "DOUBLE", "predicted": "FLOAT[]", "vetoed": "BOOLEAN", "cost_ms": "DOUBLE", "ts": "TIMESTAMPTZ",
-        "source": "VARCHAR", "confidence": "DOUBLE", "latency_ms": "DOUBLE", "reward": "DOUBLE", "done": "BOOLEAN",
+        "source": "VARCHAR", "confidence": "DOUBLE", "latency_ms": "DOUBLE", "reflex": "VARCHAR", "reward": "DOUBLE", "done": "BOOLEAN",
         "success": "BOOLEAN", "return": "DOUBLE", "ended_at": "TIMESTAMPTZ",
     }.items()],
     "date DATE", "fingerprint UBIGINT", "reason VARCHAR", "hint VARCHAR", "raw VARCHAR", "raw_bytes BIGINT",
@@ -218,7 +219,7 @@ RESOLVE = resolve_sql()
 KEYED = [  # (record type, its key, its content: a repeat of the key with the same content is a mere duplicate;
            #  simulations are keyed by their content alone, see _Batch._drop_resent_simulations)
     ("simulation", "fingerprint", "episode_id, step, action, score, state, predicted, vetoed, cost_ms, ts"),
-    ("decision", "episode_id, step", "episode_id, step, action, source, state, confidence, latency_ms, ts"),
+    ("decision", "episode_id, step", "episode_id, step, action, source, state, confidence, latency_ms, reflex, ts"),
     ("outcome", "episode_id, step", "episode_id, step, reward, done, success"),
     ("episode_end", "episode_id", 'episode_id, "return", success, ended_at'),
 ]

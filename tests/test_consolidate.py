@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import faiss
 import numpy as np
 import pytest
 
@@ -120,9 +121,9 @@ def test_experience_is_labelled_by_system2_weighted_by_age_and_split_by_episode(
     now = 1_700_000_000 + 86400 * 5
     exp = select(Store(home), "w", "enc", ConsolidateSettings(half_life_days=1.0), now=now)
     assert len(exp.label) == 12  # per episode: the System 2 step and the audited one; not the unaudited reflex
-    audited = exp.source == "system1"
+    audited = exp.reflex >= 0
     assert [exp.actions[a] for a in exp.label[audited]] == ["2"] * 6  # best not vetoed, not the vetoed 1.5
-    assert [exp.actions[a] for a in exp.acted[audited]] == ["0"] * 6
+    assert [exp.actions[a] for a in exp.reflex[audited]] == ["0"] * 6
     assert exp.weight.max() == pytest.approx(1.0) and exp.weight.min() == pytest.approx(2.0**-5)
     parts = split(exp, ConsolidateSettings(validation_share=0.2, test_share=0.2))
     episodes = [set(exp.episode[p]) for p in (parts.train, parts.validation, parts.test)]
@@ -167,13 +168,18 @@ def test_a_failed_night_is_recorded_and_reported(home):
     assert rows == [("short", "failed", "2 episode(s): at least 3 are needed to train, validate and test")]
 
 
-def test_pca_shrinks_the_situation_index_and_lookups_still_take_raw_latents(home):
+def test_pca_speeds_the_situation_index_and_lookups_still_take_raw_latents(home):
     truth = write_logs(home, world="w", situations=8, dim=256, episodes=30, steps=10, accuracy=1.0)
     night = consolidate(home, settings=ConsolidateSettings(policy_hidden=64, policy_epochs=10, pca_dims=16))[0]
     assert night.status == "published", night.reason
     bundle = load(home, "w")
-    assert bundle.index.d == 256 and bundle.index.index.d == 16  # raw latents in, PCA inside the index
+    pca = faiss.downcast_index(bundle.index.base_index)  # candidates found in PCA space, re-ranked exactly
+    assert bundle.index.d == 256 and pca.index.d == 16 and bundle.index.k_factor > 1
     states, best = truth.sample(500)
     answers = bundle.answer(states)
     answered = ~np.isnan(answers.confidence)
     assert answered.mean() > 0.9 and (answers.action[answered] == best[answered]).mean() > 0.95
+    exact = faiss.IndexFlatL2(256)
+    exact.add(bundle.index.reconstruct_n(0, bundle.index.ntotal))
+    assert np.allclose(bundle.index.search(states, 1)[0], exact.search(states, 1)[0], rtol=1e-3)  # full-space distances
+    assert np.isnan(bundle.answer(truth.far(200)).confidence).mean() >= 0.95  # novelty judged in the full space

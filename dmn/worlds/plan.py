@@ -62,20 +62,19 @@ def one_thread() -> Iterator[None]:
 
 
 class Planner:
-    def __init__(self, model: WorldModel, settings: PlannerSettings, seed: int = 0, repeatable: bool = True):
-        """`repeatable`: every search draws the same random numbers (common random numbers), so the same
-        state always gets the same answer — what System 1 can learn to recall. Data collection for
-        training turns it off, so that its searches vary."""
-        self.model, self.settings = model, settings
-        self.seed, self.repeatable = seed, repeatable
-        self.generator = torch.Generator().manual_seed(seed)
+    def __init__(self, model: WorldModel, settings: PlannerSettings, repeatable: bool = True):
+        """`repeatable`: every search draws the same random numbers (common random numbers, seeded by
+        `settings.seed`), so System 2 is a function of the state, whatever run or day asks — what System 1
+        can learn to recall. Data collection for training turns it off, so that its searches vary."""
+        self.model, self.settings, self.repeatable = model, settings, repeatable
+        self.generator = torch.Generator().manual_seed(settings.seed)
 
     @torch.inference_mode()
     def plan(self, z: np.ndarray) -> Plan:
         """Search from latent `z` (1-D) and return the chosen first action with every candidate's figures."""
         start = time.perf_counter()
         if self.repeatable:
-            self.generator.manual_seed(self.seed)
+            self.generator.manual_seed(self.settings.seed)
         s, n = self.settings, self.model.n_actions
         per_action = -(-s.samples // n)  # sequences per first action in one iteration
         first = torch.arange(n).repeat(per_action)  # sample i starts with action i % n

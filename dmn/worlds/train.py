@@ -45,6 +45,9 @@ SNAPSHOT_EVERY = 5
 """Steps between the snapshots that exploration may restart from."""
 EXPLORE_EPSILON = 0.1
 """Share of random actions while the planner collects data, so that it still sees the unexpected."""
+COLLECT = PlannerSettings(samples=64, iterations=2)
+"""The planner that collects training data: a two-iteration CEM, fixed here so that tuning `[planner]`
+never retrains a model (nor changes its encoder version)."""
 
 
 @dataclass
@@ -105,8 +108,7 @@ def load_world(home: Home, env_id: str, settings: WorldSettings,
 def train(env_id: str, settings: WorldSettings) -> tuple[WorldModel, dict]:
     """Explore, train, then let the planner collect and train on; returns the model and its training facts.
 
-    The planner that collects plans with the default `PlannerSettings`, so tuning `[planner]` never
-    retrains the model (and never changes its encoder version).
+    The planner that collects is `COLLECT`, whatever `[planner]` says.
     """
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
@@ -126,7 +128,7 @@ def train(env_id: str, settings: WorldSettings) -> tuple[WorldModel, dict]:
     losses = fit(model, opt, windows(episodes, settings.rollout, settings.gamma), settings, settings.updates)
     returns = []
     for round_ in range(settings.rounds):
-        planner = Planner(model, PlannerSettings(), seed=settings.seed + round_, repeatable=False)
+        planner = Planner(model, dataclasses.replace(COLLECT, seed=settings.seed + round_), repeatable=False)
 
         def planned(obs: np.ndarray, previous: int | None) -> int:
             if rng.random() < EXPLORE_EPSILON:

@@ -1,0 +1,305 @@
+"""System 1 at run time: ask the published bundle before deliberating.
+
+>>> reflexes = Reflexes.open("~/.dmn", "CartPole-v1", encoder=world.encoder, audit_rate=0.05)  # doctest: +SKIP
+>>> reflex = reflexes.lookup(z)                                                                # doctest: +SKIP
+>>> action = reflex.action if reflex else system2(z)                                           # doctest: +SKIP
+
+A lookup answers from the bundle's heuristic table or its policy network exactly as the night
+evaluated them (`dmn.reflex.answer`), or returns None — and then the agent deliberates. It never
+raises for a reason that is the bundle's (none yet, a damaged one, another encoder, a novel state, low
+confidence, an audit); it raises ValueError for a state that is not a finite vector of the bundle's size.
+
+A newly published bundle is picked up without a restart: a lookup looks at the CURRENT pointer at
+most every `check_every` seconds, and a new bundle is loaded and verified on a background thread while
+the old one keeps serving; the swap is one assignment, so every answer comes from one whole bundle.
+A bundle that fails verification is not served; `problem` says why.
+
+Only numpy and FAISS run here: `import dmn.client` and a lookup never import torch.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dmn import publish
+from dmn.bundle import Bundle, load
+from dmn.errors import DmnError
+from dmn.home import Home
+from dmn.reflex import policy_probabilities
+
+
+@dataclass(frozen=True)
+class Reflex:
+    """What deliberation decided the last times the agent was here."""
+
+    action: str
+    """The action, as the agent logged it (actions are labels: an integer action 1 comes back as "1")."""
+    confidence: float
+    """The table's Wilson lower bound on System 2's agreement, or the policy's calibrated probability."""
+    source: str
+    """'table' or 'policy'."""
+    cluster: int
+    """The nearest situation."""
+    support: float
+    """Age-weighted System 2 decisions behind that situation."""
+    avoid: tuple[str, ...]
+    """Actions System 2 kept vetoing in that situation."""
+    version: str
+    """The bundle that answered."""
+
+
+@dataclass(frozen=True)
+class Imagined:
+    """What System 2 came to expect when it imagined an action in this situation: one simulation, recalled."""
+
+    score: float
+    """Mean imagined score."""
+    danger: float
+    """Share of those imaginings System 2 vetoed (the action looked like it ends in failure)."""
+    outcome: int
+    """The most likely outcome type (a row of the bundle's outcomes table), -1 when none was recorded."""
+    outcome_share: float
+    """How often that outcome type was imagined for this action here."""
+    cluster: int
+    version: str
+
+
+@dataclass
+class _Serving:
+    """A loaded bundle plus what the scalar lookup path reads, as plain Python values."""
+
+    bundle: Bundle
+    usable: bool
+    """False when the bundle was made for another encoder: it is kept, but never answers."""
+    best: list[str]
+    confidence: list[float]
+    radius: list[float]
+    support: list[float]
+    demoted: list[bool]
+    avoid: list[tuple[str, ...]]
+    score: np.ndarray
+    """(situations, actions) mean imagined score (NaN where an action was never imagined)."""
+    danger: np.ndarray
+    """(situations, actions) veto rate."""
+    kinds: np.ndarray
+    """(situations, actions, outcome types) how often each outcome type was imagined."""
+    table_threshold: float
+    policy_threshold: float
+    action_index: dict[str, int]
+
+
+class Reflexes:
+    """The System 1 client of one world. Thread-safe: share one between threads."""
+
+    def __init__(self, home: Home, world: str, encoder: str | None, audit_rate: float, check_every: float,
+                 seed: int | None):
+        if not 0.0 <= audit_rate <= 1.0:
+            raise ValueError(f"audit_rate must be between 0 and 1, got {audit_rate}")
+        if check_every < 0:
+            raise ValueError(f"check_every must be zero or more seconds, got {check_every}")
+        self.home, self.world, self.encoder = home, world, encoder
+        self.audit_rate, self.check_every = audit_rate, check_every
+        self.problem: str | None = None
+        """Why the client is silent or serves an older bundle than the published one (None when all is well)."""
+        self._serving: _Serving | None = None
+        self._rng = np.random.default_rng(seed)
+        self._loading = threading.Lock()
+        self._withheld = threading.local()
+        self._next_check = 0.0
+        self.refresh()
+
+    @classmethod
+    def open(cls, home: Home | str | Path | None, world: str, encoder: str | None = None, audit_rate: float = 0.0,
+             *, check_every: float = 2.0, seed: int | None = None) -> Reflexes:
+        """The client of `world`'s published bundle in `home` (None: $DMN_HOME or ~/.dmn).
+
+        `encoder`: the version of the encoder the agent's latents come from; a bundle made for another
+        stays silent. `audit_rate`: share of answers withheld (None returned) so that System 2 decides
+        and keeps being checked. Opening never fails for want of a bundle: the client abstains until one
+        is published.
+
+        >>> reflexes = Reflexes.open(None, "CartPole-v1", encoder="jepa-0b45d9cf19b4")  # doctest: +SKIP
+        """
+        return cls(home if isinstance(home, Home) else Home.resolve(home), world, encoder, audit_rate, check_every,
+                   seed)
+
+    @property
+    def version(self) -> str | None:
+        """The bundle version being served, or None."""
+        serving = self._serving
+        return serving.bundle.version if serving else None
+
+    def refresh(self) -> bool:
+        """Load the published bundle now if it is not the one serving; True when a new one was swapped in."""
+        self._next_check = time.monotonic() + self.check_every
+        with self._loading:
+            return self._reload()
+
+    def lookup(self, z: Any) -> Reflex | None:
+        """System 1's answer for one latent state (a 1-D vector), or None: deliberate."""
+        serving = self._current()
+        x = _vector(z, serving.bundle.manifest["dim"] if serving else None)
+        self._withheld.reflex = None
+        if serving is None or not serving.usable:
+            return None
+        distance, ids = serving.bundle.index.search(x[None], 1)
+        c = int(ids[0, 0])
+        d = np.sqrt(max(distance[0, 0], 0))  # float32, as the night measured it
+        m = serving.bundle.manifest
+        if serving.demoted[c]:
+            return None
+        if (d <= serving.radius[c] and serving.support[c] >= m["min_support"]
+                and serving.confidence[c] >= serving.table_threshold):
+            reflex = Reflex(serving.best[c], serving.confidence[c], "table", c, serving.support[c],
+                            serving.avoid[c], serving.bundle.version)
+        elif d <= m["policy_reach"] * serving.radius[c]:
+            probs = policy_probabilities(serving.bundle.policy, x[None])[0]
+            j = int(probs.argmax())
+            if probs[j] < serving.policy_threshold:
+                return None
+            reflex = Reflex(serving.bundle.actions[j], float(probs[j]), "policy", c, serving.support[c],
+                            serving.avoid[c], serving.bundle.version)
+        else:
+            return None
+        if self.audit_rate and self._rng.random() < self.audit_rate:
+            self._withheld.reflex = reflex
+            return None
+        return reflex
+
+    def withheld(self) -> Reflex | None:
+        """The answer this thread's last `lookup` held back for an audit, else None.
+
+        Log it with System 2's decision (`EpisodeLogger.decision(..., reflex=withheld.action)`): the
+        next night measures System 1's live precision from those audits and demotes situations where it
+        disagreed.
+        """
+        return getattr(self._withheld, "reflex", None)
+
+    def lookup_batch(self, states: Any) -> list[Reflex | None]:
+        """System 1's answers for an (n, d) batch of latent states, in one vectorised call."""
+        serving = self._current()
+        x = _matrix(states, serving.bundle.manifest["dim"] if serving else None)
+        if serving is None or not serving.usable:
+            return [None] * len(x)
+        answers = serving.bundle.answer(x)
+        audited = self._rng.random(len(x)) < self.audit_rate if self.audit_rate else np.zeros(len(x), bool)
+        out: list[Reflex | None] = []
+        for i in range(len(x)):
+            if not answers.source[i] or audited[i]:
+                out.append(None)
+                continue
+            c = int(answers.situation[i])
+            out.append(Reflex(serving.bundle.actions[int(answers.action[i])], float(answers.confidence[i]),
+                              str(answers.source[i]), c, serving.support[c], serving.avoid[c],
+                              serving.bundle.version))
+        return out
+
+    def imagine(self, z: Any, action: Any) -> Imagined | None:
+        """What System 2 expected of `action` in this state, recalled from the situation's simulations
+        instead of running the world model; None when the state is novel or the action was never imagined here."""
+        serving = self._current()
+        x = _vector(z, serving.bundle.manifest["dim"] if serving else None)
+        j = serving.action_index.get(str(action)) if serving else None
+        if serving is None or not serving.usable or j is None:
+            return None
+        distance, ids = serving.bundle.index.search(x[None], 1)
+        c = int(ids[0, 0])
+        if np.sqrt(max(distance[0, 0], 0)) > serving.radius[c] or np.isnan(serving.score[c, j]):
+            return None
+        kinds = serving.kinds[c, j]
+        kind = int(kinds.argmax()) if kinds.size and kinds.max() > 0 else -1
+        return Imagined(float(serving.score[c, j]), float(serving.danger[c, j]), kind,
+                        float(kinds[kind]) if kind >= 0 else 0.0, c, serving.bundle.version)
+
+    # -- hot reload ---------------------------------------------------------------------------------------
+
+    def _current(self) -> _Serving | None:
+        """The bundle to answer from; at most every `check_every` seconds, start a background look for a newer one."""
+        if time.monotonic() >= self._next_check and self._loading.acquire(blocking=False):
+            self._next_check = time.monotonic() + self.check_every
+            threading.Thread(target=self._reload_and_release, daemon=True).start()
+        return self._serving
+
+    def _reload_and_release(self) -> None:
+        try:
+            self._reload()
+        finally:
+            self._loading.release()
+
+    def _reload(self) -> bool:
+        """Swap in the published bundle if it is new; called with `_loading` held."""
+        published = publish.current(self.home, self.world)
+        serving = self._serving
+        if published is None:
+            self.problem = f"no bundle published for world {self.world!r} yet"
+            return False
+        if serving is not None and serving.bundle.version == published:
+            return False
+        try:
+            bundle = load(self.home, self.world, published)
+        except DmnError as exc:
+            self.problem = f"{exc}; " + (f"still serving {serving.bundle.version}" if serving else "abstaining")
+            return False
+        self._serving = _serve(bundle, self.encoder)
+        self.problem = (None if self._serving.usable else
+                        f"bundle {bundle.version} was made for encoder {bundle.manifest['encoder']!r}, "
+                        f"not {self.encoder!r}: abstaining")
+        return True
+
+
+def _serve(bundle: Bundle, encoder: str | None) -> _Serving:
+    columns, t = bundle.columns, bundle.manifest["thresholds"]
+    return _Serving(
+        bundle=bundle,
+        usable=encoder is None or encoder == bundle.manifest["encoder"],
+        best=[bundle.actions[i] for i in columns["best"]],
+        confidence=columns["confidence"].tolist(), radius=columns["radius"].tolist(),
+        support=columns["support"].tolist(), demoted=columns["demoted"].tolist(),
+        avoid=[tuple(a) for a in bundle.table["avoid"].to_pylist()],
+        score=_grid(bundle.table["score_mean"]), danger=_grid(bundle.table["veto_rate"]),
+        kinds=np.array(bundle.table["outcome_types"].to_pylist(), np.float64),
+        table_threshold=math.inf if t["table"] is None else t["table"],
+        policy_threshold=math.inf if t["policy"] is None else t["policy"],
+        action_index={a: i for i, a in enumerate(bundle.actions)},
+    )
+
+
+def _grid(column: Any) -> np.ndarray:
+    """A list<double> column with NULLs as a float matrix with NaN."""
+    return np.array([[np.nan if v is None else v for v in row] for row in column.to_pylist()], np.float64)
+
+
+def _array(states: Any, what: str) -> np.ndarray:
+    try:
+        return np.asarray(states, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be numbers, got {type(states).__name__}") from None
+
+
+def _vector(z: Any, dim: int | None) -> np.ndarray:
+    x = _array(z, "a state")
+    if x.ndim != 1:
+        raise ValueError(f"a state must be a 1-D vector, got an array of shape {x.shape}")
+    if dim is not None and x.shape[0] != dim:
+        raise ValueError(f"a state must have {dim} dimensions (the bundle's), got {x.shape[0]}")
+    if not np.isfinite(x).all():
+        raise ValueError("a state must be finite: it contains NaN or Inf")
+    return np.ascontiguousarray(x)
+
+
+def _matrix(states: Any, dim: int | None) -> np.ndarray:
+    x = _array(states, "states")
+    if x.ndim != 2:
+        raise ValueError(f"states must be an (n, d) matrix, got an array of shape {x.shape}")
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f"states must have {dim} dimensions (the bundle's), got {x.shape[1]}")
+    if not np.isfinite(x).all():
+        raise ValueError("states must be finite: they contain NaN or Inf")
+    return np.ascontiguousarray(x)

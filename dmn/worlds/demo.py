@@ -1,0 +1,67 @@
+"""Sleep and wake on the reference world: days of acting, nights of consolidation.
+
+Day 0 the agent has only System 2. Each night consolidates the day's logs into a bundle; each later
+day the agent asks System 1 first (with a share of its answers withheld for audits) and deliberates
+when it abstains. One row per day says how much System 1 took over and what it cost.
+
+    >>> for day in demo(Home.resolve(), "CartPole-v1", nights=3):  # doctest: +SKIP
+    ...     print(day.day, day.run["system1_share"], day.version)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+from dmn.config import Settings
+from dmn.consolidate import consolidate
+from dmn.home import Home
+from dmn.worlds.agent import reflexes_for, run
+
+
+@dataclass
+class Day:
+    day: int
+    run: dict[str, Any]
+    """The day's `RunReport.to_dict()`."""
+    version: str | None
+    """The bundle System 1 served from during the day (None on day 0)."""
+    night_seconds: float | None = None
+    """Wall time of the night after the day (ingest included); None after the last day."""
+    night: str | None = None
+    """What that night did: published vN, kept (and why), nothing new, failed (and why)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def demo(home: Home, env_id: str = "CartPole-v1", *, nights: int = 3, episodes_per_day: int = 10,
+         audit_rate: float = 0.03, seed: int = 0, settings: Settings | None = None,
+         on_progress: Callable[[str], None] | None = None,
+         on_day: Callable[[Day], None] | None = None) -> list[Day]:
+    """Day 0 with System 2 only, then `nights` times: a night of consolidation and a day with reflexes.
+    Returns one `Day` per day; `on_day` hears of each as it ends."""
+    if nights < 1:
+        raise ValueError(f"nights must be at least 1, got {nights}")
+    if episodes_per_day < 1:
+        raise ValueError(f"episodes_per_day must be at least 1, got {episodes_per_day}")
+    settings = settings or home.settings()
+    reflexes = None
+    days = []
+    for day in range(nights + 1):
+        report = run(home, env_id, episodes_per_day, seed=seed + day * episodes_per_day, reflexes=reflexes,
+                     settings=settings, on_progress=on_progress)
+        days.append(Day(day, report.to_dict(), reflexes.version if reflexes else None))
+        if day < nights:
+            started = time.perf_counter()
+            night = consolidate(home, env_id, settings=settings.consolidate, on_progress=on_progress)[0]
+            days[-1].night_seconds = time.perf_counter() - started
+            days[-1].night = (f"{night.status} {night.version}" if night.status == "published" else
+                              night.status + (f": {night.reason}" if night.reason else ""))
+            if reflexes is None:
+                reflexes = reflexes_for(home, env_id, audit_rate=audit_rate, seed=seed, settings=settings)
+            reflexes.refresh()
+        if on_day:
+            on_day(days[-1])
+    return days

@@ -1,0 +1,224 @@
+"""Wake: the System 1 client answers what the night measured, abstains when it should, and reloads safely."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from dmn import Reflexes, publish
+from dmn.bundle import load
+from dmn.config import ConsolidateSettings
+from dmn.consolidate import consolidate
+from dmn.home import Home
+from dmn.synthetic import write_logs
+
+FAST = ConsolidateSettings(policy_hidden=32, policy_epochs=10)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A synthetic world in 64-d, consolidated once; tests that publish more copy it first."""
+    home = Home.resolve(tmp_path_factory.mktemp("client") / "home")
+    truth = write_logs(home, situations=8, dim=64, episodes=30, steps=20)
+    assert consolidate(home, settings=FAST)[0].status == "published"
+    return home, truth
+
+
+@pytest.fixture
+def own(world, tmp_path):
+    """A private copy of the consolidated home."""
+    home, truth = world
+    shutil.copytree(home.root, tmp_path / "home")
+    return Home.resolve(tmp_path / "home"), truth
+
+
+def republish(home: Home, **manifest_changes) -> str:
+    """Publish the current bundle's files again as a new version, with some manifest fields changed."""
+    path = publish.folder(home, "synthetic") / publish.current(home, "synthetic")
+    manifest = json.loads((path / "manifest.json").read_text())
+    files = {name: (path / name).read_bytes() for name in manifest["files"]}
+    kept = {k: v for k, v in manifest.items() if k not in ("files", "version", "format", "world", "signature")}
+    return publish.publish(home, "synthetic", files, {**kept, **manifest_changes}, keep=100)
+
+
+def test_lookups_answer_exactly_what_the_night_measured(world):
+    home, truth = world
+    reflexes = Reflexes.open(home, "synthetic", encoder="synthetic@1")
+    states = np.concatenate([truth.sample(400)[0], truth.far(100)])
+    expected = load(home, "synthetic").answer(states)
+    one = [reflexes.lookup(z) for z in states]
+    batch = reflexes.lookup_batch(states)
+    for i, (a, b) in enumerate(zip(one, batch)):
+        assert (a is None) == (b is None)
+        if a is not None:  # a policy's float32 sums may differ in the last bit between batch sizes
+            assert a == b or (a.source == b.source == "policy" and a.confidence == pytest.approx(b.confidence)
+                              and (a.action, a.cluster) == (b.action, b.cluster))
+        if a is None:
+            assert expected.source[i] == ""
+        else:
+            assert (a.action, a.source, a.confidence) == (reflexes._serving.bundle.actions[expected.action[i]],
+                                                          expected.source[i], pytest.approx(expected.confidence[i]))
+            assert a.version == "v000001" and a.cluster == expected.situation[i] and a.support > 0
+    answered = [a for a in one[:400] if a is not None]
+    assert len(answered) >= 0.9 * 400
+    assert all(r is None for r in one[400:])  # far from every situation: novel, so silent
+    right = sum(a.action == str(b) for a, b in zip(one[:400], truth.sample(400)[1]) if a is not None)
+    assert right >= 0.95 * len(answered)
+
+
+def test_it_abstains_without_a_bundle_and_for_another_encoder(world, tmp_path):
+    home, truth = world
+    z = truth.sample(1)[0][0]
+    empty = Reflexes.open(tmp_path / "empty", "synthetic")
+    assert empty.lookup(z) is None and empty.imagine(z, 0) is None and empty.lookup_batch(z[None]) == [None]
+    assert empty.version is None and "no bundle published" in empty.problem
+    other = Reflexes.open(home, "synthetic", encoder="synthetic@2")
+    assert other.lookup(z) is None and other.lookup_batch(z[None]) == [None]
+    assert "encoder 'synthetic@1', not 'synthetic@2'" in other.problem
+
+
+def test_it_abstains_below_the_calibrated_thresholds(own):
+    home, truth = own
+    reflexes = Reflexes.open(home, "synthetic", check_every=3600)
+    states = truth.sample(200)[0]
+    assert sum(r is not None for r in reflexes.lookup_batch(states)) >= 180
+    republish(home, thresholds={"table": None, "policy": 1.01})  # nothing is that sure
+    assert reflexes.refresh() and reflexes.version == "v000002"
+    assert all(reflexes.lookup(z) is None for z in states) and reflexes.lookup_batch(states) == [None] * 200
+
+
+def test_audits_withhold_answers_and_say_which(world):
+    home, truth = world
+    states = truth.sample(300)[0]
+    always = Reflexes.open(home, "synthetic", audit_rate=1.0)
+    assert all(always.lookup(z) is None for z in states)
+    withheld = always.withheld()
+    assert withheld is not None and withheld.source in ("table", "policy")
+    some = Reflexes.open(home, "synthetic", audit_rate=0.2, seed=3)
+    silent = sum(some.lookup(z) is None for z in states)
+    assert 30 <= silent <= 110  # ~20% of ~300 answers, plus the few it would not answer anyway
+    never = Reflexes.open(home, "synthetic")
+    never.lookup(states[0])
+    assert never.withheld() is None
+
+
+def test_imagine_recalls_what_system2_expected(world):
+    home, truth = world
+    reflexes = Reflexes.open(home, "synthetic")
+    for s in range(len(truth.centres)):
+        best = reflexes.imagine(truth.centres[s], int(truth.best[s]))
+        vetoed = reflexes.imagine(truth.centres[s], str(truth.vetoed[s]))
+        assert best.danger == 0 and vetoed.danger == 1 and best.score > vetoed.score
+        assert best.outcome >= 0 and 0 < best.outcome_share <= 1 and best.version == "v000001"
+    assert reflexes.imagine(truth.far(1)[0], 0) is None  # novel: no recollection
+    assert reflexes.imagine(truth.centres[0], "jump") is None  # never imagined here
+
+
+@pytest.mark.parametrize("bad,message", [
+    (np.zeros(63), "64 dimensions"), (np.full(64, np.nan), "finite"), (np.zeros((2, 64)), "1-D vector"),
+    (["a"] * 64, "must be numbers"), (5.0, "1-D vector"), (np.r_[np.zeros(63), np.inf], "finite"),
+])
+def test_bad_states_raise_a_clear_value_error(world, bad, message):
+    home, _ = world
+    reflexes = Reflexes.open(home, "synthetic")
+    with pytest.raises(ValueError, match=message):
+        reflexes.lookup(bad)
+    with pytest.raises(ValueError):
+        reflexes.imagine(bad, 0)
+
+
+def test_bad_batches_and_settings_raise_a_clear_value_error(world):
+    home, _ = world
+    reflexes = Reflexes.open(home, "synthetic")
+    for bad, message in [(np.zeros(64), r"\(n, d\) matrix"), (np.zeros((3, 5)), "64 dimensions"),
+                         (np.full((2, 64), np.inf), "finite")]:
+        with pytest.raises(ValueError, match=message):
+            reflexes.lookup_batch(bad)
+    with pytest.raises(ValueError, match="audit_rate"):
+        Reflexes.open(home, "synthetic", audit_rate=1.5)
+
+
+def test_a_tampered_bundle_is_never_served(own, monkeypatch):
+    home, truth = own
+    z = truth.sample(1)[0][0]
+    reflexes = Reflexes.open(home, "synthetic", check_every=3600)
+    version = republish(home)
+    (publish.folder(home, "synthetic") / version / "table.parquet").write_bytes(b"PAR1 not really")
+    assert not reflexes.refresh()
+    assert reflexes.version == "v000001" and reflexes.lookup(z).version == "v000001"
+    assert "table.parquet does not match its checksum" in reflexes.problem and "still serving v000001" in reflexes.problem
+    fresh = Reflexes.open(home, "synthetic")
+    assert fresh.lookup(z) is None and "abstaining" in fresh.problem
+    monkeypatch.setenv("DMN_SIGNING_KEY", "k")
+    (publish.folder(home, "synthetic") / "CURRENT").write_text("v000001")
+    unsigned = Reflexes.open(home, "synthetic")
+    assert unsigned.lookup(z) is None and "unsigned" in unsigned.problem
+    signed = republish(home)
+    assert Reflexes.open(home, "synthetic").lookup(z).version == signed
+
+
+def test_hot_reload_while_threads_look_up(own):
+    home, truth = own
+    states = truth.sample(64)[0]
+    reflexes = Reflexes.open(home, "synthetic", check_every=0.01)
+    seen: list = []
+    errors: list = []
+    stop = threading.Event()
+
+    def reader(i: int) -> None:
+        try:
+            while not stop.is_set():
+                z = states[i % len(states)]
+                seen.append((i % len(states), reflexes.lookup(z)))
+                i += 7
+        except Exception as exc:  # noqa: BLE001 - any error fails the test below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    published = ["v000001"]
+    for n in range(6):
+        thresholds = {"table": None, "policy": 1.01} if n % 2 == 0 else load(home, "synthetic", "v000001").manifest[
+            "thresholds"]
+        published.append(republish(home, thresholds=thresholds))
+        time.sleep(0.1)
+    deadline = time.monotonic() + 10
+    while reflexes.version != published[-1] and time.monotonic() < deadline:
+        reflexes.lookup(states[0])
+        time.sleep(0.01)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors and reflexes.version == published[-1]
+    versions = {r.version for _, r in seen if r is not None}
+    assert versions <= set(published) and len(versions) >= 2
+    silent = {v for v in published[1::2]}  # the bundles that answer nothing
+    assert not versions & silent
+    bundles = {v: load(home, "synthetic", v) for v in versions}
+    for i, r in seen[:: max(1, len(seen) // 500)]:
+        if r is not None:  # each answer is exactly what its one bundle says
+            answer = bundles[r.version].answer(states[i:i + 1])
+            assert r.action == bundles[r.version].actions[answer.action[0]] and r.source == answer.source[0]
+
+
+def test_a_lookup_never_imports_torch(world):
+    home, truth = world
+    code = f"""
+import sys, numpy as np
+import dmn
+r = dmn.Reflexes.open({str(home.root)!r}, "synthetic")
+z = np.load({str(home.root / 'z.npy')!r})
+assert r.lookup(z) is not None and r.lookup_batch(z[None])[0] is not None and r.imagine(z, 0) is not None
+assert "torch" not in sys.modules, "torch was imported"
+"""
+    np.save(home.root / "z.npy", truth.sample(1)[0][0])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

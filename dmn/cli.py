@@ -209,7 +209,7 @@ def world_run(
 def demo(
     env: str = typer.Option("CartPole-v1", "--env", help="A Gymnasium environment with vector observations and discrete actions."),
     nights: int = typer.Option(3, "--nights", min=1, help="Nights of consolidation, each followed by a day with reflexes."),
-    episodes_per_day: int = typer.Option(10, "--episodes-per-day", min=1, help="Episodes the agent plays each day."),
+    episodes_per_day: int = typer.Option(20, "--episodes-per-day", min=1, help="Episodes the agent plays each day."),
     audit_rate: float = typer.Option(0.03, "--audit-rate", min=0.0, max=1.0,
                                      help="Share of System 1's answers withheld so that System 2 checks them."),
     seed: int = typer.Option(0, "--seed", help="Seed of the first day's first episode."),

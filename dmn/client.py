@@ -73,25 +73,32 @@ class Imagined:
 
 @dataclass
 class _Serving:
-    """A loaded bundle plus what the scalar lookup path reads, as plain Python values."""
+    """A loaded bundle, with what the one-state lookup reads prepared as plain Python values."""
 
     bundle: Bundle
+    dim: int
     usable: bool
     """False when the bundle was made for another encoder: it is kept, but never answers."""
-    best: list[str]
-    confidence: list[float]
-    radius: list[float]
+    search: Any
+    """The situation index's search method."""
+    table: list[Reflex | None]
+    """Per situation: the table's answer there (None where the table may not answer: too little support,
+    too little confidence, demoted), the same object every time."""
+    trusted: list[bool]
+    """Per situation: not demoted."""
+    radius2: list[float]
+    """Per situation: squared novelty radius."""
+    reach2: list[float]
+    """Per situation: squared radius within which the policy may answer."""
     support: list[float]
-    demoted: list[bool]
     avoid: list[tuple[str, ...]]
+    policy_threshold: float
     score: np.ndarray
     """(situations, actions) mean imagined score (NaN where an action was never imagined)."""
     danger: np.ndarray
     """(situations, actions) veto rate."""
     kinds: np.ndarray
     """(situations, actions, outcome types) how often each outcome type was imagined."""
-    table_threshold: float
-    policy_threshold: float
     action_index: dict[str, int]
 
 
@@ -145,29 +152,22 @@ class Reflexes:
     def lookup(self, z: Any) -> Reflex | None:
         """System 1's answer for one latent state (a 1-D vector), or None: deliberate."""
         serving = self._current()
-        x = _vector(z, serving.bundle.manifest["dim"] if serving else None)
+        x = _vector(z, serving.dim if serving else None)
         self._withheld.reflex = None
         if serving is None or not serving.usable:
             return None
-        distance, ids = serving.bundle.index.search(x[None], 1)
-        c = int(ids[0, 0])
-        d = np.sqrt(max(distance[0, 0], 0))  # float32, as the night measured it
-        m = serving.bundle.manifest
-        if serving.demoted[c]:
-            return None
-        if (d <= serving.radius[c] and serving.support[c] >= m["min_support"]
-                and serving.confidence[c] >= serving.table_threshold):
-            reflex = Reflex(serving.best[c], serving.confidence[c], "table", c, serving.support[c],
-                            serving.avoid[c], serving.bundle.version)
-        elif d <= m["policy_reach"] * serving.radius[c]:
+        distance, ids = serving.search(x[None], 1)
+        c, d2 = int(ids[0, 0]), float(distance[0, 0])
+        reflex = serving.table[c] if d2 <= serving.radius2[c] else None
+        if reflex is None:
+            if not serving.trusted[c] or d2 > serving.reach2[c]:
+                return None
             probs = policy_probabilities(serving.bundle.policy, x[None])[0]
             j = int(probs.argmax())
             if probs[j] < serving.policy_threshold:
                 return None
             reflex = Reflex(serving.bundle.actions[j], float(probs[j]), "policy", c, serving.support[c],
                             serving.avoid[c], serving.bundle.version)
-        else:
-            return None
         if self.audit_rate and self._rng.random() < self.audit_rate:
             self._withheld.reflex = reflex
             return None
@@ -185,7 +185,7 @@ class Reflexes:
     def lookup_batch(self, states: Any) -> list[Reflex | None]:
         """System 1's answers for an (n, d) batch of latent states, in one vectorised call."""
         serving = self._current()
-        x = _matrix(states, serving.bundle.manifest["dim"] if serving else None)
+        x = _matrix(states, serving.dim if serving else None)
         if serving is None or not serving.usable:
             return [None] * len(x)
         answers = serving.bundle.answer(x)
@@ -205,13 +205,13 @@ class Reflexes:
         """What System 2 expected of `action` in this state, recalled from the situation's simulations
         instead of running the world model; None when the state is novel or the action was never imagined here."""
         serving = self._current()
-        x = _vector(z, serving.bundle.manifest["dim"] if serving else None)
+        x = _vector(z, serving.dim if serving else None)
         j = serving.action_index.get(str(action)) if serving else None
         if serving is None or not serving.usable or j is None:
             return None
-        distance, ids = serving.bundle.index.search(x[None], 1)
+        distance, ids = serving.search(x[None], 1)
         c = int(ids[0, 0])
-        if np.sqrt(max(distance[0, 0], 0)) > serving.radius[c] or np.isnan(serving.score[c, j]):
+        if float(distance[0, 0]) > serving.radius2[c] or np.isnan(serving.score[c, j]):
             return None
         kinds = serving.kinds[c, j]
         kind = int(kinds.argmax()) if kinds.size and kinds.max() > 0 else -1
@@ -255,18 +255,22 @@ class Reflexes:
 
 
 def _serve(bundle: Bundle, encoder: str | None) -> _Serving:
-    columns, t = bundle.columns, bundle.manifest["thresholds"]
+    columns, m = bundle.columns, bundle.manifest
+    t = m["thresholds"]
+    table_threshold = math.inf if t["table"] is None else t["table"]
+    avoid = [tuple(a) for a in bundle.table["avoid"].to_pylist()]
+    support, confidence = columns["support"].tolist(), columns["confidence"].tolist()
+    trusted = (~columns["demoted"]).tolist()
+    table = [Reflex(bundle.actions[best], confidence[c], "table", c, support[c], avoid[c], bundle.version)
+             if trusted[c] and support[c] >= m["min_support"] and confidence[c] >= table_threshold else None
+             for c, best in enumerate(columns["best"].tolist())]
+    radius = columns["radius"]
     return _Serving(
-        bundle=bundle,
-        usable=encoder is None or encoder == bundle.manifest["encoder"],
-        best=[bundle.actions[i] for i in columns["best"]],
-        confidence=columns["confidence"].tolist(), radius=columns["radius"].tolist(),
-        support=columns["support"].tolist(), demoted=columns["demoted"].tolist(),
-        avoid=[tuple(a) for a in bundle.table["avoid"].to_pylist()],
+        bundle=bundle, dim=m["dim"], usable=encoder is None or encoder == m["encoder"], search=bundle.index.search,
+        table=table, trusted=trusted, radius2=(radius**2).tolist(), reach2=((m["policy_reach"] * radius)**2).tolist(),
+        support=support, avoid=avoid, policy_threshold=math.inf if t["policy"] is None else t["policy"],
         score=_grid(bundle.table["score_mean"]), danger=_grid(bundle.table["veto_rate"]),
         kinds=np.array(bundle.table["outcome_types"].to_pylist(), np.float64),
-        table_threshold=math.inf if t["table"] is None else t["table"],
-        policy_threshold=math.inf if t["policy"] is None else t["policy"],
         action_index={a: i for i, a in enumerate(bundle.actions)},
     )
 
@@ -289,7 +293,7 @@ def _vector(z: Any, dim: int | None) -> np.ndarray:
         raise ValueError(f"a state must be a 1-D vector, got an array of shape {x.shape}")
     if dim is not None and x.shape[0] != dim:
         raise ValueError(f"a state must have {dim} dimensions (the bundle's), got {x.shape[0]}")
-    if not np.isfinite(x).all():
+    if not math.isfinite(float(x @ x)) and not np.isfinite(x).all():  # the dot product is the cheaper test
         raise ValueError("a state must be finite: it contains NaN or Inf")
     return np.ascontiguousarray(x)
 

@@ -44,16 +44,20 @@ def kmeans(x: np.ndarray, k: int, weights: np.ndarray | None = None, seed: int =
 
 def situation_index(states: np.ndarray, k: int, weights: np.ndarray, pca_dims: int, seed: int) -> faiss.Index:
     """Cluster `states` into k situations; returns the search index over their centroids."""
-    centroids = kmeans(states, k, weights, seed)
-    d = states.shape[1]
+    return centroid_index(kmeans(states, k, weights, seed), states, pca_dims, seed)
+
+
+def centroid_index(centroids: np.ndarray, states: np.ndarray, pca_dims: int, seed: int = 0) -> faiss.Index:
+    """The search index over `centroids`: exact, or a PCA (fitted on `states`) search re-ranked exactly."""
+    d = centroids.shape[1]
     if not pca_dims or pca_dims >= d or len(states) <= pca_dims:
         index = faiss.IndexFlatL2(d)
-        index.add(centroids)
+        index.add(np.ascontiguousarray(centroids, dtype=np.float32))
         return index
     pca = faiss.PCAMatrix(d, pca_dims)
     sample = np.random.default_rng(seed).choice(len(states), min(len(states), PCA_SAMPLE), replace=False)
     pca.train(np.ascontiguousarray(states[np.sort(sample)], dtype=np.float32))
     index = faiss.IndexRefineFlat(faiss.IndexPreTransform(pca, faiss.IndexFlatL2(pca_dims)))
     index.k_factor = REFINE_CANDIDATES
-    index.add(centroids)
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
     return index  # FAISS's Python layer keeps the parts alive

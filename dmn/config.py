@@ -117,8 +117,9 @@ class PlannerSettings:
     """Action sequences imagined per iteration, split evenly over the first actions."""
     iterations: int = 1
     """Cross-entropy-method iterations: each after the first refits the sampling distribution to the elites."""
-    elites: int = 8
-    """Best sequences of an iteration that the next one samples around."""
+    elites: int = 32
+    """Best sequences of an iteration: the next iteration samples around them, and a candidate first
+    action scores the mean of its share of them (a mean of many is a smooth function of the state)."""
     value_weight: float = 0.3
     """Weight of the values of the imagined states in a sequence's score (the rest is imagined reward)."""
     veto: float = field(default=0.5, metadata={"max": 1})
@@ -139,7 +140,7 @@ class ConsolidateSettings:
     """Number of situations (k-means clusters of decision states); 0 picks it from the data size."""
     outcome_types: int = 16
     """Number of outcome types (k-means clusters of imagined consequences)."""
-    pca_dims: int = field(default=64, metadata={"min": 0})
+    pca_dims: int = field(default=32, metadata={"min": 0})
     """Search situations in this many PCA dimensions, then compare the nearest few by exact distance:
     fast lookups at large d. 0 (or at least the latents' size) searches exactly."""
     min_support: float = 3.0
@@ -167,11 +168,12 @@ class ConsolidateSettings:
     """Thresholds must meet the precision target this many standard errors down (a Wilson lower bound) on
     validation data, so that a small validation set cannot pass them by luck."""
     coverage_tolerance: float = field(default=0.02, metadata={"min": 0, "max": 1})
-    """A new bundle may cover this much less than the published one and still replace it."""
+    """A new bundle may cover this much less of the held-out steps than the published one does and still replace it."""
     validation_share: float = field(default=0.15, metadata={"max": 0.5})
-    """Share of the episodes (the newest but the test ones) that set thresholds and calibration."""
+    """Share of the labelled steps (whole recent episodes, dealt alternately with the test ones) that set
+    thresholds and calibration."""
     test_share: float = field(default=0.15, metadata={"max": 0.5})
-    """Share of the episodes (the newest) held out to report the metrics the gate uses."""
+    """Share of the labelled steps (whole recent episodes) held out to report the metrics the gate uses."""
     keep: int = 5
     """Published bundles kept per world (for rollback)."""
     seed: int = field(default=0, metadata={"min": 0})

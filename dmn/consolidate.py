@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from dmn import __version__, publish
 from dmn.cluster import kmeans, situation_count, situation_index
+from dmn.bundle import load
 from dmn.config import ConsolidateSettings
 from dmn.distill import heuristic_table, outcome_table, targets, train_policy
 from dmn.errors import DmnError
@@ -158,23 +159,22 @@ def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateS
     say(f"{night.world}: evaluating on {len(test):,} held-out steps")
     system1 = partial(answer, index=index, table=table_columns(table, exp.actions), weights=weights,
                       min_support=s.min_support, policy_reach=s.policy_reach)
+    # Thresholds and figures count each held-out step for the steps of the agent's life it stands for.
     t_table, t_policy = thresholds(system1(exp.states[val], thresholds={"table": -np.inf, "policy": np.inf}),
                                    system1(exp.states[val], thresholds={"table": np.inf, "policy": -np.inf}),
-                                   exp.label[val], s.precision_target, s.precision_z)
-    truth = exp.label[test]
+                                   exp.label[val], exp.represents[val], s.precision_target, s.precision_z)
+    judge = partial(metrics, truth=exp.label[test], actions=exp.actions, weight=exp.represents[test])
     night.metrics = {
-        "combined": metrics(system1(exp.states[test], thresholds={"table": t_table, "policy": t_policy}), truth,
-                            exp.actions),
-        "table": metrics(system1(exp.states[test], thresholds={"table": t_table, "policy": np.inf}), truth,
-                         exp.actions),
-        "policy": metrics(system1(exp.states[test], thresholds={"table": np.inf, "policy": t_policy}), truth,
-                          exp.actions),
+        "combined": judge(system1(exp.states[test], thresholds={"table": t_table, "policy": t_policy})),
+        "table": judge(system1(exp.states[test], thresholds={"table": t_table, "policy": np.inf})),
+        "policy": judge(system1(exp.states[test], thresholds={"table": np.inf, "policy": t_policy})),
         "thresholds": {"table": _finite(t_table), "policy": _finite(t_policy)},
         "situations": int(index.ntotal), "outcome_types": int(outcome_index.ntotal), "live": _live(exp),
+        "published": _published_on(home, night, exp, test),
     }
     clock.lap("evaluate")
 
-    reason = _gate(home, night, s)
+    reason = _gate(night, s)
     if reason:
         night.status, night.reason = "kept", reason
         return
@@ -198,23 +198,37 @@ def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateS
     clock.lap("publish")
 
 
-def _gate(home: Home, night: Consolidation, s: ConsolidateSettings) -> str:
-    """Why the new bundle must not replace the current one ("" when it may)."""
-    combined = night.metrics["combined"]
+def _gate(night: Consolidation, s: ConsolidateSettings) -> str:
+    """Why the new bundle must not replace the current one ("" when it may). The published bundle's
+    coverage is the standard only while it is precise enough on the same held-out steps."""
+    combined, published = night.metrics["combined"], night.metrics["published"]
     if combined["precision"] is None:
         return "System 1 would answer none of the held-out decisions at the precision target"
     if combined["precision"] < s.precision_target:
         return f"test precision {combined['precision']:.3f} is below the target {s.precision_target}"
-    if night.current:
-        try:
-            old = publish.verify(publish.folder(home, night.world) / night.current)
-        except DmnError:
-            return ""  # a damaged current bundle is no standard to hold the new one to
-        old_coverage = old["metrics"]["combined"]["coverage"]
-        if old.get("encoder") == night.encoder and combined["coverage"] < old_coverage - s.coverage_tolerance:
-            return (f"test coverage {combined['coverage']:.3f} is worse than the published {night.current}'s "
-                    f"{old_coverage:.3f} by more than {s.coverage_tolerance}")
+    if (published and (published["precision"] or 0) >= s.precision_target
+            and combined["coverage"] < published["coverage"] - s.coverage_tolerance):
+        return (f"test coverage {combined['coverage']:.3f} is worse than the published {published['version']}'s "
+                f"{published['coverage']:.3f} on the same held-out steps by more than {s.coverage_tolerance}")
     return ""
+
+
+def _published_on(home: Home, night: Consolidation, exp: Experience, rows: np.ndarray) -> dict[str, Any] | None:
+    """How the published bundle does on the new held-out steps: the standard a new bundle is held to
+    (None when there is none for this encoder, or it is damaged: no standard at all)."""
+    if not night.current:
+        return None
+    try:
+        bundle = load(home, night.world, night.current)
+    except DmnError:
+        return None
+    if bundle.manifest["encoder"] != night.encoder or bundle.manifest["dim"] != exp.dim:
+        return None
+    answers = bundle.answer(exp.states[rows])
+    position = {a: i for i, a in enumerate(exp.actions)}
+    answers.action = np.array([position.get(a, -1) for a in bundle.actions])[answers.action]
+    figures = metrics(answers, exp.label[rows], exp.actions, exp.represents[rows])
+    return {"version": night.current, "coverage": figures["coverage"], "precision": figures["precision"]}
 
 
 def _live(exp: Experience) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_fscore_support
 from sklearn.model_selection import train_test_split
 
@@ -40,61 +39,75 @@ class Split:
 
 
 def split(exp: Experience, settings: ConsolidateSettings) -> Split:
-    """Row indices of train / validation / test: whole episodes each, the test ones the newest."""
-    by_time = exp.episode[np.argsort(exp.ts, kind="stable")]
-    _, first = np.unique(by_time, return_index=True)
-    ordered = list(by_time[np.sort(first)])  # episodes in the order they first appear
-    if len(ordered) < 3:
-        raise ValueError(f"{len(ordered)} episode(s): at least 3 are needed to train, validate and test")
-    held = lambda share: max(1, round(share * len(ordered)))  # noqa: E731
-    rest, test = train_test_split(ordered, test_size=held(settings.test_share), shuffle=False)
-    train, validation = train_test_split(rest, test_size=held(settings.validation_share), shuffle=False)
-    return Split(*(np.flatnonzero(np.isin(exp.episode, part)) for part in (train, validation, test)))
+    """Row indices of train / validation / test: whole episodes each, the newest held out.
+
+    The newest episodes holding `validation_share + test_share` of the labelled steps are held out
+    (shares of steps, not of episodes: an episode System 1 mostly served leaves only a few labelled
+    steps), and dealt alternately to test and validation, newest first, so that thresholds are set on
+    the same recent life the test judges.
+    """
+    order = np.argsort(exp.ts, kind="stable")
+    episodes, first, steps = np.unique(exp.episode[order], return_index=True, return_counts=True)
+    newest_first = np.argsort(-first, kind="stable")  # episodes by when they first appear, newest first
+    if len(episodes) < 3:
+        raise ValueError(f"{len(episodes)} episode(s): at least 3 are needed to train, validate and test")
+    share = np.cumsum(steps[newest_first]) / len(exp.label)
+    n_held = int(np.clip(np.searchsorted(share, settings.validation_share + settings.test_share) + 1, 2,
+                         len(episodes) - 1))
+    train, held = train_test_split(episodes[newest_first[::-1]], test_size=n_held, shuffle=False)
+    newest = held[::-1]
+    return Split(*(np.flatnonzero(np.isin(exp.episode, part)) for part in (train, newest[1::2], newest[0::2])))
 
 
-def thresholds(table: Answers, policy: Answers, truth: np.ndarray, target: float, z: float) -> tuple[float, float]:
+def thresholds(table: Answers, policy: Answers, truth: np.ndarray, weight: np.ndarray, target: float,
+               z: float) -> tuple[float, float]:
     """The (table, policy) confidence thresholds at which System 1 as a whole (table first, then the
-    policy on what the table leaves) answers the most validation steps with `target` precision — by the
-    Wilson lower bound `z` standard errors down, so that a small validation set cannot pass by luck.
+    policy on what the table leaves) answers the most validation steps (weighted by `weight`) with
+    `target` precision — by the Wilson lower bound `z` standard errors down, over the effective number
+    of steps, so that a small validation set cannot pass by luck.
 
     `table` and `policy` are each part's answers on its own (confidence NaN where it cannot answer at
     any threshold). Every table threshold worth trying is tried; for each, the policy's is the lowest
     at which the combined precision still meets the target. (inf: that part never answers.)
     """
-    best = (0, np.inf, np.inf)
+    best = (0.0, np.inf, np.inf)
     t_conf = np.where(np.isnan(table.confidence), -np.inf, table.confidence)
     for t in np.append(np.unique(t_conf[np.isfinite(t_conf)]), np.inf):
         by_table = t_conf >= t
-        right, answered = int((table.action[by_table] == truth[by_table]).sum()), int(by_table.sum())
-        if answered and wilson_lower(right / answered, answered, z) < target:
+        w = weight[by_table]
+        right, answered, squares = (w * (table.action[by_table] == truth[by_table])).sum(), w.sum(), (w * w).sum()
+        if answered and wilson_lower(right / answered, answered**2 / squares, z) < target:
             continue
         left = ~by_table & ~np.isnan(policy.confidence)
         conf = policy.confidence[left]
         order = np.argsort(-conf, kind="stable")
-        hits = np.cumsum(policy.action[left][order] == truth[left][order])
-        m = np.arange(1, len(order) + 1)
-        ok = wilson_lower((right + hits) / (answered + m), answered + m, z) >= target
+        w = weight[left][order]
+        hits = right + np.cumsum(w * (policy.action[left][order] == truth[left][order]))
+        total, total_squares = answered + np.cumsum(w), squares + np.cumsum(w * w)
+        ok = wilson_lower(hits / total, total**2 / total_squares, z) >= target
         ok &= np.append(conf[order][1:] < conf[order][:-1], True)  # cut only between distinct confidences
         cut = int(np.flatnonzero(ok)[-1]) if ok.any() else -1
-        p = float(conf[order][cut]) if cut >= 0 else np.inf
-        covered = answered + cut + 1
+        covered = total[cut] if cut >= 0 else answered
         if covered > best[0]:
-            best = (covered, float(t), p)
+            best = (covered, float(t), float(conf[order][cut]) if cut >= 0 else np.inf)
     return best[1], best[2]
 
 
-def metrics(answers: Answers, truth: np.ndarray, actions: list[str]) -> dict:
-    """Coverage, precision, expected calibration error and per-action figures of `answers` against `truth`."""
+def metrics(answers: Answers, truth: np.ndarray, actions: list[str], weight: np.ndarray) -> dict:
+    """Coverage, precision, expected calibration error and per-action figures of `answers` against
+    `truth`, each step counted `weight` times (`Experience.represents`)."""
     answered = ~np.isnan(answers.confidence)
     n, m = len(truth), int(answered.sum())
+    w = weight[answered]
     correct = answers.action[answered] == truth[answered]
-    out = {"decisions": n, "answered": m, "coverage": m / n if n else 0.0,
-           "precision": float(correct.mean()) if m else None, "calibration_error": None, "per_action": {}}
+    out = {"decisions": n, "answered": m, "coverage": float(w.sum() / weight.sum()) if n else 0.0,
+           "precision": float((w * correct).sum() / w.sum()) if m else None, "calibration_error": None,
+           "per_action": {}}
     if m:
-        out["calibration_error"] = _ece(correct, answers.confidence[answered])
+        out["calibration_error"] = _ece(correct, answers.confidence[answered], w)
         labels = list(range(len(actions)))
         p, r, _, _ = precision_recall_fscore_support(truth[answered], answers.action[answered], labels=labels,
-                                                           zero_division=0)
+                                                     sample_weight=w, zero_division=0)
         decided = np.bincount(truth, minlength=len(actions))
         out["per_action"] = {actions[i]: {"precision": float(p[i]), "recall": float(r[i]),
                                           "answered": int((answers.action[answered] == i).sum()),
@@ -102,12 +115,10 @@ def metrics(answers: Answers, truth: np.ndarray, actions: list[str]) -> dict:
     return out
 
 
-def _ece(correct: np.ndarray, confidence: np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error: the support-weighted gap between confidence and accuracy per bin."""
-    confidence = np.clip(confidence, 0, 1)
-    if correct.all() or not correct.any():
-        return float(abs(correct.mean() - confidence.mean()))
-    accuracy, mean_conf = calibration_curve(correct, confidence, n_bins=bins, strategy="uniform")
-    counts = np.histogram(confidence, bins=np.linspace(0, 1, bins + 1))[0]
-    counts = counts[counts > 0]
-    return float(np.sum(counts / counts.sum() * np.abs(accuracy - mean_conf)))
+def _ece(correct: np.ndarray, confidence: np.ndarray, weight: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error: the weighted gap between confidence and accuracy per confidence bin.
+    (Written out because scikit-learn's `calibration_curve` takes no sample weights.)"""
+    which = np.clip((np.clip(confidence, 0, 1) * bins).astype(int), 0, bins - 1)
+    mass = np.bincount(which, weights=weight, minlength=bins)
+    gap = np.bincount(which, weights=weight * (correct - confidence), minlength=bins)
+    return float(np.abs(gap).sum() / mass.sum())

@@ -41,6 +41,11 @@ class Experience:
     """(n,) reward the step earned in the world (NaN when no outcome was logged)."""
     reflex: np.ndarray
     """(n,) System 1's answer on the steps that audited it, -1 elsewhere."""
+    represents: np.ndarray
+    """(n,) how many steps of the agent's life each labelled step stands for: an audit stands for itself
+    and its share of the reflex-served steps of its episode that nobody checked (1 + served / audits);
+    any other labelled step for itself. Weighting by it makes held-out figures those of the states the
+    agent actually meets, not only of those where System 1 abstained."""
     sim_step: np.ndarray
     """(m,) the labelled step each simulation belongs to (index into the n steps)."""
     sim_action: np.ndarray
@@ -81,15 +86,24 @@ def select(store: Store, world: str, encoder: str, settings: ConsolidateSettings
         best AS (
             SELECT episode_id, step,
                    coalesce(arg_max(action, score) FILTER (WHERE NOT vetoed), arg_max(action, score)) AS best
-            FROM sims GROUP BY ALL)
-        SELECT row_number() OVER (ORDER BY d.t DESC, d.episode_id, d.step) - 1 AS i, d.episode_id, d.step, d.t,
-               d.state, CASE WHEN d.source = 'system2' THEN d.action ELSE best.best END AS label,
-               CASE WHEN d.source = 'system1' THEN d.action ELSE d.reflex END AS reflex, o.reward
-        FROM d LEFT JOIN best USING (episode_id, step)
-               LEFT JOIN outcomes o ON o.episode_id = d.episode_id AND o.step = d.step
-        WHERE d.source = 'system2' OR best.best IS NOT NULL
+            FROM sims GROUP BY ALL),
+        j AS (
+            SELECT d.*, best.best,
+                   (d.source = 'system2' AND d.reflex IS NOT NULL) OR (d.source = 'system1' AND best.best IS NOT NULL)
+                       AS audit
+            FROM d LEFT JOIN best USING (episode_id, step)),
+        w AS (
+            SELECT *, sum((source = 'system1' AND best IS NULL)::INT) OVER e AS served,
+                      sum(audit::INT) OVER e AS audits
+            FROM j WINDOW e AS (PARTITION BY episode_id))
+        SELECT row_number() OVER (ORDER BY w.t DESC, w.episode_id, w.step) - 1 AS i, w.episode_id, w.step, w.t,
+               w.state, CASE WHEN w.source = 'system2' THEN w.action ELSE w.best END AS label,
+               CASE WHEN w.source = 'system1' THEN w.action ELSE w.reflex END AS reflex,
+               CASE WHEN w.audit THEN 1 + w.served / w.audits ELSE 1 END AS represents, o.reward
+        FROM w LEFT JOIN outcomes o ON o.episode_id = w.episode_id AND o.step = w.step
+        WHERE w.source = 'system2' OR w.best IS NOT NULL
         ORDER BY i LIMIT $limit""", params)
-    steps = con.sql("SELECT episode_id, t, state, label, reflex, reward FROM steps ORDER BY i"
+    steps = con.sql("SELECT episode_id, t, state, label, reflex, represents, reward FROM steps ORDER BY i"
                         ).to_arrow_table()
     if steps.num_rows == 0:
         raise DmnError(f"no System 2 decisions for world {world!r}, encoder {encoder!r} in the last "
@@ -109,6 +123,7 @@ def select(store: Store, world: str, encoder: str, settings: ConsolidateSettings
         weight=np.exp(-math.log(2) * np.maximum(now - t, 0) / (settings.half_life_days * 86400)),
         reward=steps["reward"].to_numpy(zero_copy_only=False).astype(np.float64),
         reflex=np.array([-1 if a is None else index[a] for a in steps["reflex"].to_pylist()], np.int64),
+        represents=steps["represents"].to_numpy().astype(np.float64),
         sim_step=sims["i"].to_numpy().astype(np.int64),
         sim_action=np.array([index[a] for a in sims["action"].to_pylist()], np.int64),
         sim_score=sims["score"].to_numpy().astype(np.float64),

@@ -12,6 +12,7 @@ manifests, so they see whole batches only, and never wait for a writer.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -113,9 +114,26 @@ class Store:
         files = self.files(table, manifests)
         if not files:
             return "SELECT " + ", ".join(f"NULL::{t} AS {quote(c)}" for c, t in cols.items()) + " WHERE false"
-        listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+        listing = ", ".join("'" + f.replace("'", "''") + "'" for f in [*files, self._schema_file(table, cols)] if f)
         casts = ", ".join(f"{quote(c)}::{t} AS {quote(c)}" for c, t in cols.items())
         return f"SELECT {casts} FROM read_parquet([{listing}], union_by_name = true, hive_partitioning = false)"
+
+    def _schema_file(self, table: str, cols: dict[str, str]) -> str | None:
+        """An empty Parquet file with every column of `table`, read with its files so that a column added
+        to the contract after they were written reads as NULL rather than missing. None if it cannot be written."""
+        tag = hashlib.sha256(json.dumps(cols).encode()).hexdigest()[:12]
+        path = self.home.lake / "_schema" / f"{table}-{tag}.parquet"
+        if not path.exists():
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                staged = self.home.tmp / f"{path.name}.{os.getpid()}.tmp"
+                empty = "SELECT " + ", ".join(f"NULL::{t} AS {quote(c)}" for c, t in cols.items()) + " WHERE false"
+                with duckdb.connect() as con:
+                    run(con, f"COPY ({empty}) TO '{staged}' (FORMAT parquet)")
+                os.replace(staged, path)
+            except (OSError, duckdb.Error):
+                return None
+        return str(path)
 
     def sql(self, query: str, params: list[Any] | None = None) -> duckdb.DuckDBPyConnection:
         """Run a SQL query over the store's views and return its result (fetchall(), to_arrow_table(), ...).

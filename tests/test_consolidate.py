@@ -31,7 +31,7 @@ def consolidated(tmp_path_factory):
     from dmn.home import Home
 
     home = Home.resolve(tmp_path_factory.mktemp("synthetic") / "home")
-    truth = write_logs(home, situations=16, dim=768, episodes=60, steps=20, accuracy=0.97)
+    truth = write_logs(home, situations=16, dim=768, episodes=120, steps=20, accuracy=0.97)
     nights = consolidate(home, settings=FAST)
     return home, truth, nights
 
@@ -124,10 +124,13 @@ def test_experience_is_labelled_by_system2_weighted_by_age_and_split_by_episode(
     audited = exp.reflex >= 0
     assert [exp.actions[a] for a in exp.label[audited]] == ["2"] * 6  # best not vetoed, not the vetoed 1.5
     assert [exp.actions[a] for a in exp.reflex[audited]] == ["0"] * 6
+    # Each audit also stands for its episode's unchecked reflex step; System 2's own steps for themselves.
+    assert exp.represents[audited].tolist() == [2.0] * 6 and exp.represents[~audited].tolist() == [1.0] * 6
     assert exp.weight.max() == pytest.approx(1.0) and exp.weight.min() == pytest.approx(2.0**-5)
     parts = split(exp, ConsolidateSettings(validation_share=0.2, test_share=0.2))
     episodes = [set(exp.episode[p]) for p in (parts.train, parts.validation, parts.test)]
-    assert episodes == [{"e0", "e1", "e2", "e3"}, {"e4"}, {"e5"}]  # whole episodes, the newest held out
+    # Whole episodes; the newest holding 40% of the steps held out, dealt newest first to test, validation, test.
+    assert episodes == [{"e0", "e1", "e2"}, {"e4"}, {"e3", "e5"}]
     windowed = select(Store(home), "w", "enc", ConsolidateSettings(window_days=2.5), now=now)
     assert set(windowed.episode) == {"e3", "e4", "e5"}
 

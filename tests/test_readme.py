@@ -27,3 +27,18 @@ def test_readme_queries_run(home):
     assert len(queries) == 6
     for query in queries:
         Store(home).sql(query).fetchall()
+
+
+def test_readme_settings_are_the_defaults(tmp_path):
+    """The README's dmn.toml lists every setting with its default value, and nothing else."""
+    import dataclasses
+
+    from dmn.config import Settings, tomllib
+
+    block = re.search(r"```toml\n(.+?)```", README, re.S).group(1)
+    written = tomllib.loads(block)
+    defaults = Settings()
+    for section in ("world", "planner", "consolidate"):
+        assert written[section] == dataclasses.asdict(getattr(defaults, section)), section
+    (tmp_path / "dmn.toml").write_text(block.replace('hmac_secret = "…"', ""))
+    Settings.load(tmp_path / "dmn.toml")  # and it is a valid file

@@ -8,6 +8,7 @@ import time
 
 import duckdb
 import numpy as np
+import pyarrow.parquet as pq
 
 from conftest import decision, episode, run, simulation, write_jsonl
 from dmn.store import Store
@@ -69,3 +70,13 @@ def test_sql_answers_while_an_ingest_runs(home):
     assert seen and seen[0] == 0, "the ingest finished before the queries could overlap it"
     assert set(seen) <= {0, total}  # one batch: nothing, or all of it
     assert Store(home).sql("SELECT count(*) FROM simulations").fetchone()[0] == total
+
+
+def test_a_lake_written_before_a_column_existed_reads_it_as_null(home):
+    """Files from an older dmn lack columns added to the contract since (here decisions' `reflex`)."""
+    write_jsonl(home.inbox / "a.jsonl", [episode("e1"), decision("e1", 0), decision("e1", 1, reflex=1)])
+    run(home)
+    for path in home.lake.glob("decisions/**/*.parquet"):
+        old = pq.read_table(path)
+        pq.write_table(old.drop_columns(["reflex"]), path)  # as an older dmn wrote it
+    assert Store(home).sql("SELECT step, reflex FROM decisions ORDER BY step").fetchall() == [(0, None), (1, None)]

@@ -36,7 +36,7 @@ class Day:
         return asdict(self)
 
 
-def demo(home: Home, env_id: str = "CartPole-v1", *, nights: int = 3, episodes_per_day: int = 10,
+def demo(home: Home, env_id: str = "CartPole-v1", *, nights: int = 3, episodes_per_day: int = 20,
          audit_rate: float = 0.03, seed: int = 0, settings: Settings | None = None,
          on_progress: Callable[[str], None] | None = None,
          on_day: Callable[[Day], None] | None = None) -> list[Day]:

@@ -25,6 +25,7 @@ from typing import Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
+from threadpoolctl import threadpool_limits
 
 from dmn.config import PlannerSettings
 from dmn.worlds.model import WorldModel
@@ -52,11 +53,13 @@ class Plan:
 
 @contextlib.contextmanager
 def one_thread() -> Iterator[None]:
-    """Plan on one thread: a search is many tiny matrix products, which more threads only slow down."""
+    """Act on one thread (torch's and numpy's BLAS): a search and a lookup are tiny matrix products, which
+    more threads only slow down — on a busy machine, by milliseconds."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield
+        with threadpool_limits(1):
+            yield
     finally:
         torch.set_num_threads(threads)
 

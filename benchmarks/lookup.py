@@ -1,0 +1,152 @@
+"""System 1's lookup latency against the raw FAISS search it wraps, and against System 2.
+
+    python benchmarks/lookup.py                       # 1,024 / 4,096 / 16,384 situations at d=768
+    python benchmarks/lookup.py --clusters 4096 --queries 2000
+
+For each size, a bundle is published in a temporary home with the night's own index construction
+(`dmn.cluster.centroid_index`, the default `pca_dims`) over synthetic situations: centroids on a
+32-dimensional manifold in 768-d, as an encoder's latents are, with a table and a policy network of
+the night's default width. Then, on one thread and in the same run:
+
+- `Reflexes.lookup` (batch 1) and `index.search` on the same queries, interleaved query by query:
+  p50 and p99 latency and their ratio;
+- `Reflexes.lookup_batch` and `index.search` on batches of 1,024: states per second;
+- the reference world's System 2 decision (the default planner on a world model of the default size;
+  its cost does not depend on the weights), so the speed-up is in the same units.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import tempfile
+import time
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dmn import Reflexes, publish
+from dmn.bundle import load
+from dmn.cluster import centroid_index
+from dmn.config import ConsolidateSettings, PlannerSettings, WorldSettings
+from dmn.home import Home
+
+DIM, ACTIONS, MANIFOLD = 768, 4, 32
+
+
+def bundle(home: Home, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Publish a bundle of k situations; returns queries near them."""
+    s = ConsolidateSettings()
+    basis = rng.standard_normal((MANIFOLD, DIM)).astype(np.float32)
+    centroids = (rng.standard_normal((k, MANIFOLD)).astype(np.float32) @ basis)
+    noise = 0.05 * float(np.linalg.norm(centroids, axis=1).mean()) / np.sqrt(DIM)
+    states = centroids[rng.integers(k, size=20 * k)] + noise * rng.standard_normal((20 * k, DIM)).astype(np.float32)
+    index = centroid_index(centroids, states, s.pca_dims)
+    actions = [str(a) for a in range(ACTIONS)]
+    table = pa.table({
+        "cluster": pa.array(np.arange(k), pa.int32()), "support": np.full(k, 20.0),
+        "best_action": pa.array([actions[a] for a in rng.integers(ACTIONS, size=k)]),
+        "confidence": rng.uniform(0.9, 1.0, k), "radius": np.full(k, 1.5 * noise * np.sqrt(DIM)),
+        "demoted": np.zeros(k, bool), "avoid": pa.array([[] for _ in range(k)], pa.list_(pa.string())),
+        "score_mean": pa.array(rng.standard_normal((k, ACTIONS)).tolist(), pa.list_(pa.float64())),
+        "veto_rate": pa.array(rng.uniform(0, 1, (k, ACTIONS)).tolist(), pa.list_(pa.float64())),
+        "outcome_types": pa.array(np.full((k, ACTIONS, 1), 1.0).tolist(), pa.list_(pa.list_(pa.float64()))),
+    })
+    h = s.policy_hidden
+    policy = {"mean": np.zeros(DIM, np.float32), "std": np.ones(DIM, np.float32),
+              "w1": rng.standard_normal((DIM, h)).astype(np.float32) / np.sqrt(DIM), "b1": np.zeros(h, np.float32),
+              "w2": rng.standard_normal((h, h)).astype(np.float32) / np.sqrt(h), "b2": np.zeros(h, np.float32),
+              "w3": rng.standard_normal((h, ACTIONS)).astype(np.float32), "b3": np.zeros(ACTIONS, np.float32),
+              "temperature": np.float32(1.0)}
+    outcomes = faiss.IndexFlatL2(DIM)
+    outcomes.add(centroids[:1])
+    files = {"table.parquet": parquet(table), "outcomes.parquet": parquet(pa.table({"outcome_type": [0]})),
+             "situations.faiss": faiss.serialize_index(index).tobytes(),
+             "outcomes.faiss": faiss.serialize_index(outcomes).tobytes()}
+    with io.BytesIO() as npz:
+        np.savez(npz, **policy)
+        files["policy.npz"] = npz.getvalue()
+    publish.publish(home, "bench", files, {"encoder": "bench", "dim": DIM, "actions": actions, "min_support": 3.0,
+                                           "policy_reach": 2.0, "thresholds": {"table": 0.5, "policy": 0.5}}, keep=1)
+    queries = centroids[rng.integers(k, size=5000)] + noise * rng.standard_normal((5000, DIM)).astype(np.float32)
+    return queries
+
+
+def parquet(table: pa.Table) -> bytes:
+    with io.BytesIO() as sink:
+        pq.write_table(table, sink)
+        return sink.getvalue()
+
+
+def latencies(reflexes: Reflexes, index: faiss.Index, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-query µs of lookup and of the raw search, interleaved; and how many lookups answered."""
+    lookup, raw, answered = [], [], 0
+    clock = time.perf_counter_ns
+    for z in queries:
+        t = clock()
+        index.search(z[None], 1)
+        raw.append(clock() - t)
+        t = clock()
+        answered += reflexes.lookup(z) is not None
+        lookup.append(clock() - t)
+    return np.array(lookup) / 1000, np.array(raw) / 1000, answered
+
+
+def throughput(fn, queries: np.ndarray, batch: int = 1024) -> float:
+    started = time.perf_counter()
+    for i in range(0, len(queries), batch):
+        fn(queries[i:i + batch])
+    return len(queries) / (time.perf_counter() - started)
+
+
+def system2_ms(decisions: int = 50) -> float:
+    """Mean ms of one reference-world System 2 decision (default planner, default-sized world model)."""
+    import torch
+
+    from dmn.worlds.model import WorldModel
+    from dmn.worlds.plan import Planner, one_thread
+
+    torch.manual_seed(0)
+    w = WorldSettings()
+    planner = Planner(WorldModel(4, 2, w.latent_dim, w.hidden).eval(), PlannerSettings())
+    z = np.zeros(w.latent_dim, np.float32)
+    with one_thread():
+        planner.plan(z)
+        started = time.perf_counter()
+        for _ in range(decisions):
+            planner.plan(z)
+    return (time.perf_counter() - started) / decisions * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clusters", type=int, nargs="+", default=[1024, 4096, 16384])
+    parser.add_argument("--queries", type=int, default=3000, help="batch-1 lookups per size")
+    args = parser.parse_args()
+    faiss.omp_set_num_threads(1)
+    rng = np.random.default_rng(0)
+    s2 = system2_ms()
+    print(f"d={DIM}, one thread; System 2 (reference world, default planner): {s2:.2f} ms per decision\n")
+    print(f"{'clusters':>9} {'lookup p50':>11} {'p99':>8} {'raw p50':>9} {'p99':>8} {'p50 ratio':>10} "
+          f"{'answered':>9} {'batch/s':>10} {'raw batch/s':>12} {'vs System 2':>12}")
+    for k in args.clusters:
+        with tempfile.TemporaryDirectory() as tmp:
+            home = Home.resolve(tmp)
+            queries = bundle(home, k, rng)
+            reflexes = Reflexes.open(home, "bench", encoder="bench", check_every=3600)
+            index = load(home, "bench").index  # the same published index, loaded the same way
+            latencies(reflexes, index, queries[:200])  # warm up
+            lookup, raw, answered = latencies(reflexes, index, queries[:args.queries])
+            batch = throughput(reflexes.lookup_batch, queries)
+            raw_batch = throughput(lambda q: index.search(q, 1), queries)
+            p50, r50 = np.median(lookup), np.median(raw)
+            print(f"{k:>9,} {p50:>9.1f}µs {np.quantile(lookup, .99):>6.1f}µs {r50:>7.1f}µs "
+                  f"{np.quantile(raw, .99):>6.1f}µs {p50 / r50:>9.2f}x {answered / args.queries:>8.1%} "
+                  f"{batch:>10,.0f} {raw_batch:>12,.0f} {s2 * 1000 / p50:>11,.0f}x")
+    print("\ntargets: lookup p50 <= 1.2x the raw search, and <= 50 µs at 4,096 clusters")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,6 @@
 """System 1 at run time: ask the published bundle before deliberating.
 
->>> reflexes = Reflexes.open("~/.dmn", "CartPole-v1", encoder=world.encoder, audit_rate=0.05)  # doctest: +SKIP
+>>> reflexes = Reflexes.open("dmn-home", "CartPole-v1", encoder=world.encoder, audit_rate=0.05)  # doctest: +SKIP
 >>> reflex = reflexes.lookup(z)                                                                # doctest: +SKIP
 >>> action = reflex.action if reflex else system2(z)                                           # doctest: +SKIP
 
@@ -120,12 +120,13 @@ class Reflexes:
         self._loading = threading.Lock()
         self._withheld = threading.local()
         self._next_check = 0.0
+        self._refused: str | None = None  # a published version that failed to load: not tried again
         self.refresh()
 
     @classmethod
     def open(cls, home: Home | str | Path | None, world: str, encoder: str | None = None, audit_rate: float = 0.0,
              *, check_every: float = 2.0, seed: int | None = None) -> Reflexes:
-        """The client of `world`'s published bundle in `home` (None: $DMN_HOME or ~/.dmn).
+        """The client of `world`'s published bundle in `home` (None: $DMN_HOME, else ./dmn-home).
 
         `encoder`: the version of the encoder the agent's latents come from; a bundle made for another
         stays silent. `audit_rate`: share of answers withheld (None returned) so that System 2 decides
@@ -144,9 +145,11 @@ class Reflexes:
         return serving.bundle.version if serving else None
 
     def refresh(self) -> bool:
-        """Load the published bundle now if it is not the one serving; True when a new one was swapped in."""
+        """Load the published bundle now if it is not the one serving (trying again one that failed to
+        load: background checks do not); True when a new one was swapped in."""
         self._next_check = time.monotonic() + self.check_every
         with self._loading:
+            self._refused = None
             return self._reload()
 
     def lookup(self, z: Any) -> Reflex | None:
@@ -240,11 +243,12 @@ class Reflexes:
         if published is None:
             self.problem = f"no bundle published for world {self.world!r} yet"
             return False
-        if serving is not None and serving.bundle.version == published:
+        if (serving is not None and serving.bundle.version == published) or published == self._refused:
             return False
         try:
             bundle = load(self.home, self.world, published)
         except DmnError as exc:
+            self._refused = published
             self.problem = f"{exc}; " + (f"still serving {serving.bundle.version}" if serving else "abstaining")
             return False
         self._serving = _serve(bundle, self.encoder)

@@ -32,8 +32,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dmn import __version__, publish
-from dmn.cluster import kmeans, situation_count, situation_index
 from dmn.bundle import load
+from dmn.cluster import kmeans, situation_count, situation_index
 from dmn.config import ConsolidateSettings
 from dmn.distill import heuristic_table, outcome_table, targets, train_policy
 from dmn.errors import DmnError

@@ -45,7 +45,7 @@ SNAPSHOT_EVERY = 5
 """Steps between the snapshots that exploration may restart from."""
 EXPLORE_EPSILON = 0.1
 """Share of random actions while the planner collects data, so that it still sees the unexpected."""
-COLLECT = PlannerSettings(samples=64, iterations=2)
+COLLECT = PlannerSettings(samples=64, iterations=2, elites=8)
 """The planner that collects training data: a two-iteration CEM, fixed here so that tuning `[planner]`
 never retrains a model (nor changes its encoder version)."""
 

@@ -206,6 +206,59 @@ def world_run(
 
 
 @app.command()
+def status(
+    home: Optional[Path] = HomeOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the status as one JSON object."),
+) -> None:
+    """Per world: the bundle System 1 serves, the last night, the lake; and what waits in the inbox.
+
+    Example: dmn status --home ./dmn-home
+    """
+    from dmn.status import status as home_status
+
+    state = home_status(Home.resolve(home))
+    if as_json:
+        out.print_json(json.dumps(state, default=str))
+        return
+    table = Table(title=f"dmn status: {state['home']}")
+    for column in ("world", "bundle", "coverage", "precision", "last night", "live precision", "episodes",
+                   "decisions", "simulations"):
+        table.add_column(column, justify="left" if column in ("world", "bundle", "last night") else "right")
+    for world, w in state["worlds"].items():
+        bundle, night, lake = w["bundle"] or {}, w["last_night"] or {}, w["lake"]
+        table.add_row(escape(world), bundle.get("version", "-"), _share(bundle.get("coverage")),
+                      _share(bundle.get("precision")),
+                      escape(f"{night['status']} ({night['ended_at'][:19]})") if night else "-",
+                      _share(night.get("live_precision")), f"{lake['episodes']:,}", f"{lake['decisions']:,}",
+                      f"{lake['simulations']:,}")
+    _print_wide(table)
+    inbox = state["inbox"]
+    out.print(f"inbox: {inbox['files']:,} file{'' if inbox['files'] == 1 else 's'} ({inbox['bytes']:,} bytes) "
+              "waiting to be ingested; quarantined: "
+              + (", ".join(f"{n:,} {escape(reason)}" for reason, n in state["quarantined"].items()) or "none"))
+
+
+@app.command()
+def daemon(
+    cron: str = typer.Option("0 3 * * *", "--cron", help="When to consolidate: a 5-field cron expression, local time."),
+    interval: Optional[float] = typer.Option(None, "--interval", help="Consolidate every this many seconds instead."),
+    idle_after: Optional[float] = typer.Option(None, "--idle-after",
+                                               help="Also consolidate once no new logs have arrived for this many seconds."),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics on this port."),
+    log_json: bool = typer.Option(False, "--log-json", help="Log one JSON object per line to stderr."),
+    home: Optional[Path] = HomeOption,
+) -> None:
+    """Consolidate every night (and when the agents rest) until stopped with SIGTERM or Ctrl-C.
+
+    Example: dmn daemon --cron "0 3 * * *" --idle-after 600 --metrics-port 9108
+    """
+    from dmn.daemon import log_to_stderr, serve
+
+    log_to_stderr(log_json)
+    serve(Home.resolve(home), cron=cron, interval=interval, idle_after=idle_after, metrics_port=metrics_port)
+
+
+@app.command()
 def demo(
     env: str = typer.Option("CartPole-v1", "--env", help="A Gymnasium environment with vector observations and discrete actions."),
     nights: int = typer.Option(3, "--nights", min=1, help="Nights of consolidation, each followed by a day with reflexes."),
@@ -241,8 +294,13 @@ def demo(
                        seed=seed, on_progress=lambda line: err.print(line, highlight=False), on_day=row)
     if as_json:
         out.print_json(json.dumps([d.to_dict() for d in days]))
-    else:  # piped or logged, the table keeps its figures whole rather than fitting 80 columns
-        (out if out.is_terminal else Console(width=160)).print(table)
+    else:
+        _print_wide(table)
+
+
+def _print_wide(table: Table) -> None:
+    """Piped or logged, a wide table keeps its figures whole rather than squeezing into 80 columns."""
+    (out if out.is_terminal else Console(width=160)).print(table)
 
 
 def _worlds() -> Any:

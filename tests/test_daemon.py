@@ -1,0 +1,82 @@
+"""The daemon: consolidates on its schedule, is alone on its home, and stops cleanly."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from dmn import Home, publish
+from dmn.store import Store
+from dmn.synthetic import write_logs
+
+
+def daemon(home, *args: str, stderr) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "dmn", "daemon", *args, "--home", str(home.root)],
+                            stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+
+
+def test_the_daemon_consolidates_refuses_a_second_and_stops_on_sigterm(home, tmp_path):
+    (home.root / "dmn.toml").write_text("[consolidate]\npolicy_hidden = 16\npolicy_epochs = 5\n")
+    log = open(tmp_path / "daemon.log", "w")
+    with socket.socket() as probe:  # a free port for the metrics
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    first = daemon(home, "--interval", "2", "--log-json", "--metrics-port", str(port), stderr=log)
+    try:
+        staged = Home.resolve(tmp_path / "agent")  # an agent's logs, dropped into the inbox at once
+        write_logs(staged, situations=4, dim=16, episodes=40, steps=20, accuracy=1.0)
+        for path in staged.inbox.iterdir():
+            path.rename(home.inbox / path.name)
+        deadline = time.monotonic() + 120
+        while publish.current(home, "synthetic") is None and time.monotonic() < deadline:
+            assert first.poll() is None, (tmp_path / "daemon.log").read_text()
+            time.sleep(0.5)
+        assert publish.current(home, "synthetic") == "v000001"
+        time.sleep(0.5)  # the night's gauges are set just after it publishes
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        assert 'dmn_bundle_version{world="synthetic"} 1.0' in metrics and "dmn_last_run_success 1.0" in metrics
+        second = subprocess.run([sys.executable, "-m", "dmn", "daemon", "--interval", "2", "--home", str(home.root)],
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1 and "another dmn daemon is running" in second.stderr
+        assert "Traceback" not in second.stderr
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=20) == 0
+    finally:
+        first.kill()
+        log.close()
+    lines = [json.loads(line) for line in (tmp_path / "daemon.log").read_text().splitlines()]
+    assert lines[0]["message"] == "started" and lines[-1]["message"].startswith("stopped")
+    nights = [line for line in lines if line["message"] == "night"]
+    assert nights[0]["world"] == "synthetic" and nights[0]["status"] == "published"
+    assert all(line["status"] == "nothing new" for line in nights[1:])  # later ticks: no new experience
+    assert Store(home).sql("SELECT status FROM consolidations ORDER BY started_at").fetchone() == ("published",)
+
+
+def test_bad_schedules_are_refused_in_one_line(home):
+    for args, message in [(["--cron", "every night"], "5-field cron"), (["--interval", "0"], "positive")]:
+        done = subprocess.run([sys.executable, "-m", "dmn", "daemon", *args, "--home", str(home.root)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_status_says_what_serves_what_happened_and_what_waits(home):
+    write_logs(home, situations=4, dim=16, episodes=40, steps=20, accuracy=1.0)
+    done = subprocess.run([sys.executable, "-m", "dmn", "consolidate", "--home", str(home.root)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    (home.inbox / "late.jsonl").write_text('{"type": "episode", "episode_id": "x", "world": "synthetic"}\n')
+    state = json.loads(subprocess.run([sys.executable, "-m", "dmn", "status", "--json", "--home", str(home.root)],
+                                      capture_output=True, text=True, timeout=60).stdout)
+    world = state["worlds"]["synthetic"]
+    assert world["bundle"]["version"] == "v000001" and world["bundle"]["precision"] >= 0.95
+    assert world["last_night"]["status"] == "published" and world["lake"] == {
+        "episodes": 40, "decisions": 800, "simulations": 2400}
+    assert state["inbox"]["files"] == 1 and state["quarantined"] == {}
+    table = subprocess.run([sys.executable, "-m", "dmn", "status", "--home", str(home.root)],
+                           capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0 and "v000001" in table.stdout and "1 file (" in table.stdout

@@ -7,6 +7,7 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -105,17 +106,20 @@ def sql(
 @app.command()
 def consolidate(
     world: Optional[str] = typer.Option(None, "--world", "-w", help="Only this world (default: every world with new data)."),
+    job_file: Optional[Path] = typer.Option(None, "--job", help="Run this job's stages once instead (e.g. jobs/nightly.toml)."),
     home: Optional[Path] = HomeOption,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per world."),
 ) -> None:
     """Ingest the inbox, then distil System 2's simulations into System 1 bundles (the nightly job).
 
-    Example: dmn consolidate --world CartPole-v1
+    Example: dmn consolidate --world CartPole-v1   or   dmn consolidate --job jobs/nightly.toml
     """
-    from dmn.consolidate import consolidate as run_consolidate
+    from dmn.jobs import Job, Stage, load, run
 
-    nights = run_consolidate(Home.resolve(home), world,
-                             on_progress=None if as_json else lambda line: err.print(line, highlight=False))
+    if job_file and world:
+        raise DmnError("--job and --world do not go together: a job's stages name their worlds")
+    job = load(job_file) if job_file else Job("consolidate", stages=[Stage("consolidate", world)])
+    nights = run(Home.resolve(home), job, on_progress=None if as_json else lambda line: err.print(line, highlight=False))
     if as_json:
         for night in nights:
             sys.stdout.write(json.dumps(night.to_dict()) + "\n")
@@ -239,23 +243,43 @@ def status(
 
 
 @app.command()
+def report(
+    world: Optional[str] = typer.Option(None, "--world", help="Only this world (default: every world)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write it (default: <home>/report)."),
+    home: Optional[Path] = HomeOption,
+) -> None:
+    """Write an HTML report with plots: System 1's share per day, coverage vs precision, the situations, the nights.
+
+    Example: dmn report --world CartPole-v1 --out ./dmn-report && open ./dmn-report/index.html
+    """
+    from dmn.report import report as write_report
+
+    out.print(str(write_report(Home.resolve(home), world, out_dir)))
+
+
+@app.command()
 def daemon(
-    cron: str = typer.Option("0 3 * * *", "--cron", help="When to consolidate: a 5-field cron expression, local time."),
-    interval: Optional[float] = typer.Option(None, "--interval", help="Consolidate every this many seconds instead."),
+    job_file: Optional[Path] = typer.Option(None, "--job", help="The job to run, as data (e.g. jobs/nightly.toml); "
+                                                                 "default: consolidate at 03:00."),
+    cron: Optional[str] = typer.Option(None, "--cron", help="When: a 5-field cron expression, local time (overrides the job's)."),
+    interval: Optional[float] = typer.Option(None, "--interval", help="Run every this many seconds instead."),
     idle_after: Optional[float] = typer.Option(None, "--idle-after",
-                                               help="Also consolidate once no new logs have arrived for this many seconds."),
+                                               help="Also run once no new logs have arrived for this many seconds."),
     metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics on this port."),
     log_json: bool = typer.Option(False, "--log-json", help="Log one JSON object per line to stderr."),
     home: Optional[Path] = HomeOption,
 ) -> None:
-    """Consolidate every night (and when the agents rest) until stopped with SIGTERM or Ctrl-C.
+    """Run the nightly job on its schedule (and when the agents rest) until stopped with SIGTERM or Ctrl-C.
 
-    Example: dmn daemon --cron "0 3 * * *" --idle-after 600 --metrics-port 9108
+    Example: dmn daemon --job jobs/nightly.toml --metrics-port 9108
     """
     from dmn.daemon import log_to_stderr, serve
+    from dmn.jobs import DEFAULT, load
 
+    job = load(job_file) if job_file else DEFAULT
+    job = dataclasses.replace(job, cron=cron or job.cron, idle_after=idle_after or job.idle_after)
     log_to_stderr(log_json)
-    serve(Home.resolve(home), cron=cron, interval=interval, idle_after=idle_after, metrics_port=metrics_port)
+    serve(Home.resolve(home), job, interval=interval, metrics_port=metrics_port)
 
 
 @app.command()

@@ -37,7 +37,7 @@ from dmn.cluster import kmeans, situation_count, situation_index
 from dmn.config import ConsolidateSettings
 from dmn.distill import heuristic_table, outcome_table, targets, train_policy
 from dmn.errors import DmnError
-from dmn.evaluate import metrics, split, thresholds
+from dmn.evaluate import curve, metrics, split, thresholds
 from dmn.experience import Experience, pairs, select
 from dmn.home import Home, write_atomic
 from dmn.ingest import ingest
@@ -169,6 +169,9 @@ def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateS
         "table": judge(system1(exp.states[test], thresholds={"table": t_table, "policy": np.inf})),
         "policy": judge(system1(exp.states[test], thresholds={"table": np.inf, "policy": t_policy})),
         "thresholds": {"table": _finite(t_table), "policy": _finite(t_policy)},
+        # The trade-off the policy's threshold picks from, on test.
+        "curve": curve(system1(exp.states[test], thresholds={"table": t_table, "policy": -np.inf}),
+                       exp.label[test], exp.represents[test]),
         "situations": int(index.ntotal), "outcome_types": int(outcome_index.ntotal), "live": _live(exp),
         "published": _published_on(home, night, exp, test),
     }
@@ -189,7 +192,7 @@ def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateS
         "code_version": __version__, "run_id": night.run_id, "min_support": s.min_support,
         "policy_reach": s.policy_reach,
         "thresholds": night.metrics["thresholds"], "metrics": {k: night.metrics[k] for k in
-                                                               ("combined", "table", "policy")},
+                                                               ("combined", "table", "policy", "curve")},
         "window": {"from": _iso(float(exp.ts.min())), "to": _iso(float(exp.ts.max())), "steps": len(exp.label)},
         "settings": asdict(s),
     }

@@ -1,10 +1,10 @@
 """The nightly job as a daemon: consolidate on a schedule, and when the agents rest.
 
-    >>> serve(Home.resolve(), cron="0 3 * * *", idle_after=600)  # doctest: +SKIP
+    >>> serve(Home.resolve(), load(Path("jobs/nightly.toml")))  # doctest: +SKIP
 
-APScheduler 3 runs the night on a cron or interval trigger (missed runs coalesce into one, never two
-at once), and, with `idle_after`, also once no new logs have reached the inbox for that long. One
-daemon per home: a second one finds the home's daemon lock held and stops with `Busy`. A night that
+APScheduler 3 runs the job (`dmn.jobs`; by default, consolidate) on a cron or interval trigger
+(missed runs coalesce into one, never two at once), and, with `idle_after`, also once no new logs
+have reached the inbox for that long. One daemon per home: a second one finds the home's daemon lock held and stops with `Busy`. A night that
 finds a manual `dmn consolidate` running is skipped and logged; a night that fails is logged (and
 recorded by `consolidate`), and the schedule goes on. SIGTERM or SIGINT stops the daemon: a night in
 progress is cut where it stands, which leaves nothing half-done behind (bundles are published by an
@@ -26,30 +26,30 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from dmn.consolidate import consolidate
 from dmn.errors import Busy, DmnError
 from dmn.home import Home
+from dmn.jobs import DEFAULT, Job, run
 
 log = logging.getLogger("dmn.daemon")
 
 
-def serve(home: Home, *, cron: str | None = "0 3 * * *", interval: float | None = None,
-          idle_after: float | None = None, metrics_port: int | None = None) -> None:
-    """Run until SIGTERM/SIGINT: a night on `cron` (5 fields, local time) or every `interval` seconds,
-    and once the inbox has been quiet for `idle_after` seconds after new logs arrived."""
+def serve(home: Home, job: Job = DEFAULT, *, interval: float | None = None, metrics_port: int | None = None) -> None:
+    """Run until SIGTERM/SIGINT: the job on its cron schedule (or every `interval` seconds), and once
+    the inbox has been quiet for its `idle_after` seconds after new logs arrived."""
+    idle_after = job.idle_after
     if interval is not None and interval <= 0:
         raise DmnError(f"--interval must be a positive number of seconds, got {interval:g}")
     if idle_after is not None and idle_after <= 0:
         raise DmnError(f"--idle-after must be a positive number of seconds, got {idle_after:g}")
     try:
-        trigger = IntervalTrigger(seconds=interval) if interval else CronTrigger.from_crontab(cron or "0 3 * * *")
+        trigger = IntervalTrigger(seconds=interval) if interval else CronTrigger.from_crontab(job.cron)
     except ValueError as exc:
-        raise DmnError(f"--cron {cron!r} is not a 5-field cron expression ({exc})") from None
+        raise DmnError(f"cron {job.cron!r} is not a 5-field cron expression ({exc})") from None
     metrics = _Metrics(metrics_port) if metrics_port else None
     try:
         with home.lock("daemon"):
             scheduler = BlockingScheduler()
-            night = _Night(home, metrics)
+            night = _Night(home, job, metrics)
             scheduler.add_job(night, trigger, id="night", coalesce=True, max_instances=1, misfire_grace_time=None)
             if idle_after:
                 scheduler.add_job(_IdleWatch(home, idle_after, night), IntervalTrigger(seconds=min(idle_after, 5.0)),
@@ -61,7 +61,7 @@ def serve(home: Home, *, cron: str | None = "0 3 * * *", interval: float | None 
 
             signal.signal(signal.SIGTERM, stop)
             signal.signal(signal.SIGINT, stop)
-            log.info("started", extra={"fields": {"home": str(home.root), "trigger": str(trigger),
+            log.info("started", extra={"fields": {"home": str(home.root), "job": job.name, "trigger": str(trigger),
                                                   "idle_after": idle_after, "metrics_port": metrics_port}})
             scheduler.start()
             if night.running:  # cut it: a worker thread would otherwise hold the exit until the night ends
@@ -74,10 +74,10 @@ def serve(home: Home, *, cron: str | None = "0 3 * * *", interval: float | None 
 
 
 class _Night:
-    """One consolidation, logged; never raises, so the schedule survives it."""
+    """One run of the job, logged; never raises, so the schedule survives it."""
 
-    def __init__(self, home: Home, metrics: _Metrics | None):
-        self.home, self.metrics = home, metrics
+    def __init__(self, home: Home, job: Job, metrics: _Metrics | None):
+        self.home, self.job, self.metrics = home, job, metrics
         self.running = False
 
     def __call__(self) -> None:
@@ -90,7 +90,7 @@ class _Night:
 
     def _run(self, started: float) -> None:
         try:
-            nights = consolidate(self.home)
+            nights = run(self.home, self.job)
         except Busy as exc:
             log.warning("night skipped", extra={"fields": {"reason": str(exc)}})
             return

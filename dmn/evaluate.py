@@ -1,9 +1,11 @@
 """Honest figures for System 1: split by episode and time, thresholds on validation, figures on test.
 
-The newest episodes are the test set, the ones before them validation, the rest training: a
-reflex is judged on situations that came after everything it learned from, as it will be used.
-Coverage is the share of System 2's decisions System 1 answers; precision is how often its answer
-is System 2's. Confidence thresholds are the lowest that reach the precision target on validation.
+The newest episodes are held out (dealt to test and validation), the rest is training: a reflex is
+judged on situations that came after everything it learned from, as it will be used. Coverage is the
+share of System 2's decisions System 1 answers; precision is how often its answer is System 2's; each
+held-out step counts for the steps of the agent's life it stands for (`Experience.represents`).
+Confidence thresholds are the ones that answer the most while validation precision, a Wilson bound
+below, still reaches the target.
 """
 
 from __future__ import annotations
@@ -91,6 +93,21 @@ def thresholds(table: Answers, policy: Answers, truth: np.ndarray, weight: np.nd
         if covered > best[0]:
             best = (covered, float(t), float(conf[order][cut]) if cut >= 0 else np.inf)
     return best[1], best[2]
+
+
+def curve(answers: Answers, truth: np.ndarray, weight: np.ndarray, points: int = 50) -> list[dict[str, float]]:
+    """The trade-off behind the policy's threshold: coverage and precision of System 1 if the policy
+    answered only at or above each confidence (at most `points`, by quantile), the table's answers as they are."""
+    by_table = answers.source == "table"
+    by_policy = answers.source == "policy"
+    right = answers.action == truth
+    out = []
+    conf = answers.confidence[by_policy]
+    for t in np.unique(np.quantile(conf, np.linspace(0, 1, points))) if len(conf) else []:
+        keep = by_table | (by_policy & (np.nan_to_num(answers.confidence, nan=-1.0) >= t))
+        out.append({"threshold": float(t), "coverage": float(weight[keep].sum() / weight.sum()),
+                    "precision": float((weight[keep] * right[keep]).sum() / weight[keep].sum())})
+    return out
 
 
 def metrics(answers: Answers, truth: np.ndarray, actions: list[str], weight: np.ndarray) -> dict:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 from dmn import Home, publish
 from dmn.store import Store
@@ -80,3 +81,45 @@ def test_status_says_what_serves_what_happened_and_what_waits(home):
     table = subprocess.run([sys.executable, "-m", "dmn", "status", "--home", str(home.root)],
                            capture_output=True, text=True, timeout=60)
     assert table.returncode == 0 and "v000001" in table.stdout and "1 file (" in table.stdout
+
+
+def test_report_writes_a_page_with_its_plots(home, tmp_path):
+    write_logs(home, situations=4, dim=16, episodes=40, steps=20, accuracy=1.0)
+    (home.inbox / "bad.jsonl").write_text("{not json\n")
+    assert subprocess.run([sys.executable, "-m", "dmn", "consolidate", "--home", str(home.root)],
+                          capture_output=True, text=True, timeout=120).returncode == 0
+    done = subprocess.run([sys.executable, "-m", "dmn", "report", "--out", str(tmp_path / "r"), "--home",
+                           str(home.root)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    page = (tmp_path / "r" / "index.html").read_text()
+    pngs = sorted(p.name for p in (tmp_path / "r").glob("*.png"))
+    assert pngs == ["quarantine.png", "synthetic-curve.png", "synthetic-days.png", "synthetic-map.png",
+                    "synthetic-timings.png"]
+    assert all((tmp_path / "r" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    assert page.count("data:image/png;base64,") == 5 and "v000001" in page  # self-contained
+    unknown = subprocess.run([sys.executable, "-m", "dmn", "report", "--world", "nope", "--home", str(home.root)],
+                             capture_output=True, text=True, timeout=60)
+    assert unknown.returncode == 1 and "no world 'nope'" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+def test_the_nightly_job_is_data_that_consolidate_runs_once(home, tmp_path):
+    from dmn.jobs import load
+
+    job = load(Path(__file__).resolve().parent.parent / "jobs" / "nightly.toml")
+    assert job.cron == "0 3 * * *" and job.idle_after == 600
+    assert [(s.run, s.settings) for s in job.stages] == [("consolidate", {"keep": 7}), ("report", {})]
+    write_logs(home, situations=4, dim=16, episodes=40, steps=20, accuracy=1.0)
+    done = subprocess.run([sys.executable, "-m", "dmn", "consolidate", "--job", "jobs/nightly.toml", "--home",
+                           str(home.root)], capture_output=True, text=True, timeout=180,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert publish.current(home, "synthetic") == "v000001" and (home.root / "report" / "index.html").exists()
+    manifest = json.loads((publish.folder(home, "synthetic") / "v000001" / "manifest.json").read_text())
+    assert manifest["settings"]["keep"] == 7  # the job's setting, not the home's default
+    for text, message in [('[[stages]]\nrun = "dream"\n', "must be one of ingest, consolidate, report"),
+                          ('[[stages]]\nrun = "consolidate"\n[stages.settings]\nkeep = -1\n', "keep must be"),
+                          ('[schedule]\nwhen = "3am"\n', "unknown setting(s) in [schedule]"), ("", "at least one")]:
+        (tmp_path / "bad.toml").write_text(text)
+        bad = subprocess.run([sys.executable, "-m", "dmn", "consolidate", "--job", str(tmp_path / "bad.toml"),
+                              "--home", str(home.root)], capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 1 and message in bad.stderr and "Traceback" not in bad.stderr, text

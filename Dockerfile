@@ -1,0 +1,25 @@
+# dmn: the nightly consolidation daemon (and the reference agent), as a non-root container.
+#
+#   docker build -t dmn --build-arg TORCH_INDEX=<an index with CPU torch wheels> .
+#   docker compose up -d            # the daemon, plus an example agent writing into the shared home
+#
+# TORCH_INDEX is optional: without it pip takes torch 2.13.0 from the default index (on Linux, the
+# CUDA build: several GB).
+FROM python:3.11-slim
+
+ARG TORCH_INDEX=""
+RUN useradd --create-home --uid 10001 dmn
+WORKDIR /opt/dmn
+COPY pyproject.toml README.md ./
+COPY dmn ./dmn
+COPY jobs ./jobs
+RUN pip install --no-cache-dir ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} torch==2.13.0 \
+ && pip install --no-cache-dir '.[worlds]'
+
+ENV DMN_HOME=/home/dmn/home
+USER dmn
+RUN mkdir -p "$DMN_HOME"
+VOLUME ["/home/dmn/home"]
+HEALTHCHECK --interval=60s --timeout=30s --start-period=30s CMD ["dmn", "status", "--json"]
+ENTRYPOINT ["dmn"]
+CMD ["daemon"]

@@ -1,0 +1,54 @@
+"""The container files agree with each other and with the CLI (Docker itself is not on these machines)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+
+
+def dmn_help(*command: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "dmn", *command, "--help"], capture_output=True, text=True,
+                          env={"COLUMNS": "200", "PATH": ""})
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_the_image_runs_dmn_as_a_non_root_user_with_its_home_on_a_volume():
+    user = re.findall(r"^USER (\S+)", DOCKERFILE, re.M)
+    assert user and user[-1] not in ("root", "0")
+    home = re.search(r"^ENV DMN_HOME=(\S+)", DOCKERFILE, re.M).group(1)
+    assert f'VOLUME ["{home}"]' in DOCKERFILE and "HEALTHCHECK" in DOCKERFILE
+    assert re.search(r'^ENTRYPOINT \["dmn"\]', DOCKERFILE, re.M)
+    for source in re.findall(r"^COPY (.+) \S+$", DOCKERFILE, re.M):
+        for path in source.split():
+            assert (ROOT / path).exists(), path
+    assert "torch==2.13.0" in DOCKERFILE
+
+
+def test_every_service_builds_this_image_runs_real_commands_and_mounts_the_home():
+    home = re.search(r"^ENV DMN_HOME=(\S+)", DOCKERFILE, re.M).group(1)
+    services = COMPOSE["services"]
+    assert {"dmn", "agent"} <= set(services)
+    for name, service in services.items():
+        assert (ROOT / service["build"] / "Dockerfile").exists(), name
+        volume, target = service["volumes"][0].split(":")
+        assert volume in COMPOSE["volumes"] and target == home, name  # one shared home, where DMN_HOME says
+        words = service["command"]
+        command = [w for w in words[:2] if not w.startswith("-")]
+        if command[0] != "world":
+            command = command[:1]
+        text = dmn_help(*command)
+        for option in (w for w in words if w.startswith("--")):
+            assert option in text, f"{name}: dmn {' '.join(command)} has no {option}"
+    daemon = services["dmn"]
+    assert daemon["command"][0] == "daemon" and daemon["healthcheck"]["test"][1:] == ["dmn", "status", "--json"]
+    port = daemon["command"][daemon["command"].index("--metrics-port") + 1]
+    assert daemon["ports"] == [f"{port}:{port}"]

@@ -6,12 +6,13 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -119,7 +120,8 @@ def consolidate(
     if job_file and world:
         raise DmnError("--job and --world do not go together: a job's stages name their worlds")
     job = load(job_file) if job_file else Job("consolidate", stages=[Stage("consolidate", world)])
-    nights = run(Home.resolve(home), job, on_progress=None if as_json else lambda line: err.print(line, highlight=False))
+    with _progress() as say:
+        nights = run(Home.resolve(home), job, on_progress=say)
     if as_json:
         for night in nights:
             sys.stdout.write(json.dumps(night.to_dict()) + "\n")
@@ -193,11 +195,11 @@ def world_run(
     if audit_rate and not reflexes:
         raise DmnError("--audit-rate checks System 1's answers, so it needs --reflexes")
     root = Home.resolve(home)
-    say = lambda line: err.print(line, highlight=False)  # noqa: E731
-    client = worlds.reflexes_for(root, env, audit_rate=audit_rate, seed=seed, on_progress=say) if reflexes else None
-    if client is not None and client.problem:
-        err.print(f"[yellow]System 1 is silent:[/] {escape(client.problem)}", highlight=False)
-    report = worlds.run(root, env, episodes, seed=seed, reflexes=client, on_progress=say)
+    with _progress() as say:
+        client = worlds.reflexes_for(root, env, audit_rate=audit_rate, seed=seed, on_progress=say) if reflexes else None
+        if client is not None and client.problem:
+            err.print(f"[yellow]System 1 is silent:[/] {escape(client.problem)}", highlight=False)
+        report = worlds.run(root, env, episodes, seed=seed, reflexes=client, on_progress=say)
     summary = report.to_dict()
     if as_json:
         out.print_json(json.dumps(summary))
@@ -314,12 +316,23 @@ def demo(
         err.print(f"day {day.day}: mean return {r['mean_return']:.1f}, System 1 served {r['system1_share']:.1%}"
                   + (f"; night: {day.night}" if day.night else ""), highlight=False)
 
-    days = worlds.demo(Home.resolve(home), env, nights=nights, episodes_per_day=episodes_per_day, audit_rate=audit_rate,
-                       seed=seed, on_progress=lambda line: err.print(line, highlight=False), on_day=row)
+    with _progress() as say:
+        days = worlds.demo(Home.resolve(home), env, nights=nights, episodes_per_day=episodes_per_day,
+                           audit_rate=audit_rate, seed=seed, on_progress=say, on_day=row)
     if as_json:
         out.print_json(json.dumps([d.to_dict() for d in days]))
     else:
         _print_wide(table)
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[Callable[[str], None]]:
+    """Long work's progress as one live status line on a terminal; silent when piped, in the daemon and in CI."""
+    if not err.is_terminal:
+        yield lambda line: None
+        return
+    with err.status("starting…") as status:
+        yield lambda line: status.update(escape(line))
 
 
 def _print_wide(table: Table) -> None:

@@ -108,6 +108,8 @@ def sql(
 def consolidate(
     world: Optional[str] = typer.Option(None, "--world", "-w", help="Only this world (default: every world with new data)."),
     job_file: Optional[Path] = typer.Option(None, "--job", help="Run this job's stages once instead (e.g. jobs/nightly.toml)."),
+    wait: float = typer.Option(0.0, "--wait", min=0.0,
+                               help="If another consolidation is running, wait up to this many seconds (default: exit 1)."),
     home: Optional[Path] = HomeOption,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per world."),
 ) -> None:
@@ -121,7 +123,7 @@ def consolidate(
         raise DmnError("--job and --world do not go together: a job's stages name their worlds")
     job = load(job_file) if job_file else Job("consolidate", stages=[Stage("consolidate", world)])
     with _progress() as say:
-        nights = run(Home.resolve(home), job, on_progress=say)
+        nights = run(Home.resolve(home), job, on_progress=say, wait=wait)
     if as_json:
         for night in nights:
             sys.stdout.write(json.dumps(night.to_dict()) + "\n")

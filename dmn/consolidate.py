@@ -71,17 +71,18 @@ class Consolidation:
 
 
 def consolidate(home: Home, world: str | None = None, *, settings: ConsolidateSettings | None = None,
-                now: float | None = None, on_progress: Callable[[str], None] | None = None) -> list[Consolidation]:
+                now: float | None = None, on_progress: Callable[[str], None] | None = None,
+                wait: float = 0.0) -> list[Consolidation]:
     """Ingest the inbox, then consolidate every world with new System 2 experience (or `world`).
 
-    Raises `Busy` if another consolidation holds the home.
+    Raises `Busy` if another consolidation still holds the home after `wait` seconds.
 
     >>> for night in consolidate(Home.resolve()):  # doctest: +SKIP
     ...     print(night.world, night.status, night.version)
     """
     settings = settings or home.settings().consolidate
     say = on_progress or (lambda line: None)
-    with home.lock("consolidate"):
+    with home.lock("consolidate", wait=wait):
         say("ingesting the inbox")
         ingest(home)
         store = Store(home)

@@ -29,6 +29,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from dmn.errors import Busy, DmnError
 from dmn.home import Home
 from dmn.jobs import DEFAULT, Job, run
+from dmn.status import status
 
 log = logging.getLogger("dmn.daemon")
 
@@ -97,7 +98,7 @@ class _Night:
         except Exception as exc:  # noqa: BLE001 - a failed night must not stop the daemon
             log.error("night failed", extra={"fields": {"error": f"{type(exc).__name__}: {exc}"}})
             if self.metrics:
-                self.metrics.ran(started, ok=False, nights=[])
+                self.metrics.ran(self.home, started, ok=False, nights=[])
             return
         for n in nights:
             combined = n.metrics.get("combined", {})
@@ -106,7 +107,7 @@ class _Night:
                                                 "coverage": combined.get("coverage"),
                                                 "precision": combined.get("precision")}})
         if self.metrics:
-            self.metrics.ran(started, ok=all(n.status != "failed" for n in nights), nights=nights)
+            self.metrics.ran(self.home, started, ok=all(n.status != "failed" for n in nights), nights=nights)
 
 
 class _IdleWatch:
@@ -137,9 +138,21 @@ class _Metrics:
         self.coverage = Gauge("dmn_system1_coverage", "Held-out coverage of the published bundle.", ["world"])
         self.precision = Gauge("dmn_system1_precision", "Held-out precision of the published bundle.", ["world"])
         self.live = Gauge("dmn_system1_live_precision", "System 1's agreement with System 2 on audits.", ["world"])
+        self.records = Gauge("dmn_lake_records", "Records ingested into the lake.", ["world", "kind"])
+        self.quarantined = Gauge("dmn_quarantined_records", "Records in quarantine.", ["reason"])
         start_http_server(port)
 
-    def ran(self, started: float, ok: bool, nights: list) -> None:
+    def ran(self, home: Home, started: float, ok: bool, nights: list) -> None:
+        try:
+            state = status(home)
+        except DmnError as exc:  # the figures are a courtesy: a store that cannot be read now is logged
+            log.warning("metrics not updated", extra={"fields": {"reason": str(exc)}})
+            state = {"worlds": {}, "quarantined": {}}
+        for world, w in state["worlds"].items():
+            for kind, n in w["lake"].items():
+                self.records.labels(world, kind).set(n)
+        for reason, n in state["quarantined"].items():
+            self.quarantined.labels(reason).set(n)
         self.last_run.set(time.time())
         self.duration.set(time.time() - started)
         self.success.set(1 if ok else 0)

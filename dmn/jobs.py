@@ -81,8 +81,10 @@ def load(path: Path) -> Job:
     return Job(Path(path).stem, str(schedule.get("cron", DEFAULT.cron)), float(idle) or None, stages)
 
 
-def run(home: Home, job: Job, on_progress: Callable[[str], None] | None = None) -> list[Consolidation]:
-    """Run the job's stages in order, once; returns the nights its consolidate stages ran."""
+def run(home: Home, job: Job, on_progress: Callable[[str], None] | None = None,
+        wait: float = 0.0) -> list[Consolidation]:
+    """Run the job's stages in order, once; returns the nights its consolidate stages ran. A consolidate
+    stage waits up to `wait` seconds for another consolidation of the home to finish (else `Busy`)."""
     nights: list[Consolidation] = []
     for stage in job.stages:
         if stage.run == "ingest":
@@ -91,7 +93,7 @@ def run(home: Home, job: Job, on_progress: Callable[[str], None] | None = None) 
             ingest(home)
         elif stage.run == "consolidate":
             settings = dataclasses.replace(home.settings().consolidate, **stage.settings)
-            nights += consolidate(home, stage.world, settings=settings, on_progress=on_progress)
+            nights += consolidate(home, stage.world, settings=settings, on_progress=on_progress, wait=wait)
         else:
             from dmn.report import report
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import faiss
 import numpy as np
@@ -142,6 +143,17 @@ def test_two_consolidations_never_overlap(home):
         busy = subprocess.run([sys.executable, "-m", "dmn", "consolidate", "--home", str(home.root)],
                               capture_output=True, text=True)
     assert busy.returncode == 1 and "another dmn process" in busy.stderr and "Traceback" not in busy.stderr
+    # Asked to wait, the second one waits for the first to finish, then runs.
+    write_logs(home, situations=4, dim=16, episodes=40, steps=20, accuracy=1.0)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom dmn.home import Home\n"
+                               f"with Home.resolve({str(home.root)!r}).lock('consolidate'):\n"
+                               "    print('held', flush=True); time.sleep(3)"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    started = time.monotonic()
+    waited = subprocess.run([sys.executable, "-m", "dmn", "consolidate", "--wait", "60", "--json", "--home",
+                             str(home.root)], capture_output=True, text=True)
+    assert holder.wait() == 0 and waited.returncode == 0, waited.stderr
+    assert time.monotonic() - started >= 1.5 and json.loads(waited.stdout.splitlines()[0])["status"] == "published"
 
 
 def test_consolidate_and_rollback_commands(home):

@@ -41,6 +41,7 @@ def test_the_daemon_consolidates_refuses_a_second_and_stops_on_sigterm(home, tmp
         time.sleep(0.5)  # the night's gauges are set just after it publishes
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         assert 'dmn_bundle_version{world="synthetic"} 1.0' in metrics and "dmn_last_run_success 1.0" in metrics
+        assert 'dmn_lake_records{kind="decisions",world="synthetic"} 800.0' in metrics
         second = subprocess.run([sys.executable, "-m", "dmn", "daemon", "--interval", "2", "--home", str(home.root)],
                                 capture_output=True, text=True, timeout=60)
         assert second.returncode == 1 and "another dmn daemon is running" in second.stderr

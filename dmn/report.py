@@ -35,6 +35,8 @@ from dmn.status import status  # noqa: E402
 from dmn.store import Store, consolidation_runs, run  # noqa: E402
 
 STAGES = ("select", "cluster", "outcomes", "table", "policy", "evaluate", "publish")
+SIZE = (6.4, 4.2)
+"""Every plot's size in inches, so that the page's grid is even."""
 
 
 def report(home: Home, world: str | None = None, out: Path | None = None) -> Path:
@@ -76,7 +78,7 @@ def _days(con: Any, world: str) -> plt.Figure | None:
         FROM decisions WHERE world = ? GROUP BY 1 ORDER BY min(ts)""", [world])
     labels = [r[0] if daily else f"batch {i + 1}" for i, r in enumerate(rows)]
     s1, s2 = np.array([r[1] for r in rows], float), np.array([r[2] for r in rows], float)
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = plt.subplots(figsize=SIZE)
     x = np.arange(len(rows))
     ax.bar(x, s2, color="#c44e52", alpha=0.8, label="System 2 calls")
     ax.set_ylabel("System 2 calls")
@@ -98,7 +100,7 @@ def _curve(home: Home, world: str) -> plt.Figure | None:
     if not points:
         return None
     combined, target = manifest["metrics"]["combined"], manifest["settings"]["precision_target"]
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig, ax = plt.subplots(figsize=SIZE)
     ax.plot([p["coverage"] for p in points], [p["precision"] for p in points], color="#4c72b0", marker=".",
             label="policy threshold swept (table as published)")
     ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"precision target {target}")
@@ -125,7 +127,7 @@ def _map(home: Home, world: str) -> plt.Figure | None:
     rows = bundle.table.to_pylist()
     actions = bundle.actions
     support = np.array([r["support"] for r in rows])
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig, ax = plt.subplots(figsize=SIZE)
     colours = plt.get_cmap("tab10")
     for j, action in enumerate(actions):
         mine = np.array([r["best_action"] == action for r in rows])
@@ -151,13 +153,13 @@ def _timings(home: Home, world: str) -> plt.Figure | None:
     nights = [r for r in consolidation_runs(home) if r.get("world") == world and r.get("seconds")][-20:]
     if not nights:
         return None
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = plt.subplots(figsize=SIZE)
     bottom = np.zeros(len(nights))
     for stage in STAGES:
         seconds = np.array([r["seconds"].get(stage, 0.0) for r in nights])
         ax.bar(np.arange(len(nights)), seconds, bottom=bottom, label=stage)
         bottom += seconds
-    ax.set_xticks(np.arange(len(nights)), [f"{r['started_at'][5:16]}\n{r['status']}" for r in nights], fontsize=7,
+    ax.set_xticks(np.arange(len(nights)), [f"{r['started_at'][5:16]}\n{r['status']}" for r in nights], fontsize=8,
                   rotation=45, ha="right")
     ax.set_ylabel("seconds")
     ax.set_title(f"{world}: the nights' stages")
@@ -168,7 +170,7 @@ def _timings(home: Home, world: str) -> plt.Figure | None:
 def _quarantine(reasons: dict[str, int]) -> plt.Figure | None:
     if not reasons:
         return None
-    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.35 * len(reasons)))
+    fig, ax = plt.subplots(figsize=(SIZE[0], 1 + 0.35 * len(reasons)))
     names = list(reasons)[::-1]
     ax.barh(names, [reasons[n] for n in names], color="#dd8452")
     ax.set_xlabel("records quarantined")

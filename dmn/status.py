@@ -26,8 +26,12 @@ def status(home: Home) -> dict[str, Any]:
                       UNION ALL SELECT world, episode_id, 's' FROM simulations)
                 GROUP BY world ORDER BY world""")}
     last_runs: dict[str, dict] = {}
+    live: dict[str, float | None] = {}  # from the last night that measured it ("nothing new" nights do not)
     for record in consolidation_runs(home):
         last_runs[record.get("world")] = record
+        measured = (record.get("metrics") or {}).get("live", {})
+        if measured.get("audited"):
+            live[record.get("world")] = measured["precision"]
     worlds = sorted(set(lake) | {w for w in last_runs if w} | {m["world"] for m in publish.manifests(home)})
     out = {}
     for world in worlds:
@@ -42,7 +46,7 @@ def status(home: Home) -> dict[str, Any]:
             "last_night": None if last is None else {
                 "status": last["status"], "reason": last.get("reason") or None, "ended_at": last.get("ended_at"),
                 "version": last.get("version"),
-                "live_precision": (last.get("metrics") or {}).get("live", {}).get("precision")},
+                "live_precision": live.get(world)},
             "lake": lake.get(world, {"episodes": 0, "decisions": 0, "simulations": 0}),
         }
     consumed = dict(run(con, "SELECT path, max(bytes_consumed) FROM ingest_files GROUP BY path"))

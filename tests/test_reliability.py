@@ -114,3 +114,39 @@ def test_reader_processes_see_whole_bundles_while_bundles_are_published(tmp_path
             expected = bundle.answer(states[i:i + 1])
             assert (action, source) == (bundle.actions[expected.action[0]], expected.source[0]), version
     assert len(bundles) >= 3  # the readers saw the bundles change under them
+
+
+def test_a_night_over_every_kind_of_bad_input_finishes_and_keeps_every_good_record(tmp_path):
+    """All the bad records of the ingest suite in one file, bad files beside it, and a good world: the
+    night publishes, each bad record is in quarantine with its reason, every good one landed."""
+    import gzip
+    from collections import Counter
+
+    from conftest import decision, episode, simulation, write_jsonl
+    from test_ingest import BAD
+
+    home = Home.resolve(tmp_path / "home")
+    (home.root / "dmn.toml").write_text(FAST_TOML)
+    write_logs(home, situations=4, dim=32, episodes=30, steps=20, accuracy=1.0)
+    write_jsonl(home.inbox / "bad.jsonl", [episode(), simulation(step=0), *[line for line, _ in BAD],
+                                           decision(step=0), simulation(step=1)])
+    (home.inbox / "zero.jsonl").write_bytes(b"")
+    (home.inbox / "broken.jsonl.gz").write_bytes(gzip.compress(b'{"type": "episode"}\n' * 500)[:40])
+    (home.inbox / "writing.jsonl.tmp").write_text("{}\n")
+    outside = write_jsonl(tmp_path / "elsewhere.jsonl", [episode("e7")])
+    (home.inbox / "link.jsonl").symlink_to(outside)
+    (home.inbox / "run_bad.json").write_bytes(b'{"run_id": "x"}')
+    night = subprocess.run([sys.executable, "-m", "dmn", "consolidate", "--world", "synthetic", "--json", "--home",
+                            str(home.root)], capture_output=True, text=True, timeout=300)
+    assert night.returncode == 0, night.stderr
+    assert json.loads(night.stdout.splitlines()[0])["status"] == "published"
+    store = Store(home)
+    quarantined = Counter(dict(store.sql("SELECT reason, count(*) FROM quarantine GROUP BY reason").fetchall()))
+    expected = Counter(reason for _, reason in BAD if reason != "duplicate")
+    expected.update({"corrupt gzip file": 1, "not a Lár audit file": 1})
+    assert quarantined == expected
+    assert store.sql("SELECT count(*) FROM quarantine WHERE hint IS NULL OR hint = ''").fetchone()[0] == 0
+    assert store.sql("SELECT count(*) FROM decisions WHERE world = 'w'").fetchone()[0] == 1
+    assert store.sql("SELECT count(*) FROM simulations WHERE world = 'w'").fetchone()[0] == 2
+    assert store.sql("SELECT count(*) FROM episodes WHERE episode_id = 'e7'").fetchone()[0] == 0  # not followed
+    check_home(home, "synthetic")

@@ -150,3 +150,23 @@ def test_a_night_over_every_kind_of_bad_input_finishes_and_keeps_every_good_reco
     assert store.sql("SELECT count(*) FROM simulations WHERE world = 'w'").fetchone()[0] == 2
     assert store.sql("SELECT count(*) FROM episodes WHERE episode_id = 'e7'").fetchone()[0] == 0  # not followed
     check_home(home, "synthetic")
+
+
+def test_sql_answers_while_nights_ingest_and_publish(tmp_path):
+    """`dmn sql` during consolidations (which ingest first): every query answers, and sees whole batches."""
+    home = Home.resolve(tmp_path / "home")
+    (home.root / "dmn.toml").write_text(FAST_TOML)
+    per_day = 8 * 20
+    answers = []
+    for day in range(3):
+        write_logs(home, situations=4, dim=32, episodes=8, steps=20, accuracy=1.0, day=day)
+        night = subprocess.Popen([sys.executable, "-m", "dmn", "consolidate", "--home", str(home.root)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        while night.poll() is None:
+            query = subprocess.run([sys.executable, "-m", "dmn", "sql", "SELECT count(*) AS n FROM decisions",
+                                    "--format", "json", "--home", str(home.root)], capture_output=True, text=True)
+            assert query.returncode == 0, query.stderr
+            answers.append(json.loads(query.stdout)["n"])
+        assert night.returncode == 0, night.stderr.read()
+    assert len(answers) >= 3 and all(n % per_day == 0 for n in answers)  # whole days only, never a part
+    assert Store(home).sql("SELECT count(*) FROM decisions").fetchone()[0] == 3 * per_day

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from dmn.bundle import load  # noqa: E402
 from dmn.errors import DmnError  # noqa: E402
 from dmn.home import Home  # noqa: E402
 from dmn.status import status  # noqa: E402
-from dmn.store import Store, consolidation_runs, run  # noqa: E402
+from dmn.store import Store, run  # noqa: E402
 
 STAGES = ("select", "cluster", "outcomes", "table", "policy", "evaluate", "publish")
 SIZE = (6.4, 4.2)
@@ -51,10 +52,11 @@ def report(home: Home, world: str | None = None, out: Path | None = None) -> Pat
     except OSError as exc:
         raise DmnError(f"cannot write the report into {out}: {exc.strerror}") from None
     con = Store(home).connect()
+    published = {m["world"]: m for m in publish.manifests(home) if m["current"]}
     sections = []
     for w in worlds:
-        figures = [("days", _days(con, w)), ("curve", _curve(home, w)), ("map", _map(home, w)),
-                   ("timings", _timings(home, w))]
+        figures = [("days", _days(con, w)), ("curve", _curve(published.get(w))), ("map", _map(home, w)),
+                   ("timings", _timings(con, w))]
         sections.append((w, state["worlds"][w], [(name, _save(fig, out / f"{_slug(w)}-{name}.png"))
                                                  for name, fig in figures if fig is not None]))
     quarantine = _quarantine(state["quarantined"])
@@ -93,9 +95,8 @@ def _days(con: Any, world: str) -> plt.Figure | None:
     return fig
 
 
-def _curve(home: Home, world: str) -> plt.Figure | None:
+def _curve(manifest: dict | None) -> plt.Figure | None:
     """The published bundle's coverage–precision trade-off on its held-out steps, and where it stands."""
-    manifest = _current_manifest(home, world)
     points = (manifest or {}).get("metrics", {}).get("curve")
     if not points:
         return None
@@ -110,7 +111,7 @@ def _curve(home: Home, world: str) -> plt.Figure | None:
     ax.set_xlabel("coverage (share of held-out decisions answered)")
     ax.set_ylabel("precision (agreement with System 2)")
     ax.set_xlim(0, 1.02)
-    ax.set_title(f"{world} {manifest['version']}: coverage vs precision")
+    ax.set_title(f"{manifest['world']} {manifest['version']}: coverage vs precision")
     ax.legend(fontsize=8, loc="lower left")
     return fig
 
@@ -148,9 +149,13 @@ def _map(home: Home, world: str) -> plt.Figure | None:
     return fig
 
 
-def _timings(home: Home, world: str) -> plt.Figure | None:
+def _timings(con: Any, world: str) -> plt.Figure | None:
     """Seconds per stage over the last nights that did the work."""
-    nights = [r for r in consolidation_runs(home) if r.get("world") == world and r.get("seconds")][-20:]
+    nights = [{"started_at": started, "status": status_, "seconds": json.loads(seconds)}
+              for started, status_, seconds in run(con, """
+                  SELECT strftime(timezone('UTC', started_at), '%m-%dT%H:%M'), status, seconds::VARCHAR
+                  FROM consolidations WHERE world = ? AND seconds::VARCHAR <> '{}'
+                  ORDER BY started_at DESC LIMIT 20""", [world])][::-1]
     if not nights:
         return None
     fig, ax = plt.subplots(figsize=SIZE)
@@ -159,7 +164,7 @@ def _timings(home: Home, world: str) -> plt.Figure | None:
         seconds = np.array([r["seconds"].get(stage, 0.0) for r in nights])
         ax.bar(np.arange(len(nights)), seconds, bottom=bottom, label=stage)
         bottom += seconds
-    ax.set_xticks(np.arange(len(nights)), [f"{r['started_at'][5:16]}\n{r['status']}" for r in nights], fontsize=8,
+    ax.set_xticks(np.arange(len(nights)), [f"{r['started_at']}\n{r['status']}" for r in nights], fontsize=8,
                   rotation=45, ha="right")
     ax.set_ylabel("seconds")
     ax.set_title(f"{world}: the nights' stages")
@@ -212,10 +217,6 @@ def _save(fig: plt.Figure, path: Path) -> bytes:
     plt.close(fig)
     path.write_bytes(sink.getvalue())
     return sink.getvalue()
-
-
-def _current_manifest(home: Home, world: str) -> dict | None:
-    return next((m for m in publish.manifests(home) if m["world"] == world and m["current"]), None)
 
 
 def _slug(world: str) -> str:

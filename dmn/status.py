@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dmn import publish
 from dmn.home import Home
-from dmn.store import Store, consolidation_runs, run
+from dmn.store import Store, run
 
 
 def status(home: Home) -> dict[str, Any]:
@@ -25,28 +24,26 @@ def status(home: Home) -> dict[str, Any]:
                       UNION ALL SELECT world, episode_id, 'd' FROM decisions
                       UNION ALL SELECT world, episode_id, 's' FROM simulations)
                 GROUP BY world ORDER BY world""")}
-    last_runs: dict[str, dict] = {}
-    live: dict[str, float | None] = {}  # from the last night that measured it ("nothing new" nights do not)
-    for record in consolidation_runs(home):
-        last_runs[record.get("world")] = record
-        measured = (record.get("metrics") or {}).get("live", {})
-        if measured.get("audited"):
-            live[record.get("world")] = measured["precision"]
-    worlds = sorted(set(lake) | {w for w in last_runs if w} | {m["world"] for m in publish.manifests(home)})
+    bundles = {world: {"version": version, "encoder": encoder, "created_at": created, "coverage": coverage,
+                       "precision": precision}
+               for world, version, encoder, created, coverage, precision in run(con, """
+                   SELECT world, version, encoder, strftime(timezone('UTC', created_at), '%Y-%m-%dT%H:%M:%SZ'),
+                          coverage, precision
+                   FROM artifacts WHERE current""")}
+    nights = {world: {"status": status_, "reason": reason or None, "ended_at": ended, "version": version,
+                      "live_precision": live}
+              for world, status_, reason, ended, version, live in run(con, """
+                  SELECT world, status, reason, strftime(timezone('UTC', ended_at), '%Y-%m-%dT%H:%M:%SZ'), version,
+                         -- from the last night that measured it: a night with nothing new has no audits
+                         last_value(live_precision IGNORE NULLS) OVER (PARTITION BY world ORDER BY started_at
+                             ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+                  FROM consolidations WHERE world IS NOT NULL
+                  QUALIFY row_number() OVER (PARTITION BY world ORDER BY started_at DESC) = 1""")}
     out = {}
-    for world in worlds:
-        version = publish.current(home, world)
-        manifest = next((m for m in publish.manifests(home) if m["world"] == world and m["current"]), None)
-        last = last_runs.get(world)
+    for world in sorted(set(lake) | set(nights) | set(bundles)):
         out[world] = {
-            "bundle": None if manifest is None else {
-                "version": version, "encoder": manifest.get("encoder"), "created_at": manifest.get("created_at"),
-                "coverage": manifest["metrics"]["combined"]["coverage"],
-                "precision": manifest["metrics"]["combined"]["precision"]},
-            "last_night": None if last is None else {
-                "status": last["status"], "reason": last.get("reason") or None, "ended_at": last.get("ended_at"),
-                "version": last.get("version"),
-                "live_precision": live.get(world)},
+            "bundle": bundles.get(world),
+            "last_night": nights.get(world),
             "lake": lake.get(world, {"episodes": 0, "decisions": 0, "simulations": 0}),
         }
     consumed = dict(run(con, "SELECT path, max(bytes_consumed) FROM ingest_files GROUP BY path"))

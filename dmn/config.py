@@ -207,12 +207,12 @@ class Settings:
             except OSError as exc:
                 raise DmnError(f"{path}: cannot read it ({exc.strerror})") from None
         settings = cls(
-            ingest=_section(IngestSettings, data.pop("ingest", {}), path, "ingest"),
-            lar=_section(LarSettings, data.pop("lar", {}), path, "lar"),
+            ingest=section(IngestSettings, data.pop("ingest", {}), path, "ingest"),
+            lar=section(LarSettings, data.pop("lar", {}), path, "lar"),
             dims=_dims(data.pop("dims", {}), path),
-            world=_section(WorldSettings, data.pop("world", {}), path, "world"),
-            planner=_section(PlannerSettings, data.pop("planner", {}), path, "planner"),
-            consolidate=_section(ConsolidateSettings, data.pop("consolidate", {}), path, "consolidate"),
+            world=section(WorldSettings, data.pop("world", {}), path, "world"),
+            planner=section(PlannerSettings, data.pop("planner", {}), path, "planner"),
+            consolidate=section(ConsolidateSettings, data.pop("consolidate", {}), path, "consolidate"),
         )
         if data:
             raise DmnError(f"{path}: unknown section(s) {sorted(data)}; "
@@ -224,7 +224,9 @@ class Settings:
         return settings
 
 
-def _section(kind: type, values: Any, path: Path, name: str) -> Any:
+def section(kind: type, values: Any, path: Path, name: str) -> Any:
+    """`values` (a TOML table) as a `kind` settings dataclass, checked field by field: unknown keys, wrong
+    types and out-of-range numbers are one DmnError naming `path` and `[name]`. Job files use it too."""
     if not isinstance(values, dict):
         raise DmnError(f"{path}: [{name}] must be a table")
     fields = {f.name: f for f in dataclasses.fields(kind)}

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from dmn.config import ConsolidateSettings, _section, tomllib
+from dmn.config import ConsolidateSettings, section, tomllib
 from dmn.consolidate import Consolidation, consolidate
 from dmn.errors import DmnError
 from dmn.home import Home
@@ -74,7 +74,7 @@ def load(path: Path) -> Job:
             raise DmnError(f"{where}: unknown key(s) {extra}; known: run, world, settings")
         if raw.get("settings") and raw["run"] != "consolidate":
             raise DmnError(f"{where}: only a consolidate stage takes settings")
-        _section(ConsolidateSettings, raw.get("settings", {}), Path(where), "stages.settings")  # validates them
+        section(ConsolidateSettings, raw.get("settings", {}), Path(where), "stages.settings")  # validates them
         stages.append(Stage(raw["run"], raw.get("world"), dict(raw.get("settings", {}))))
     if not stages:
         raise DmnError(f"{path}: a job needs at least one [[stages]]")

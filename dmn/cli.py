@@ -247,6 +247,30 @@ def status(
 
 
 @app.command()
+def check(
+    home: Optional[Path] = HomeOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the figures and problems as one JSON object."),
+) -> None:
+    """Check that a home is whole (after a crash, say): catalog, lake files, no duplicates, bundles verify.
+
+    Exits 1 when it finds a problem. Example: dmn check --home ./dmn-home
+    """
+    from dmn.status import check as check_home
+
+    result = check_home(Home.resolve(home, create=False))
+    if as_json:
+        out.print_json(json.dumps(result))
+    else:
+        published = ", ".join(f"{escape(w)} {v}" for w, v in result["published"].items()) or "none"
+        out.print(f"{result['batches']:,} batches, {result['files']:,} lake files, "
+                  f"{result.get('decisions', 0):,} decisions; published bundles that verify: {published}", soft_wrap=True)
+        for problem in result["problems"]:
+            err.print(f"[red]problem:[/] {escape(problem)}", soft_wrap=True)
+    if result["problems"]:
+        raise typer.Exit(1)
+
+
+@app.command()
 def report(
     world: Optional[str] = typer.Option(None, "--world", help="Only this world (default: every world)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write it (default: <home>/report)."),

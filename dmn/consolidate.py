@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dmn import __version__, publish
+from dmn import __version__, faults, publish
 from dmn.bundle import load
 from dmn.cluster import kmeans, situation_count, situation_index
 from dmn.config import ConsolidateSettings
@@ -85,6 +85,7 @@ def consolidate(home: Home, world: str | None = None, *, settings: ConsolidateSe
     with home.lock("consolidate", wait=wait):
         say("ingesting the inbox")
         ingest(home)
+        faults.point("consolidate.ingested")
         store = Store(home)
         found = pairs(store)
         if world is not None:
@@ -118,6 +119,7 @@ def _night(home: Home, store: Store, world: str, encoder: str, watermark: str, s
     home.runs.mkdir(exist_ok=True)
     write_atomic(home.runs / f"{night.started_at[:19].replace(':', '')}-{night.run_id}.json",
                  json.dumps(night.to_dict(), indent=1).encode())
+    faults.point("consolidate.recorded")
     say(f"{world}: {night.status}{' ' + night.version if night.version else ''}"
         f"{' (' + night.reason + ')' if night.reason else ''}")
     return night
@@ -255,6 +257,7 @@ class _Clock:
         now = time.perf_counter()
         self.into[stage] = round(now - self.last, 3)
         self.last = now
+        faults.point(f"consolidate.{stage}")  # a stage ended
 
 
 def _parquet(table: pa.Table) -> bytes:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from dmn import faults
 from dmn.config import Settings
 from dmn.errors import Busy, DmnError
 
@@ -134,6 +135,7 @@ def write_atomic(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        faults.point("atomic.written")
         os.replace(tmp, path)
         fsync(path.parent)
     except OSError as exc:

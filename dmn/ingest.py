@@ -42,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dmn import records, tensors
+from dmn import faults, records, tensors
 from dmn.config import Settings
 from dmn.errors import DmnError
 from dmn.home import Home, fsync
@@ -91,12 +91,14 @@ def ingest(home: Home, paths: list[str | os.PathLike] | None = None) -> IngestRe
     with home.lock("ingest"):
         store = Store(home)
         report = IngestReport(recovered=store.recover())
+        faults.point("ingest.recovered")
         batch = _Batch(home, settings, store, report)
         try:
             files, skipped = discover([Path(p) for p in paths] if paths else [home.inbox], home)
             report.skipped = dict(Counter(reason for _, reason in skipped))
             for path in files:
                 batch.add_file(path)
+                faults.point("ingest.read")
             batch.finish()
         except OSError as exc:  # a full or read-only disk: nothing was committed, the next run cleans up
             raise DmnError(f"ingest stopped, nothing was committed: {exc.strerror or exc} "
@@ -577,6 +579,7 @@ class _Batch:
             entry["quarantined"] += 1
         for table_dir in staging.iterdir():
             files[table_dir.name] = sorted(str(p.relative_to(staging)) for p in table_dir.rglob("*.parquet"))
+        faults.point("ingest.commit")
         self.store.commit({
             "batch": self.id, "committed_at": datetime.now(timezone.utc).isoformat(), "schema_version": records.SCHEMA_VERSION,
             "files": files, "ledger": self.entries, "dims": self.new_dims, "records": self.report.records,
@@ -627,6 +630,7 @@ class _Batch:
                 rows += batch.num_rows
         fsync(path)  # on disk, with its folder entry, before the manifest that names it
         fsync(path.parent)
+        faults.point("ingest.staged")
         return rows
 
 

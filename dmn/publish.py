@@ -24,11 +24,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
+from dmn import faults
 from dmn.errors import DmnError
 from dmn.home import Home, fsync, write_atomic
 
 BUNDLE_FORMAT = 1
 VERSION = re.compile(r"v(\d{6})")
+STAGING_PREFIX = "bundle-"
+LOCK_WAIT = 60.0
+"""Seconds a publish or rollback waits for another one to finish (each takes well under a second)."""
 
 
 def folder(home: Home, world: str) -> Path:
@@ -52,13 +56,20 @@ def versions(home: Home, world: str) -> list[str]:
 def publish(home: Home, world: str, files: dict[str, bytes], manifest: dict[str, Any], keep: int) -> str:
     """Write a new bundle of `files` with `manifest`, make it current, prune to the newest `keep`; returns its version.
 
-    Callers hold the home's consolidate lock, so versions are not raced for.
+    Publishing and rolling back hold the home's "publish" lock, so versions are not raced for and
+    CURRENT never names a bundle being pruned.
     """
+    with home.lock("publish", wait=LOCK_WAIT):
+        return _publish(home, world, files, manifest, keep)
+
+
+def _publish(home: Home, world: str, files: dict[str, bytes], manifest: dict[str, Any], keep: int) -> str:
     base = folder(home, world)
     base.mkdir(parents=True, exist_ok=True)
+    _sweep(home, base)
     existing = versions(home, world)
     version = f"v{int(existing[-1][1:]) + 1 if existing else 1:06d}"
-    staging = home.tmp / f"bundle-{uuid.uuid4().hex}"
+    staging = home.tmp / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
     staging.mkdir(parents=True)
     try:
         for name, data in files.items():
@@ -73,16 +84,28 @@ def publish(home: Home, world: str, files: dict[str, bytes], manifest: dict[str,
             manifest["signature"] = _sign(manifest, key)
         write_atomic(staging / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True).encode())
         fsync(staging)
+        faults.point("publish.staged")
         os.rename(staging, base / version)
         fsync(base)
+        faults.point("publish.placed")
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise DmnError(f"cannot write bundle {version} of {world!r}: {exc.strerror}") from None
     switch(home, world, version)
+    faults.point("publish.switched")
     for old in versions(home, world)[:-keep]:
         if old != version:
             shutil.rmtree(base / old, ignore_errors=True)
+            faults.point("publish.pruned")
     return version
+
+
+def _sweep(home: Home, base: Path) -> None:
+    """Remove what a publish cut short by a crash left: its staging folder, a temporary CURRENT."""
+    for staging in home.tmp.glob(f"{STAGING_PREFIX}*"):
+        shutil.rmtree(staging, ignore_errors=True)
+    for leftover in base.glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)
 
 
 def switch(home: Home, world: str, version: str) -> None:
@@ -97,6 +120,11 @@ def rollback(home: Home, world: str, to: str | None = None) -> str:
     >>> rollback(Home.resolve(), "CartPole-v1")  # doctest: +SKIP
     'v000003'
     """
+    with home.lock("publish", wait=LOCK_WAIT):
+        return _rollback(home, world, to)
+
+
+def _rollback(home: Home, world: str, to: str | None) -> str:
     kept, now = versions(home, world), current(home, world)
     if not kept:
         raise DmnError(f"no bundles for world {world!r}")

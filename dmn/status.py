@@ -1,5 +1,5 @@
 """Where a home stands: per world, what System 1 serves, what the last night did, what the lake holds;
-and the inbox's logs not ingested yet, and what was quarantined.
+and the inbox's logs not ingested yet, and what was quarantined. And whether it is whole (`check`).
 
     >>> status(Home.resolve())["worlds"]["CartPole-v1"]["bundle"]["version"]  # doctest: +SKIP
     'v000003'
@@ -8,8 +8,15 @@ and the inbox's logs not ingested yet, and what was quarantined.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dmn import publish
+from dmn.errors import DmnError
 from dmn.home import Home
+from dmn.records import LAKE_TABLES
 from dmn.store import Store, run
 
 
@@ -57,3 +64,42 @@ def status(home: Home) -> dict[str, Any]:
     return {"home": str(home.root), "worlds": out,
             "inbox": {"files": len(waiting), "bytes": sum(waiting.values())},
             "quarantined": quarantined}
+
+
+def check(home: Home) -> dict[str, Any]:
+    """Check that a home is whole, as after a crash or a full disk: the catalog opens, every lake file it
+    lists is readable, no episode or decision is there twice, and every world's published bundle verifies
+    (checksums, and signature when DMN_SIGNING_KEY is set). Returns the figures and the problems found.
+
+    >>> check(Home.resolve())["problems"]  # doctest: +SKIP
+    []
+    """
+    store, problems = Store(home), []
+    manifests = store.manifests()  # raises DmnError when the catalog itself is damaged
+    files = [f for table in LAKE_TABLES for f in store.files(table, manifests)]
+    for path in files:
+        try:
+            pq.read_metadata(path)
+        except (OSError, pa.ArrowException) as exc:
+            problems.append(f"lake file {path} is unreadable ({exc})")
+    figures = {"batches": len(manifests), "files": len(files)}
+    if not problems:
+        con = store.connect()
+        for table, key in (("episode_starts", "episode_id"), ("decisions", "(episode_id, step)")):
+            rows, keys = run(con, f"SELECT count(*), count(DISTINCT {key}) FROM {table}")[0]
+            figures[table] = rows
+            if rows != keys:
+                problems.append(f"{rows - keys} rows of {table} are there twice")
+        figures["simulations"] = run(con, "SELECT count(*) FROM simulations")[0][0]
+    published = {}
+    for base in sorted(home.bundles.iterdir()) if home.bundles.is_dir() else []:
+        world = unquote(base.name)
+        version = publish.current(home, world)
+        if version is None:
+            continue
+        try:
+            publish.verify(base / version)
+            published[world] = version
+        except DmnError as exc:
+            problems.append(f"{world}: CURRENT names {version}, which does not verify: {exc}")
+    return {"home": str(home.root), **figures, "published": published, "problems": problems}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from datetime import datetime
@@ -25,11 +26,13 @@ import duckdb
 import pyarrow as pa
 
 from dmn.errors import DmnError
-from dmn import publish
+from dmn import faults, publish
 from dmn.home import Home, fsync, write_atomic
 from dmn.records import LAKE_TABLES, columns
 
 MANIFEST_VERSION = 1
+BATCH_ID = re.compile(r"b\d{8}T\d{12}Z[0-9a-f]{6}")
+"""A batch's name: "b", its UTC start to the microsecond, six random hex digits (dmn.ingest)."""
 
 
 def run(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> list[tuple]:
@@ -169,7 +172,8 @@ class Store:
         """Finish or undo batches a crash interrupted; returns what was done, for the log."""
         done = []
         committed = {p.stem for p in self.home.catalog.glob("*.json")}
-        for staging in sorted(p for p in self.home.tmp.iterdir() if p.is_dir() and p.name.startswith("b")):
+        # Batch folders only: a bundle being published is staged in tmp/ too, under the publish lock.
+        for staging in sorted(p for p in self.home.tmp.iterdir() if p.is_dir() and BATCH_ID.fullmatch(p.name)):
             if staging.name in committed:
                 self._roll_forward(staging.name)
                 done.append(f"rolled forward batch {staging.name}")
@@ -184,6 +188,7 @@ class Store:
         """Make a staged batch visible: write its manifest atomically, then move its files into the lake."""
         manifest = {"version": MANIFEST_VERSION, **manifest}
         write_atomic(self.home.catalog / f"{manifest['batch']}.json", json.dumps(manifest, indent=1).encode())
+        faults.point("ingest.committed")
         self._roll_forward(manifest["batch"])
 
     def _roll_forward(self, batch: str) -> None:
@@ -193,6 +198,7 @@ class Store:
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dst)
             fsync(dst.parent)
+            faults.point("ingest.rolled")
         shutil.rmtree(staging, ignore_errors=True)
 
 

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from dmn import Home, publish
 from dmn.bundle import load
+from dmn.faults import POINTS
+from dmn.status import check
 from dmn.store import Store
 from dmn.synthetic import write_logs
 
@@ -20,18 +25,48 @@ FAST_TOML = "[consolidate]\npolicy_hidden = 16\npolicy_epochs = 5\n"
 
 
 def check_home(home: Home, world: str) -> tuple[int, int]:
-    """The invariants that must hold after any kill: the catalog opens, no record is there twice, and
-    the published pointer names a complete bundle whose checksums verify. Returns (decisions, simulations)."""
-    store = Store(home)
-    decisions, keys = store.sql("SELECT count(*), count(DISTINCT (episode_id, step)) FROM decisions").fetchone()
-    assert decisions == keys, "a decision was ingested twice"
-    simulations = store.sql("SELECT count(*) FROM simulations").fetchone()[0]
-    episodes, distinct = store.sql("SELECT count(*), count(DISTINCT episode_id) FROM episodes").fetchone()
-    assert episodes == distinct, "an episode was ingested twice"
-    version = publish.current(home, world)
-    if version is not None:
-        publish.verify(publish.folder(home, world) / version)
-    return decisions, simulations
+    """The invariants that must hold after any kill (`dmn.status.check`): the catalog opens, no record is
+    there twice, and the published pointer names a complete bundle whose checksums verify.
+    Returns (decisions, simulations)."""
+    result = check(home)
+    assert result["problems"] == []
+    if publish.current(home, world) is not None:
+        assert world in result["published"]
+    return result.get("decisions", 0), result.get("simulations", 0)
+
+
+def consolidate_killed_at(home: Home, point: str, command: str = "consolidate") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dmn", command, "--home", str(home.root)], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "DMN_KILL_AT": point})
+
+
+def test_sigkill_at_every_kill_point_of_ingest_consolidation_and_publish(tmp_path):
+    """Every named kill point (dmn.faults) once, each after a new day of logs, in `dmn ingest` or
+    `dmn consolidate`: after each the home is whole; a last night then holds exactly what was logged,
+    and leaves no staging behind."""
+    home = Home.resolve(tmp_path / "home")
+    (home.root / "dmn.toml").write_text(FAST_TOML + "keep = 2\n")
+    points = [(p, "ingest" if p.startswith("ingest.") else "consolidate") for p in POINTS]
+    # write_atomic's passes in a night: the batch manifest, the bundle manifest, CURRENT, the run record
+    points += [(f"atomic.written:{n}", "consolidate") for n in (2, 3, 4)] + [("ingest.rolled:3", "consolidate")]
+    # the first publishes come first, so that later kills always have a bundle and old ones to prune
+    points.sort(key=lambda p: not p[0].startswith(("publish.switched", "publish.placed", "consolidate.publish")))
+    logged = 0
+    for day, (point, command) in enumerate(points):
+        write_logs(home, situations=4, dim=32, episodes=8, steps=20, accuracy=1.0, day=day)
+        logged += 8 * 20
+        killed = consolidate_killed_at(home, point, command)
+        assert killed.returncode == -signal.SIGKILL, f"{point} was never reached: {killed.stderr[-400:]}"
+        decisions, _ = check_home(home, "synthetic")
+        assert decisions <= logged
+    assert len(points) >= 20
+    done = subprocess.run([sys.executable, "-m", "dmn", "consolidate", "--home", str(home.root)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert check_home(home, "synthetic") == (logged, logged * 3)
+    assert publish.current(home, "synthetic") is not None
+    assert list(home.tmp.glob("b*")) == []  # no batch or bundle staging left behind
+    assert list(publish.folder(home, "synthetic").glob(".*")) == []
 
 
 def test_sigkilled_nights_lose_and_duplicate_nothing(tmp_path):
@@ -65,6 +100,7 @@ def test_sigkilled_nights_lose_and_duplicate_nothing(tmp_path):
 READER = """
 import json, sys, time
 import numpy as np
+import pytest
 from dmn import Reflexes
 reflexes = Reflexes.open(sys.argv[1], "synthetic", check_every=0.02)
 states = np.load(sys.argv[2])
@@ -170,3 +206,50 @@ def test_sql_answers_while_nights_ingest_and_publish(tmp_path):
         assert night.returncode == 0, night.stderr.read()
     assert len(answers) >= 3 and all(n % per_day == 0 for n in answers)  # whole days only, never a part
     assert Store(home).sql("SELECT count(*) FROM decisions").fetchone()[0] == 3 * per_day
+
+
+def test_dmn_check_finds_a_lost_lake_file_a_record_twice_and_a_damaged_bundle(tmp_path):
+    """The check the crash tests rely on must fail when the home is not whole."""
+    home = Home.resolve(tmp_path / "home")
+    (home.root / "dmn.toml").write_text(FAST_TOML)
+    write_logs(home, situations=4, dim=32, episodes=30, steps=20, accuracy=1.0)
+    dmn = [sys.executable, "-m", "dmn"]
+    assert subprocess.run([*dmn, "consolidate", "--home", str(home.root)], capture_output=True).returncode == 0
+    ok = subprocess.run([*dmn, "check", "--home", str(home.root)], capture_output=True, text=True)
+    assert ok.returncode == 0 and "600 decisions" in ok.stdout and "synthetic v000001" in ok.stdout
+
+    store = Store(home)
+    decisions = store.files("decisions")
+    manifest = json.loads(next(home.catalog.glob("*.json")).read_text())
+    twice = {**manifest, "batch": "b20260101T000000000000Z000000", "ledger": [],
+             "files": {"decisions": [str(Path(decisions[0]).relative_to(home.lake))]}}
+    (home.catalog / "b20260101T000000000000Z000000.json").write_text(json.dumps(twice))  # its file listed twice
+    assert any("decisions are there twice" in p for p in check(home)["problems"])
+
+    Path(store.files("simulations")[0]).unlink()  # a lost lake file
+    (publish.folder(home, "synthetic") / "v000001" / "policy.npz").write_bytes(b"x")  # a damaged bundle
+    found = subprocess.run([*dmn, "check", "--home", str(home.root)], capture_output=True, text=True)
+    assert found.returncode == 1
+    assert "is unreadable" in found.stderr and "does not match its checksum" in found.stderr
+
+
+def test_an_ingest_leaves_a_bundle_being_published_alone_and_rollback_waits_for_a_publish(tmp_path, monkeypatch):
+    """Ingest recovers crashed batches in tmp/, where a night also stages its bundle: it must only touch
+    batches. Rollback and publish share a lock, so CURRENT never names a bundle a publish is pruning."""
+    from dmn.errors import Busy
+    from dmn.ingest import ingest
+
+    home = Home.resolve(tmp_path / "home")
+    staging = home.tmp / f"{publish.STAGING_PREFIX}0123"
+    staging.mkdir()
+    (staging / "table.parquet").write_bytes(b"being written")
+    write_logs(home, situations=4, dim=32, episodes=2, steps=5, accuracy=1.0)
+    assert ingest(home).batch is not None
+    assert (staging / "table.parquet").exists()
+
+    monkeypatch.setattr(publish, "LOCK_WAIT", 0.2)
+    with home.lock("publish"):
+        with pytest.raises(Busy):
+            publish.rollback(home, "synthetic")
+        with pytest.raises(Busy):
+            publish.publish(home, "synthetic", {}, {}, keep=2)

@@ -224,7 +224,7 @@ def status(
     """
     from dmn.status import status as home_status
 
-    state = home_status(Home.resolve(home))
+    state = home_status(Home.resolve(home, create=False))
     if as_json:
         out.print_json(json.dumps(state, default=str))
         return
@@ -282,7 +282,7 @@ def report(
     """
     from dmn.report import report as write_report
 
-    out.print(str(write_report(Home.resolve(home), world, out_dir)))
+    out.print(str(write_report(Home.resolve(home, create=False), world, out_dir)))
 
 
 @app.command()

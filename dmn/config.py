@@ -31,18 +31,29 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 
+SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B", re.IGNORECASE)
+"""A size as DuckDB reads it: 2GB (powers of 1000), 512MiB (powers of 1024)."""
+
+
+def size_bytes(text: str) -> int:
+    """The bytes a size such as '2GB' or '512MiB' stands for, as DuckDB counts them."""
+    number, unit, binary = SIZE.fullmatch(text.strip()).groups()
+    return int(float(number) * (1024 if binary else 1000) ** ("KMGT".index(unit.upper()) + 1 if unit else 0))
+
+
 @dataclass
 class IngestSettings:
     max_line_bytes: int = 16 * 2**20
     """Longest accepted line; a longer one is quarantined without being parsed."""
     chunk_bytes: int = 128 * 2**20
-    """Bytes of complete lines handed to DuckDB in one pass; bounds ingest memory."""
+    """Bytes of complete lines handed to DuckDB in one pass (at most a quarter of `memory_limit`)."""
     settle_seconds: float = 3600.0
     """An unterminated, unparseable last line is waited for this long before it is quarantined as truncated."""
     future_skew_seconds: float = 300.0
     """A timestamp further than this in the future is quarantined."""
     memory_limit: str = "2GB"
-    """DuckDB's memory limit during ingest; beyond it DuckDB spills to `<home>/tmp`."""
+    """DuckDB's memory limit during ingest; beyond it the batch spills to `<home>/tmp`. The process needs
+    about 0.3-0.5 GB more (libraries, read and write buffers), however large the files."""
 
 
 @dataclass
@@ -217,7 +228,7 @@ class Settings:
         if data:
             raise DmnError(f"{path}: unknown section(s) {sorted(data)}; "
                            "known: ingest, lar, dims, world, planner, consolidate")
-        if not re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]?i?B", settings.ingest.memory_limit, re.IGNORECASE):
+        if SIZE.fullmatch(settings.ingest.memory_limit) is None:
             raise DmnError(f"{path}: [ingest] memory_limit must be a size such as '2GB', got {settings.ingest.memory_limit!r}")
         if settings.lar.hmac_secret is None:
             settings.lar.hmac_secret = os.environ.get("DMN_LAR_HMAC_SECRET") or None

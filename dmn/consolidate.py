@@ -116,12 +116,17 @@ def _night(home: Home, store: Store, world: str, encoder: str, watermark: str, s
         except Exception as exc:  # noqa: BLE001 - recorded, and the other worlds still get their night
             night.reason = f"{type(exc).__name__}: {exc}"
     night.ended_at = _iso()
-    home.runs.mkdir(exist_ok=True)
-    write_atomic(home.runs / f"{night.started_at[:19].replace(':', '')}-{night.run_id}.json",
-                 json.dumps(night.to_dict(), indent=1).encode())
+    outcome = (f"{world}: {night.status}{' ' + night.version if night.version else ''}"
+               f"{' (' + night.reason + ')' if night.reason else ''}")
+    try:
+        home.runs.mkdir(exist_ok=True)
+        write_atomic(home.runs / f"{night.started_at[:19].replace(':', '')}-{night.run_id}.json",
+                     json.dumps(night.to_dict(), indent=1).encode())
+    except (OSError, DmnError) as exc:  # say what the night did all the same: the record is not the news
+        raise DmnError(f"{outcome}; but its run record could not be written "
+                       f"({exc.strerror if isinstance(exc, OSError) else exc}), so the next night does it again") from None
     faults.point("consolidate.recorded")
-    say(f"{world}: {night.status}{' ' + night.version if night.version else ''}"
-        f"{' (' + night.reason + ')' if night.reason else ''}")
+    say(outcome)
     return night
 
 

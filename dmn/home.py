@@ -49,11 +49,14 @@ class Home:
         return home
 
     def create(self) -> None:
+        """Make the home's folders. A home that exists but cannot be written (a read-only disk or mount)
+        is left as it is: readers still read it, and writers say so when they try to write."""
         try:
             for sub in (self.inbox, self.lake, self.catalog, self.tmp, self.locks):
                 sub.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise DmnError(f"cannot create the dmn home at {self.root}: {exc.strerror}") from None
+            if not self.root.is_dir():
+                raise DmnError(f"cannot create the dmn home at {self.root}: {exc.strerror}") from None
 
     @property
     def inbox(self) -> Path:
@@ -100,7 +103,7 @@ class Home:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise DmnError(f"cannot open lock {path}: {exc.strerror}") from None
+            raise DmnError(f"cannot take the {name} lock ({path}): {exc.strerror}; is the home writable?") from None
         try:
             deadline = time.monotonic() + wait
             while True:
@@ -117,8 +120,11 @@ class Home:
                             "wait for it to finish"
                         ) from None
                     time.sleep(0.1)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            try:  # the holder's pid, for the message above
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, str(os.getpid()).encode(), 0)
+            except OSError as exc:
+                raise DmnError(f"cannot take the {name} lock ({path}): {exc.strerror}") from None
             yield
         finally:
             os.close(fd)

@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dmn import faults, records, tensors
-from dmn.config import Settings
+from dmn.config import Settings, size_bytes
 from dmn.errors import DmnError
 from dmn.home import Home, fsync
 from dmn.integrations.lar import audit_to_records
@@ -51,6 +51,7 @@ from dmn.records import TABLES, columns
 from dmn.store import Store, connect, quote, run
 from dmn.validate import KEYED, MACROS, PARSED_COLUMNS, RAW_KEEP_BYTES, RESOLVE, canonical_json, parse_sql
 
+WRITE_BATCH_BYTES = 16 << 20
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".swp", ".crdownload")
 UTF8_BOM = b"\xef\xbb\xbf"
 
@@ -105,6 +106,10 @@ def ingest(home: Home, paths: list[str | os.PathLike] | None = None) -> IngestRe
                            f"({exc.filename or home.root})") from None
         except duckdb.IOException as exc:  # a lake file named by the catalog is gone
             raise DmnError(f"ingest stopped, nothing was committed: the store is damaged ({exc})") from None
+        except duckdb.OutOfMemoryException:
+            raise DmnError(f"ingest stopped, nothing was committed: these logs need more memory than [ingest] "
+                           f"memory_limit = {settings.ingest.memory_limit!r} allows; raise it in "
+                           f"{home.root / 'dmn.toml'}") from None
         finally:
             batch.close()
     report.seconds = round(time.perf_counter() - started, 3)
@@ -189,6 +194,8 @@ class _Batch:
         self.entries: list[dict[str, Any]] = []
         self.file_quarantine: list[dict[str, Any]] = []
         self.con = connect(settings.ingest.memory_limit, home.tmp / "duckdb")
+        # A pass over the lines needs a few times their size in DuckDB: keep it well inside the limit.
+        self.chunk_bytes = min(settings.ingest.chunk_bytes, size_bytes(settings.ingest.memory_limit) // 4)
         run(self.con, "SET preserve_insertion_order = false")
         self.con.create_function(
             "dmn_tensor", tensors.decode_column, ["BLOB", "VARCHAR"], "FLOAT[]", type="arrow",
@@ -330,7 +337,7 @@ class _Batch:
         """
         tail, error, long_tail = b"", None, None
         settings = self.settings.ingest
-        blocks = min(settings.chunk_bytes, 1 << 24)  # the reader hands over 16 MiB at a time; _parse gathers them
+        blocks = min(self.chunk_bytes, 1 << 24)  # the reader hands over 16 MiB at a time; _parse gathers them
         for event in _prefetch(_read_chunks(f, hasher, blocks, settings.max_line_bytes, block_size)):
             kind, payload = event
             if kind == "lines":
@@ -418,7 +425,7 @@ class _Batch:
         self.rows += n
         self.pending_bytes += lines.nbytes
         # The first passes are small, so that DuckDB starts while the reader is still on the first chunk.
-        if self.pending_bytes >= min(self.settings.ingest.chunk_bytes, (1 << 24) << self.passes):
+        if self.pending_bytes >= min(self.chunk_bytes, (1 << 24) << self.passes):
             self._parse_pending()
 
     def _parse_pending(self) -> None:
@@ -609,15 +616,18 @@ class _Batch:
                 folder /= f"{key}={urllib.parse.quote(str(value), safe='')}"
             folder.mkdir(parents=True, exist_ok=True)
             parts = 2 if rows >= 10_000 else 1
+            # Arrow batches of about 16 MiB whatever the latent size, so that the writers' memory is bounded.
+            batch_rows = max(1024, WRITE_BATCH_BYTES // (256 + 4 * sum(d or 0 for d in sizes)))
             for part in range(parts):
                 query = f"SELECT {select} FROM ({sql}) WHERE {where} AND ((coalesce(source_line, 0) % {parts}) + {parts}) % {parts} = {part}"
-                jobs.append((folder / f"{self.id}_{n}_{part}.parquet", query, list(values)))
+                jobs.append((folder / f"{self.id}_{n}_{part}.parquet", query, list(values), batch_rows))
         with ThreadPoolExecutor(max_workers=2) as pool:
             counts = list(pool.map(lambda job: self._write_file(table, vectors, *job), jobs))
         return sum(counts)
 
-    def _write_file(self, table: str, vectors: list[str], path: Path, query: str, params: list[Any]) -> int:
-        reader = self.con.cursor().sql(query, params=params).to_arrow_reader(65_536)
+    def _write_file(self, table: str, vectors: list[str], path: Path, query: str, params: list[Any],
+                    batch_rows: int) -> int:
+        reader = self.con.cursor().sql(query, params=params).to_arrow_reader(batch_rows)
         schema = reader.schema.with_metadata({"dmn_table": table})
         # Dictionaries for the text columns only (trying them on latents costs a third of the write);
         # byte-stream-split latents compress better.

@@ -64,14 +64,13 @@ def publish(home: Home, world: str, files: dict[str, bytes], manifest: dict[str,
 
 
 def _publish(home: Home, world: str, files: dict[str, bytes], manifest: dict[str, Any], keep: int) -> str:
-    base = folder(home, world)
-    base.mkdir(parents=True, exist_ok=True)
-    _sweep(home, base)
-    existing = versions(home, world)
-    version = f"v{int(existing[-1][1:]) + 1 if existing else 1:06d}"
-    staging = home.tmp / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
-    staging.mkdir(parents=True)
+    base, staging, version = folder(home, world), home.tmp / f"{STAGING_PREFIX}{uuid.uuid4().hex}", None
     try:
+        base.mkdir(parents=True, exist_ok=True)
+        _sweep(home, base)
+        existing = versions(home, world)
+        version = f"v{int(existing[-1][1:]) + 1 if existing else 1:06d}"
+        staging.mkdir(parents=True)
         for name, data in files.items():
             with open(staging / name, "wb") as f:
                 f.write(data)
@@ -88,10 +87,13 @@ def _publish(home: Home, world: str, files: dict[str, bytes], manifest: dict[str
         os.rename(staging, base / version)
         fsync(base)
         faults.point("publish.placed")
-    except OSError as exc:
+        switch(home, world, version)
+    except (OSError, DmnError) as exc:  # a full or read-only disk: leave no staging, and no bundle never made current
         shutil.rmtree(staging, ignore_errors=True)
-        raise DmnError(f"cannot write bundle {version} of {world!r}: {exc.strerror}") from None
-    switch(home, world, version)
+        if version is not None and current(home, world) != version:
+            shutil.rmtree(base / version, ignore_errors=True)
+        raise DmnError(f"cannot publish {'bundle ' + version if version else 'a bundle'} of {world!r}: "
+                       f"{exc.strerror if isinstance(exc, OSError) else exc}") from None
     faults.point("publish.switched")
     for old in versions(home, world)[:-keep]:
         if old != version:

@@ -31,7 +31,7 @@ from sklearn.decomposition import PCA  # noqa: E402
 from dmn import publish  # noqa: E402
 from dmn.bundle import load  # noqa: E402
 from dmn.errors import DmnError  # noqa: E402
-from dmn.home import Home  # noqa: E402
+from dmn.home import Home, write_atomic  # noqa: E402
 from dmn.status import status  # noqa: E402
 from dmn.store import Store, run  # noqa: E402
 
@@ -61,7 +61,7 @@ def report(home: Home, world: str | None = None, out: Path | None = None) -> Pat
                                                  for name, fig in figures if fig is not None]))
     quarantine = _quarantine(state["quarantined"])
     page = _page(home, sections, _save(quarantine, out / "quarantine.png") if quarantine else None)
-    (out / "index.html").write_text(page, encoding="utf-8")
+    write_atomic(out / "index.html", page.encode())
     return out / "index.html"
 
 
@@ -215,7 +215,7 @@ def _save(fig: plt.Figure, path: Path) -> bytes:
     fig.tight_layout()
     fig.savefig(sink, format="png", dpi=110)
     plt.close(fig)
-    path.write_bytes(sink.getvalue())
+    write_atomic(path, sink.getvalue())  # a full disk fails in one line, and leaves no half-written plot
     return sink.getvalue()
 
 

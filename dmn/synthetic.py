@@ -7,11 +7,15 @@ imagined to end badly and is vetoed.
 
     >>> truth = write_logs(Home.resolve(), situations=16, episodes=60)  # doctest: +SKIP
     >>> states, best = truth.sample(1000)  # fresh states and their true best actions
+
+`big_log` writes one large file of valid records, for measuring ingest's memory.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -75,3 +79,26 @@ def write_logs(home: Home, *, world: str = "synthetic", encoder: str = "syntheti
                 log.outcome(step, reward=reward, done=step == steps - 1)
             log.end(return_=total)
     return truth
+
+
+def big_log(path: Path, megabytes: float, dim: int = 256) -> int:
+    """One JSONL file of about `megabytes` MiB: an episode, then per step a simulation and a decision, for
+    measuring how ingest copes with large files. States repeat 64 prepared vectors, so that writing the
+    file takes seconds. Returns the steps written (each is one simulation and one decision).
+
+    >>> big_log(Path("dmn-home/inbox/big.jsonl"), 1024)  # doctest: +SKIP
+    """
+    vectors = [json.dumps([round(float(x), 6) for x in v]) for v in np.random.default_rng(0).standard_normal((64, dim))]
+    target, size, step = megabytes * 2**20, 0, 0
+    with open(path, "w") as f:
+        f.write(json.dumps({"type": "episode", "episode_id": "big", "world": "big", "encoder": "big@1"}) + "\n")
+        while size < target:
+            state = vectors[step % 64]
+            lines = (f'{{"type": "simulation", "episode_id": "big", "step": {step}, "state": {state}, '
+                     f'"action": {step % 3}, "score": 1.0}}\n'
+                     f'{{"type": "decision", "episode_id": "big", "step": {step}, "state": {state}, '
+                     f'"action": {step % 3}, "source": "system2"}}\n')
+            f.write(lines)
+            size += len(lines)
+            step += 1
+    return step

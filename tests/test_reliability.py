@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import resource
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -19,7 +21,7 @@ from dmn.bundle import load
 from dmn.faults import POINTS
 from dmn.status import check
 from dmn.store import Store
-from dmn.synthetic import write_logs
+from dmn.synthetic import big_log, write_logs
 
 FAST_TOML = "[consolidate]\npolicy_hidden = 16\npolicy_epochs = 5\n"
 
@@ -253,3 +255,155 @@ def test_an_ingest_leaves_a_bundle_being_published_alone_and_rollback_waits_for_
             publish.rollback(home, "synthetic")
         with pytest.raises(Busy):
             publish.publish(home, "synthetic", {}, {}, keep=2)
+
+
+def test_names_from_logs_never_lead_out_of_the_home(tmp_path):
+    """World and encoder names become folder names (lake partitions, bundles): whatever a log says, every
+    file dmn writes stays in the home, and the names come back as they were written."""
+    home = Home.resolve(tmp_path / "home")
+    (home.root / "dmn.toml").write_text(FAST_TOML)
+    worlds = ["../../escape", "a/b/../c", "%2e%2e", "/etc/dmn", "~root"]
+    for n, world in enumerate(worlds):
+        write_logs(home, world=world, encoder=f"../enc{n}/..", situations=4, dim=32, episodes=30, steps=20,
+                   accuracy=1.0)
+    before = set(tmp_path.iterdir())
+    night = subprocess.run([sys.executable, "-m", "dmn", "consolidate", "--json", "--home", str(home.root)],
+                           capture_output=True, text=True, timeout=300)
+    assert night.returncode == 0, night.stderr
+    assert sorted(json.loads(line)["world"] for line in night.stdout.splitlines()) == sorted(worlds)
+    assert set(tmp_path.iterdir()) == before  # nothing written beside the home
+    assert not Path("/etc/dmn").exists()
+    for world in worlds:
+        assert publish.folder(home, world).parent == home.bundles and publish.current(home, world) == "v000001"
+    lake = Store(home).sql("SELECT DISTINCT world, encoder FROM decisions ORDER BY 1").fetchall()
+    assert sorted(w for w, _ in lake) == sorted(worlds)
+    for path in home.root.rglob("*"):
+        assert path.resolve().is_relative_to(home.root.resolve())
+
+
+def dmn_run(home: Home, *args: str, prefix: list[str] = [], **kwargs) -> subprocess.CompletedProcess:  # noqa: B006
+    return subprocess.run([*prefix, sys.executable, "-m", "dmn", *args, "--home", str(home.root)], capture_output=True,
+                          text=True, timeout=300, **kwargs)
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    """The message of a command that must fail as a user's problem: exit 1, one line, no traceback."""
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    # One "error:" line (wrapped by rich), after any library warning a size limit causes (joblib's semaphore).
+    message = " ".join(result.stderr.split("\nerror: ")[-1].split())
+    assert result.stderr.count("error: ") == 1 and (result.stderr.startswith("error: ") or "\nerror: " in result.stderr)
+    return message
+
+
+def file_size_limit(limit: int):
+    """A child whose writes fail past `limit` bytes per file (EFBIG), as on a full disk; unprivileged."""
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_full_disk_stops_each_stage_with_one_line_and_corrupts_nothing(tmp_path):
+    """Writes fail past a size (RLIMIT_FSIZE) at every stage, from taking the lock to the run record: each
+    failure is one line, the home stays whole, and once there is room one night holds exactly what was logged."""
+    home = Home.resolve(tmp_path / "home")
+    (home.root / "dmn.toml").write_text(FAST_TOML)
+    write_logs(home, situations=4, dim=32, episodes=8, steps=20, accuracy=1.0)
+    assert dmn_run(home, "consolidate").returncode == 0
+    logged, messages = 160, []
+    for day, limit in enumerate([0, 2_000, 20_000, 3_000, 5_000, 7_000, 9_000, 12_000], start=1):
+        write_logs(home, situations=4, dim=32, episodes=8, steps=20, accuracy=1.0, day=day)
+        logged += 160
+        if day > 3:  # the batch lands, so that the night itself meets the full disk
+            assert dmn_run(home, "ingest").returncode == 0
+        night = dmn_run(home, "consolidate", preexec_fn=file_size_limit(limit))
+        if night.returncode:
+            messages.append(one_line_error(night))
+        check_home(home, "synthetic")
+        assert list(home.tmp.glob(f"{publish.STAGING_PREFIX}*")) == []  # a failed publish cleans up after itself
+    stages = {"lock": "cannot take the", "ingest": "nothing was committed", "publish": "cannot publish bundle",
+              "record": "run record could not be written"}
+    assert {stage for stage, words in stages.items() if any(words in m for m in messages)} == set(stages), messages
+    assert dmn_run(home, "consolidate").returncode == 0
+    assert check_home(home, "synthetic") == (logged, logged * 3)
+    versions = publish.versions(home, "synthetic")
+    assert all(publish.verify(publish.folder(home, "synthetic") / v) for v in versions)  # no orphan half-bundles
+
+
+def read_only(root: Path) -> list[str]:
+    """Make the home at `root` read-only for the dmn processes the test starts; returns the prefix of their
+    command line. Root ignores file modes, so as root they run in a mount namespace of their own where
+    the home is bind-mounted read-only (writes fail with EROFS, as on a read-only disk)."""
+    if os.geteuid() != 0:
+        subprocess.run(["chmod", "-R", "a-w", str(root)], check=True)
+        return []
+    prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+              'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"', str(root)]
+    if shutil.which("unshare") is None or subprocess.run([*prefix, "true"], capture_output=True).returncode:
+        pytest.skip("running as root without the right to make a read-only mount")
+    return prefix
+
+
+LOOKUP = """
+import sys
+import numpy as np
+from dmn import Reflexes
+reflex = Reflexes.open(sys.argv[1], "synthetic").lookup(np.load(sys.argv[2])[0])
+print(reflex.version if reflex else None)
+"""
+
+
+def test_a_read_only_home_answers_every_question_and_refuses_writes_in_one_line(tmp_path):
+    """A home on a read-only disk (or a read-only mount of a backup): SQL, status, check, report elsewhere and
+    System 1 lookups work; ingest, consolidate, rollback and a report into the home say in one line that
+    they cannot write."""
+    home = Home.resolve(tmp_path / "home")
+    (home.root / "dmn.toml").write_text(FAST_TOML)
+    truth = write_logs(home, situations=4, dim=32, episodes=30, steps=20, accuracy=1.0)
+    assert dmn_run(home, "consolidate").returncode == 0
+    shutil.rmtree(home.tmp)  # a copy of a home need not have its scratch folders
+    write_logs(home, situations=4, dim=32, episodes=8, steps=20, accuracy=1.0, day=1)  # waits in the inbox
+    states = tmp_path / "states.npy"
+    np.save(states, truth.sample(4)[0])
+    prefix = read_only(home.root)
+    try:
+        for command in (["ingest"], ["consolidate"], ["rollback", "--world", "synthetic"], ["report"]):
+            message = one_line_error(dmn_run(home, *command, prefix=prefix))
+            assert "Read-only" in message or "Permission denied" in message, message
+        sql = dmn_run(home, "sql", "SELECT count(*) AS n FROM decisions", "--format", "json", prefix=prefix)
+        assert sql.returncode == 0 and json.loads(sql.stdout)["n"] == 600, sql.stderr
+        status = dmn_run(home, "status", "--json", prefix=prefix)
+        assert status.returncode == 0 and json.loads(status.stdout)["inbox"]["files"] == 8, status.stderr
+        assert dmn_run(home, "check", prefix=prefix).returncode == 0
+        assert dmn_run(home, "report", "--out", str(tmp_path / "report"), prefix=prefix).returncode == 0
+        lookup = subprocess.run([*prefix, sys.executable, "-c", LOOKUP, str(home.root), str(states)],
+                                capture_output=True, text=True)
+        assert lookup.stdout.strip() == "v000001", lookup.stderr
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", str(home.root)], check=True)
+    check_home(home, "synthetic")
+    assert dmn_run(home, "consolidate").returncode == 0  # writable again: the waiting day lands, once
+    assert check_home(home, "synthetic")[0] == 600 + 160
+
+
+PEAK = """
+import json, resource, sys
+from dmn import Home
+from dmn.ingest import ingest
+report = ingest(Home.resolve(sys.argv[1]))
+print(json.dumps({"records": report.records, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
+def test_ingesting_a_file_far_larger_than_its_memory_limit_streams_it(tmp_path):
+    """A 1 GiB log with a 128 MB memory limit: every record lands, and the process never holds the file
+    (its peak memory, libraries included, stays under 70% of the file's size)."""
+    home = Home.resolve(tmp_path / "home")
+    (home.root / "dmn.toml").write_text('[ingest]\nmemory_limit = "128MB"\n')
+    steps = big_log(home.inbox / "big.jsonl", 1024)
+    size = (home.inbox / "big.jsonl").stat().st_size
+    done = subprocess.run([sys.executable, "-c", PEAK, str(home.root)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["records"] == {"episode": 1, "simulation": steps, "decision": steps}
+    assert result["peak"] < 0.7 * size, f"peak {result['peak'] / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB file"

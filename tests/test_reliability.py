@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -155,17 +156,29 @@ def test_reader_processes_see_whole_bundles_while_bundles_are_published(tmp_path
 
 
 def test_a_night_over_every_kind_of_bad_input_finishes_and_keeps_every_good_record(tmp_path):
-    """All the bad records of the ingest suite in one file, bad files beside it, and a good world: the
-    night publishes, each bad record is in quarantine with its reason, every good one landed."""
+    """All the bad records of the ingest suite in one file, bad files beside it (a 17 MB line, a file cut
+    mid-record, a tampered signed Lár run, ...) and a good world: the night publishes, each bad record is in
+    quarantine with its reason, every good one landed."""
     import gzip
     from collections import Counter
 
     from conftest import decision, episode, simulation, write_jsonl
+    from lar_agent import run_agent
     from test_ingest import BAD
 
     home = Home.resolve(tmp_path / "home")
     (home.root / "dmn.toml").write_text(FAST_TOML)
     write_logs(home, situations=4, dim=32, episodes=30, steps=20, accuracy=1.0)
+    write_jsonl(home.inbox / "huge.jsonl", [episode("e8"), simulation("e8", meta="x" * 17_000_000),
+                                            simulation("e8", step=1)])
+    cut = home.inbox / "cut.jsonl"
+    cut.write_text(json.dumps(episode("e9")) + "\n" + json.dumps(simulation("e9"))[:30])
+    os.utime(cut, (time.time() - 7200, time.time() - 7200))  # its writer is long gone
+    run_agent(home.inbox, runs=2, steps=2, hmac_secret="s3cret")
+    signed = sorted(home.inbox.glob("run_*.json"))[1]
+    doc = json.loads(signed.read_text())
+    doc["steps"][1]["state_diff"]["updated"]["score"] = 99.0  # a score improved after the run was signed
+    signed.write_text(json.dumps(doc))
     write_jsonl(home.inbox / "bad.jsonl", [episode(), simulation(step=0), *[line for line, _ in BAD],
                                            decision(step=0), simulation(step=1)])
     (home.inbox / "zero.jsonl").write_bytes(b"")
@@ -175,17 +188,21 @@ def test_a_night_over_every_kind_of_bad_input_finishes_and_keeps_every_good_reco
     (home.inbox / "link.jsonl").symlink_to(outside)
     (home.inbox / "run_bad.json").write_bytes(b'{"run_id": "x"}')
     night = subprocess.run([sys.executable, "-m", "dmn", "consolidate", "--world", "synthetic", "--json", "--home",
-                            str(home.root)], capture_output=True, text=True, timeout=300)
+                            str(home.root)], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "DMN_LAR_HMAC_SECRET": "s3cret"})
     assert night.returncode == 0, night.stderr
     assert json.loads(night.stdout.splitlines()[0])["status"] == "published"
     store = Store(home)
     quarantined = Counter(dict(store.sql("SELECT reason, count(*) FROM quarantine GROUP BY reason").fetchall()))
     expected = Counter(reason for _, reason in BAD if reason != "duplicate")
-    expected.update({"corrupt gzip file": 1, "not a Lár audit file": 1})
+    expected.update({"corrupt gzip file": 1, "not a Lár audit file": 1, "line too long": 1, "bad Lár signature": 1,
+                     "truncated last line (the file ends in the middle of a record)": 1})
     assert quarantined == expected
     assert store.sql("SELECT count(*) FROM quarantine WHERE hint IS NULL OR hint = ''").fetchone()[0] == 0
     assert store.sql("SELECT count(*) FROM decisions WHERE world = 'w'").fetchone()[0] == 1
-    assert store.sql("SELECT count(*) FROM simulations WHERE world = 'w'").fetchone()[0] == 2
+    assert store.sql("SELECT count(*) FROM simulations WHERE world = 'w'").fetchone()[0] == 3
+    assert store.sql("SELECT count(*) FROM episodes WHERE episode_id IN ('e8', 'e9')").fetchone()[0] == 2
+    assert store.sql("SELECT count(*) FROM episodes WHERE world = 'lar'").fetchone()[0] == 1  # the untouched run
     assert store.sql("SELECT count(*) FROM episodes WHERE episode_id = 'e7'").fetchone()[0] == 0  # not followed
     check_home(home, "synthetic")
 
@@ -407,3 +424,50 @@ def test_ingesting_a_file_far_larger_than_its_memory_limit_streams_it(tmp_path):
     result = json.loads(done.stdout)
     assert result["records"] == {"episode": 1, "simulation": steps, "decision": steps}
     assert result["peak"] < 0.7 * size, f"peak {result['peak'] / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB file"
+
+
+class Payload:
+    """Unpickling this runs a command: it must never happen to anything dmn reads."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_nothing_from_the_inbox_or_a_bundle_is_unpickled_or_followed_out_of_its_folder(tmp_path, monkeypatch):
+    """Pickles in the inbox are skipped; a bundle with a pickled array is refused even when its checksums
+    were recomputed; a CURRENT that names a path is refused; the payload never runs."""
+    import pickle
+
+    from dmn import Reflexes
+    from dmn.errors import DmnError
+    from dmn.ingest import ingest
+
+    marker = tmp_path / "payload-ran"
+    home = Home.resolve(tmp_path / "home")
+    (home.root / "dmn.toml").write_text(FAST_TOML)
+    truth = write_logs(home, situations=4, dim=32, episodes=30, steps=20, accuracy=1.0)
+    assert dmn_run(home, "consolidate").returncode == 0
+    (home.inbox / "evil.pkl").write_bytes(pickle.dumps(Payload(marker)))
+    np.save(home.inbox / "evil.npy", np.array([Payload(marker)], dtype=object), allow_pickle=True)
+    assert ingest(home).skipped["unsupported file type"] == 2
+
+    bundle = publish.folder(home, "synthetic") / "v000001"
+    with np.load(bundle / "policy.npz") as npz:
+        arrays = dict(npz)
+    arrays[next(iter(arrays))] = np.array([Payload(marker)], dtype=object)
+    np.savez(bundle / "policy.npz", **arrays)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["policy.npz"] = hashlib.sha256((bundle / "policy.npz").read_bytes()).hexdigest()
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DmnError, match="cannot be loaded"):
+        load(home, "synthetic")
+    reflexes = Reflexes.open(home, "synthetic")
+    assert reflexes.lookup(truth.sample(1)[0][0]) is None and "cannot be loaded" in reflexes.problem
+
+    (publish.folder(home, "synthetic") / "CURRENT").write_text("../../../elsewhere")
+    with pytest.raises(DmnError, match="not a bundle version"):
+        load(home, "synthetic")
+    assert not marker.exists()

@@ -22,11 +22,14 @@ from dmn import Home
 from dmn.synthetic import big_log
 
 PEAK = """
-import json, resource, sys
+import json, re, sys
+from pathlib import Path
 from dmn import Home
 from dmn.ingest import ingest
 report = ingest(Home.resolve(sys.argv[1]))
-print(json.dumps({"records": sum(report.records.values()), "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+# This process's own high-water mark (ru_maxrss would include the parent's, inherited across fork and exec).
+peak = int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
+print(json.dumps({"records": sum(report.records.values()), "peak": peak}))
 """
 
 

@@ -5,8 +5,8 @@ and count what was lost.
     python benchmarks/crash.py --rounds 100 --seed 3
 
 Each round drops a day of synthetic logs into the inbox and starts `dmn ingest` or `dmn consolidate`.
-Every other round it dies at a kill point (dmn.faults) chosen by the seed, at its first to third pass;
-in the others it is SIGKILLed after a random delay. After every kill `dmn.status.check` must find the
+Every other round it dies at a kill point (dmn.faults), all of them in turn in a seeded order; in the
+others it is SIGKILLed after a random delay. After every kill `dmn.status.check` must find the
 home whole: its catalog opens, no record is there twice, the published pointer names a bundle whose
 checksums verify. At the end one `dmn consolidate` runs to completion, and the lake must hold exactly
 what was logged. The suite runs a short version of this (`tests/test_reliability.py`).
@@ -30,6 +30,8 @@ from dmn.status import check
 from dmn.synthetic import write_logs
 
 EPISODES, STEPS, ACTIONS = 8, 20, 3
+SEVERAL_PASSES = {"ingest.read", "ingest.staged", "ingest.rolled", "atomic.written"}
+"""Points a night passes more than once (files, batches, atomic writes): killed at the first or second pass."""
 
 
 def whole(home: Home) -> dict:
@@ -50,16 +52,20 @@ def main() -> None:
         (home.root / "dmn.toml").write_text("[consolidate]\npolicy_hidden = 16\npolicy_epochs = 5\nkeep = 3\n")
         logged = [0, 0]
         at_points: Counter[str] = Counter()
-        at_random = Counter()
+        at_random: Counter[str] = Counter()
+        points: list[str] = []
         started = time.perf_counter()
         for round_ in range(args.rounds):
             write_logs(home, situations=4, dim=32, episodes=EPISODES, steps=STEPS, accuracy=1.0, day=round_)
             logged[0] += EPISODES * STEPS
             logged[1] += EPISODES * STEPS * ACTIONS
             env = dict(os.environ)
-            if round_ % 2 == 0:
-                point = rng.choice(sorted(POINTS))
-                env["DMN_KILL_AT"] = f"{point}:{rng.randint(1, 3)}"
+            if round_ % 2 == 0:  # the kill points in a seeded order, again and again
+                if not points:
+                    points = rng.sample(sorted(POINTS), len(POINTS))
+                point = points.pop()
+                nth = rng.choice([1, 1, 2]) if point in SEVERAL_PASSES else 1
+                env["DMN_KILL_AT"] = f"{point}:{nth}"
                 command = "ingest" if point.startswith("ingest.") and rng.random() < 0.5 else "consolidate"
             else:
                 command = rng.choice(["ingest", "consolidate"])
@@ -69,7 +75,7 @@ def main() -> None:
                 if victim.wait() == -signal.SIGKILL:
                     at_points[env["DMN_KILL_AT"].split(":")[0]] += 1
             else:
-                time.sleep(rng.uniform(0.3, 6.0) if command == "consolidate" else rng.uniform(0.8, 2.2))
+                time.sleep(rng.uniform(0.3, 6.0) if command == "consolidate" else rng.uniform(0.5, 1.6))
                 at_random[command] += victim.poll() is None
                 victim.send_signal(signal.SIGKILL)
                 victim.wait()

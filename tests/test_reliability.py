@@ -80,7 +80,7 @@ def test_sigkilled_nights_lose_and_duplicate_nothing(tmp_path):
     rng = random.Random(7)
     expected_decisions = expected_simulations = 0
     killed_running = 0
-    for round_ in range(10):
+    for round_ in range(6):
         write_logs(home, situations=4, dim=32, episodes=8, steps=20, accuracy=1.0, day=round_)
         expected_decisions += 8 * 20
         expected_simulations += 8 * 20 * 3
@@ -92,7 +92,7 @@ def test_sigkilled_nights_lose_and_duplicate_nothing(tmp_path):
         night.wait()
         decisions, simulations = check_home(home, "synthetic")
         assert decisions <= expected_decisions and simulations <= expected_simulations
-    assert killed_running >= 5, f"only {killed_running} of 10 kills caught the night running"
+    assert killed_running >= 3, f"only {killed_running} of 6 kills caught the night running"
     done = subprocess.run([sys.executable, "-m", "dmn", "consolidate", "--home", str(home.root)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -328,10 +328,12 @@ def test_a_full_disk_stops_each_stage_with_one_line_and_corrupts_nothing(tmp_pat
     write_logs(home, situations=4, dim=32, episodes=8, steps=20, accuracy=1.0)
     assert dmn_run(home, "consolidate").returncode == 0
     logged, messages = 160, []
-    for day, limit in enumerate([0, 2_000, 20_000, 3_000, 5_000, 7_000, 9_000, 12_000], start=1):
+    # (bytes a file may grow to, whether the day's batch lands first so that the night meets the full disk)
+    for day, (limit, ingested) in enumerate([(0, False), (2_000, False), (3_000, True), (7_000, True),
+                                             (12_000, True)], start=1):
         write_logs(home, situations=4, dim=32, episodes=8, steps=20, accuracy=1.0, day=day)
         logged += 160
-        if day > 3:  # the batch lands, so that the night itself meets the full disk
+        if ingested:
             assert dmn_run(home, "ingest").returncode == 0
         night = dmn_run(home, "consolidate", preexec_fn=file_size_limit(limit))
         if night.returncode:

@@ -86,7 +86,18 @@ class Store:
     def connect(self) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with the store's views: episodes, simulations, decisions, outcomes,
         episode_ends, quarantine and ingest_files."""
-        con = connect()
+        for attempt in range(3):
+            try:
+                return self._views(connect())
+            except duckdb.IOException as exc:
+                # Creating a view lists its files: a batch being rolled forward can move one between our
+                # listing and DuckDB's. List again.
+                if attempt == 2:
+                    raise DmnError(f"the store is missing a file its catalog lists ({exc})") from None
+                time.sleep(0.05)
+        raise AssertionError("unreachable")
+
+    def _views(self, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
         manifests = self.manifests()
         for table in LAKE_TABLES:
             run(con, f"CREATE VIEW {quote(table)} AS {self.table_sql(table, manifests)}")

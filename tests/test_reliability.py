@@ -476,3 +476,28 @@ def test_nothing_from_the_inbox_or_a_bundle_is_unpickled_or_followed_out_of_its_
     with pytest.raises(DmnError, match="not a bundle version"):
         load(home, "synthetic")
     assert not marker.exists()
+
+
+def test_views_listed_while_a_batch_rolls_forward_are_listed_again_and_a_lost_file_is_one_line(tmp_path, monkeypatch):
+    """A reader lists a committed batch's file in staging; the roll-forward moves it before DuckDB opens
+    it: the reader lists again (found by the SQL-during-nights test, once in a while). A file that is
+    really gone is a clear error, not a traceback."""
+    from dmn.errors import DmnError
+    from dmn.ingest import ingest
+
+    home = Home.resolve(tmp_path / "home")
+    write_logs(home, situations=4, dim=32, episodes=2, steps=5, accuracy=1.0)
+    ingest(home)
+    listed, calls = Store.files, []
+
+    def racing(self, table, manifests=None):
+        calls.append(table)
+        files = listed(self, table, manifests)
+        return [f + ".moved-away" for f in files] if len(calls) == 1 else files
+
+    monkeypatch.setattr(Store, "files", racing)
+    assert Store(home).sql("SELECT count(*) FROM decisions").fetchone()[0] == 10
+    monkeypatch.undo()
+    Path(Store(home).files("decisions")[0]).unlink()
+    with pytest.raises(DmnError, match="missing a file its catalog lists"):
+        Store(home).sql("SELECT count(*) FROM decisions")

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +39,6 @@ def check_home(home: Home, world: str) -> tuple[int, int]:
     return result.get("decisions", 0), result.get("simulations", 0)
 
 
-def consolidate_killed_at(home: Home, point: str, command: str = "consolidate") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dmn", command, "--home", str(home.root)], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "DMN_KILL_AT": point})
-
-
 def test_sigkill_at_every_kill_point_of_ingest_consolidation_and_publish(tmp_path):
     """Every named kill point (dmn.faults) once, each after a new day of logs, in `dmn ingest` or
     `dmn consolidate`: after each the home is whole; a last night then holds exactly what was logged,
@@ -58,7 +54,7 @@ def test_sigkill_at_every_kill_point_of_ingest_consolidation_and_publish(tmp_pat
     for day, (point, command) in enumerate(points):
         write_logs(home, situations=4, dim=32, episodes=8, steps=20, accuracy=1.0, day=day)
         logged += 8 * 20
-        killed = consolidate_killed_at(home, point, command)
+        killed = dmn_run(home, command, env={**os.environ, "DMN_KILL_AT": point})
         assert killed.returncode == -signal.SIGKILL, f"{point} was never reached: {killed.stderr[-400:]}"
         decisions, _ = check_home(home, "synthetic")
         assert decisions <= logged
@@ -103,7 +99,6 @@ def test_sigkilled_nights_lose_and_duplicate_nothing(tmp_path):
 READER = """
 import json, sys, time
 import numpy as np
-import pytest
 from dmn import Reflexes
 reflexes = Reflexes.open(sys.argv[1], "synthetic", check_every=0.02)
 states = np.load(sys.argv[2])
@@ -298,7 +293,7 @@ def test_names_from_logs_never_lead_out_of_the_home(tmp_path):
         assert path.resolve().is_relative_to(home.root.resolve())
 
 
-def dmn_run(home: Home, *args: str, prefix: list[str] = [], **kwargs) -> subprocess.CompletedProcess:  # noqa: B006
+def dmn_run(home: Home, *args: str, prefix: Sequence[str] = (), **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([*prefix, sys.executable, "-m", "dmn", *args, "--home", str(home.root)], capture_output=True,
                           text=True, timeout=300, **kwargs)
 

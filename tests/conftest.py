@@ -2,12 +2,16 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from dmn import publish
 from dmn.home import Home
 from dmn.ingest import ingest
 from dmn.store import Store
@@ -18,6 +22,23 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 @pytest.fixture
 def home(tmp_path: Path) -> Home:
     return Home.resolve(tmp_path / "home")
+
+
+def dmn(*args: str, home: Home | None = None, prefix: Sequence[str] = (), timeout: float = 300,
+        **kwargs: Any) -> subprocess.CompletedProcess:
+    """The `dmn` command in a fresh process (on `home` when given, after `prefix` such as a namespace
+    wrapper), its output as text; `kwargs` go to subprocess.run (env, cwd, preexec_fn)."""
+    command = [*prefix, sys.executable, "-m", "dmn", *args, *(["--home", str(home.root)] if home else [])]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def republish(home: Home, **manifest_changes) -> str:
+    """Publish world "synthetic"'s current bundle again as a new version, with some manifest fields changed."""
+    path = publish.folder(home, "synthetic") / publish.current(home, "synthetic")
+    manifest = json.loads((path / "manifest.json").read_text())
+    files = {name: (path / name).read_bytes() for name in manifest["files"]}
+    kept = {k: v for k, v in manifest.items() if k not in ("files", "version", "format", "world", "signature")}
+    return publish.publish(home, "synthetic", files, {**kept, **manifest_changes}, keep=100)
 
 
 def write_jsonl(path: Path, records: list[Any]) -> Path:

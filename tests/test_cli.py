@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 from typer.testing import CliRunner
 
-from conftest import episode, simulation, write_jsonl
+from conftest import dmn, episode, simulation, write_jsonl
 from dmn.cli import app
 
 runner = CliRunner()
-
-
-def dmn(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dmn", *args], capture_output=True, text=True)
 
 
 @pytest.mark.parametrize("command", ["ingest", "sql", "world run"])
@@ -67,5 +61,5 @@ def test_bad_settings_file_is_a_clear_error(home):
 def test_home_from_environment(home, monkeypatch):
     write_jsonl(home.inbox / "a.jsonl", [episode()])
     monkeypatch.setenv("DMN_HOME", str(home.root))
-    done = subprocess.run([sys.executable, "-m", "dmn", "ingest", "--json"], capture_output=True, text=True)
+    done = dmn("ingest", "--json")
     assert json.loads(done.stdout)["records"] == {"episode": 1}

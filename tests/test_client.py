@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+from conftest import republish
 from dmn import Reflexes, publish
 from dmn.bundle import load
 from dmn.config import ConsolidateSettings
@@ -37,15 +37,6 @@ def own(world, tmp_path):
     home, truth = world
     shutil.copytree(home.root, tmp_path / "home")
     return Home.resolve(tmp_path / "home"), truth
-
-
-def republish(home: Home, **manifest_changes) -> str:
-    """Publish the current bundle's files again as a new version, with some manifest fields changed."""
-    path = publish.folder(home, "synthetic") / publish.current(home, "synthetic")
-    manifest = json.loads((path / "manifest.json").read_text())
-    files = {name: (path / name).read_bytes() for name in manifest["files"]}
-    kept = {k: v for k, v in manifest.items() if k not in ("files", "version", "format", "world", "signature")}
-    return publish.publish(home, "synthetic", files, {**kept, **manifest_changes}, keep=100)
 
 
 def test_lookups_answer_exactly_what_the_night_measured(world):

@@ -11,7 +11,7 @@ import faiss
 import numpy as np
 import pytest
 
-from conftest import decision, episode, simulation, write_jsonl
+from conftest import decision, dmn, episode, simulation, write_jsonl
 from dmn import publish
 from dmn.bundle import load
 from dmn.config import ConsolidateSettings
@@ -140,8 +140,7 @@ def test_two_consolidations_never_overlap(home):
     with home.lock("consolidate"):
         with pytest.raises(Busy, match="another dmn process"):
             consolidate(home, settings=FAST)
-        busy = subprocess.run([sys.executable, "-m", "dmn", "consolidate", "--home", str(home.root)],
-                              capture_output=True, text=True)
+        busy = dmn("consolidate", home=home)
     assert busy.returncode == 1 and "another dmn process" in busy.stderr and "Traceback" not in busy.stderr
     # Asked to wait, the second one waits for the first to finish, then runs.
     write_logs(home, situations=4, dim=16, episodes=40, steps=20, accuracy=1.0)
@@ -150,8 +149,7 @@ def test_two_consolidations_never_overlap(home):
                                "    print('held', flush=True); time.sleep(3)"], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     started = time.monotonic()
-    waited = subprocess.run([sys.executable, "-m", "dmn", "consolidate", "--wait", "60", "--json", "--home",
-                             str(home.root)], capture_output=True, text=True)
+    waited = dmn("consolidate", "--wait", "60", "--json", home=home)
     assert holder.wait() == 0 and waited.returncode == 0, waited.stderr
     assert time.monotonic() - started >= 1.5 and json.loads(waited.stdout.splitlines()[0])["status"] == "published"
 
@@ -159,24 +157,20 @@ def test_two_consolidations_never_overlap(home):
 def test_consolidate_and_rollback_commands(home):
     (home.root / "dmn.toml").write_text("[consolidate]\npolicy_hidden = 64\npolicy_epochs = 10\n")
     write_logs(home, world="w", situations=8, dim=32, episodes=30, steps=10, accuracy=1.0)
-    done = subprocess.run([sys.executable, "-m", "dmn", "consolidate", "--json", "--home", str(home.root)],
-                          capture_output=True, text=True)
+    done = dmn("consolidate", "--json", home=home)
     assert done.returncode == 0, done.stderr
     night = json.loads(done.stdout)
     assert night["status"] == "published" and night["version"] == "v000001"
     assert set(night["seconds"]) == {"select", "cluster", "outcomes", "table", "policy", "evaluate", "publish"}
-    table = subprocess.run([sys.executable, "-m", "dmn", "consolidate", "--home", str(home.root)],
-                           capture_output=True, text=True)
+    table = dmn("consolidate", home=home)
     assert table.returncode == 0 and "nothing new" in table.stdout
-    refused = subprocess.run([sys.executable, "-m", "dmn", "rollback", "--world", "w", "--home", str(home.root)],
-                             capture_output=True, text=True)
+    refused = dmn("rollback", "--world", "w", home=home)
     assert refused.returncode == 1 and "no bundle older than v000001" in refused.stderr
 
 
 def test_a_failed_night_is_recorded_and_reported(home):
     write_logs(home, world="short", situations=2, dim=8, episodes=2, steps=5)
-    failed = subprocess.run([sys.executable, "-m", "dmn", "consolidate", "--home", str(home.root)],
-                            capture_output=True, text=True)
+    failed = dmn("consolidate", home=home)
     assert failed.returncode == 1 and "Traceback" not in failed.stderr
     assert "consolidation failed for short: 2 episode(s): at least 3 are needed" in failed.stderr
     rows = Store(home).sql("SELECT world, status, reason FROM consolidations").fetchall()

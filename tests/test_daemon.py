@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from conftest import dmn
 from dmn import Home, publish
 from dmn.store import Store
 from dmn.synthetic import write_logs
@@ -42,8 +43,7 @@ def test_the_daemon_consolidates_refuses_a_second_and_stops_on_sigterm(home, tmp
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         assert 'dmn_bundle_version{world="synthetic"} 1.0' in metrics and "dmn_last_run_success 1.0" in metrics
         assert 'dmn_lake_records{kind="decisions",world="synthetic"} 800.0' in metrics
-        second = subprocess.run([sys.executable, "-m", "dmn", "daemon", "--interval", "2", "--home", str(home.root)],
-                                capture_output=True, text=True, timeout=60)
+        second = dmn("daemon", "--interval", "2", home=home, timeout=60)
         assert second.returncode == 1 and "another dmn daemon is running" in second.stderr
         assert "Traceback" not in second.stderr
         first.send_signal(signal.SIGTERM)
@@ -61,36 +61,30 @@ def test_the_daemon_consolidates_refuses_a_second_and_stops_on_sigterm(home, tmp
 
 def test_bad_schedules_are_refused_in_one_line(home):
     for args, message in [(["--cron", "every night"], "5-field cron"), (["--interval", "0"], "positive")]:
-        done = subprocess.run([sys.executable, "-m", "dmn", "daemon", *args, "--home", str(home.root)],
-                              capture_output=True, text=True, timeout=60)
+        done = dmn("daemon", *args, home=home, timeout=60)
         assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr
 
 
 def test_status_says_what_serves_what_happened_and_what_waits(home):
     write_logs(home, situations=4, dim=16, episodes=40, steps=20, accuracy=1.0)
-    done = subprocess.run([sys.executable, "-m", "dmn", "consolidate", "--home", str(home.root)],
-                          capture_output=True, text=True, timeout=120)
+    done = dmn("consolidate", home=home, timeout=120)
     assert done.returncode == 0, done.stderr
     (home.inbox / "late.jsonl").write_text('{"type": "episode", "episode_id": "x", "world": "synthetic"}\n')
-    state = json.loads(subprocess.run([sys.executable, "-m", "dmn", "status", "--json", "--home", str(home.root)],
-                                      capture_output=True, text=True, timeout=60).stdout)
+    state = json.loads(dmn("status", "--json", home=home, timeout=60).stdout)
     world = state["worlds"]["synthetic"]
     assert world["bundle"]["version"] == "v000001" and world["bundle"]["precision"] >= 0.95
     assert world["last_night"]["status"] == "published" and world["lake"] == {
         "episodes": 40, "decisions": 800, "simulations": 2400}
     assert state["inbox"]["files"] == 1 and state["quarantined"] == {}
-    table = subprocess.run([sys.executable, "-m", "dmn", "status", "--home", str(home.root)],
-                           capture_output=True, text=True, timeout=60)
+    table = dmn("status", home=home, timeout=60)
     assert table.returncode == 0 and "v000001" in table.stdout and "1 file (" in table.stdout
 
 
 def test_report_writes_a_page_with_its_plots(home, tmp_path):
     write_logs(home, situations=4, dim=16, episodes=40, steps=20, accuracy=1.0)
     (home.inbox / "bad.jsonl").write_text("{not json\n")
-    assert subprocess.run([sys.executable, "-m", "dmn", "consolidate", "--home", str(home.root)],
-                          capture_output=True, text=True, timeout=120).returncode == 0
-    done = subprocess.run([sys.executable, "-m", "dmn", "report", "--out", str(tmp_path / "r"), "--home",
-                           str(home.root)], capture_output=True, text=True, timeout=120)
+    assert dmn("consolidate", home=home, timeout=120).returncode == 0
+    done = dmn("report", "--out", str(tmp_path / "r"), home=home, timeout=120)
     assert done.returncode == 0, done.stderr
     page = (tmp_path / "r" / "index.html").read_text()
     pngs = sorted(p.name for p in (tmp_path / "r").glob("*.png"))
@@ -98,8 +92,7 @@ def test_report_writes_a_page_with_its_plots(home, tmp_path):
                     "synthetic-timings.png"]
     assert all((tmp_path / "r" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     assert page.count("data:image/png;base64,") == 5 and "v000001" in page  # self-contained
-    unknown = subprocess.run([sys.executable, "-m", "dmn", "report", "--world", "nope", "--home", str(home.root)],
-                             capture_output=True, text=True, timeout=60)
+    unknown = dmn("report", "--world", "nope", home=home, timeout=60)
     assert unknown.returncode == 1 and "no world 'nope'" in unknown.stderr and "Traceback" not in unknown.stderr
 
 
@@ -110,9 +103,8 @@ def test_the_nightly_job_is_data_that_consolidate_runs_once(home, tmp_path):
     assert job.cron == "0 3 * * *" and job.idle_after == 600
     assert [(s.run, s.settings) for s in job.stages] == [("consolidate", {"keep": 7}), ("report", {})]
     write_logs(home, situations=4, dim=16, episodes=40, steps=20, accuracy=1.0)
-    done = subprocess.run([sys.executable, "-m", "dmn", "consolidate", "--job", "jobs/nightly.toml", "--home",
-                           str(home.root)], capture_output=True, text=True, timeout=180,
-                          cwd=Path(__file__).resolve().parent.parent)
+    done = dmn("consolidate", "--job", "jobs/nightly.toml", home=home, timeout=180,
+               cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0, done.stderr
     assert publish.current(home, "synthetic") == "v000001" and (home.root / "report" / "index.html").exists()
     manifest = json.loads((publish.folder(home, "synthetic") / "v000001" / "manifest.json").read_text())
@@ -121,6 +113,5 @@ def test_the_nightly_job_is_data_that_consolidate_runs_once(home, tmp_path):
                           ('[[stages]]\nrun = "consolidate"\n[stages.settings]\nkeep = -1\n', "keep must be"),
                           ('[schedule]\nwhen = "3am"\n', "unknown setting(s) in [schedule]"), ("", "at least one")]:
         (tmp_path / "bad.toml").write_text(text)
-        bad = subprocess.run([sys.executable, "-m", "dmn", "consolidate", "--job", str(tmp_path / "bad.toml"),
-                              "--home", str(home.root)], capture_output=True, text=True, timeout=60)
+        bad = dmn("consolidate", "--job", str(tmp_path / "bad.toml"), home=home, timeout=60)
         assert bad.returncode == 1 and message in bad.stderr and "Traceback" not in bad.stderr, text

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import count, decision, episode, run, simulation, write_jsonl
+from conftest import count, decision, dmn, episode, run, simulation, write_jsonl
 from dmn.errors import Busy, DmnError
 from dmn.store import Store
 
@@ -456,12 +456,9 @@ def test_lar_runs_with_repeated_or_negative_step_numbers_keep_every_record(home)
 
 
 def test_quarantine_lands_whatever_the_machine_time_zone(home):
-    import subprocess
-    import sys
-
     write_jsonl(home.inbox / "a.jsonl", ["not json", {"type": "episode"}])
     env = {**os.environ, "TZ": "Pacific/Kiritimati"}  # UTC+14: its date is ahead of UTC's much of the day
-    done = subprocess.run([sys.executable, "-m", "dmn", "ingest", "--home", str(home.root)], env=env, capture_output=True)
+    done = dmn("ingest", home=home, env=env)
     assert done.returncode == 0, done.stderr
     assert count(home, "quarantine") == 2
 

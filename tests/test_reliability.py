@@ -12,12 +12,12 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import dmn, republish
 from dmn import Home, publish
 from dmn.bundle import load
 from dmn.faults import POINTS
@@ -54,13 +54,12 @@ def test_sigkill_at_every_kill_point_of_ingest_consolidation_and_publish(tmp_pat
     for day, (point, command) in enumerate(points):
         write_logs(home, situations=4, dim=32, episodes=8, steps=20, accuracy=1.0, day=day)
         logged += 8 * 20
-        killed = dmn_run(home, command, env={**os.environ, "DMN_KILL_AT": point})
+        killed = dmn(command, env={**os.environ, "DMN_KILL_AT": point}, home=home)
         assert killed.returncode == -signal.SIGKILL, f"{point} was never reached: {killed.stderr[-400:]}"
         decisions, _ = check_home(home, "synthetic")
         assert decisions <= logged
     assert len(points) >= 20
-    done = subprocess.run([sys.executable, "-m", "dmn", "consolidate", "--home", str(home.root)],
-                          capture_output=True, text=True, timeout=300)
+    done = dmn("consolidate", home=home, timeout=300)
     assert done.returncode == 0, done.stderr
     assert check_home(home, "synthetic") == (logged, logged * 3)
     assert publish.current(home, "synthetic") is not None
@@ -89,8 +88,7 @@ def test_sigkilled_nights_lose_and_duplicate_nothing(tmp_path):
         decisions, simulations = check_home(home, "synthetic")
         assert decisions <= expected_decisions and simulations <= expected_simulations
     assert killed_running >= 3, f"only {killed_running} of 6 kills caught the night running"
-    done = subprocess.run([sys.executable, "-m", "dmn", "consolidate", "--home", str(home.root)],
-                          capture_output=True, text=True, timeout=300)
+    done = dmn("consolidate", home=home, timeout=300)
     assert done.returncode == 0, done.stderr
     assert check_home(home, "synthetic") == (expected_decisions, expected_simulations)
     assert publish.current(home, "synthetic") is not None
@@ -121,19 +119,14 @@ def test_reader_processes_see_whole_bundles_while_bundles_are_published(tmp_path
     home = Home.resolve(tmp_path / "home")
     (home.root / "dmn.toml").write_text(FAST_TOML)
     truth = write_logs(home, situations=4, dim=32, episodes=30, steps=20, accuracy=1.0)
-    assert subprocess.run([sys.executable, "-m", "dmn", "consolidate", "--home", str(home.root)],
-                          capture_output=True, timeout=300).returncode == 0
+    assert dmn("consolidate", home=home, timeout=300).returncode == 0
     np.save(tmp_path / "states.npy", truth.sample(64)[0])
     readers = [subprocess.Popen([sys.executable, "-c", READER, str(home.root), str(tmp_path / "states.npy"), "8"],
                                 stdout=subprocess.PIPE, text=True) for _ in range(4)]
     time.sleep(2)  # let them start
-    base = publish.folder(home, "synthetic") / "v000001"
-    manifest = json.loads((base / "manifest.json").read_text())
-    files = {name: (base / name).read_bytes() for name in manifest["files"]}
-    kept = {k: v for k, v in manifest.items() if k not in ("files", "version", "format", "world", "signature")}
+    answering = json.loads((publish.folder(home, "synthetic") / "v000001" / "manifest.json").read_text())["thresholds"]
     for n in range(12):  # alternately a bundle that answers and one that never does
-        thresholds = manifest["thresholds"] if n % 2 else {"table": None, "policy": 1.01}
-        publish.publish(home, "synthetic", files, {**kept, "thresholds": thresholds}, keep=100)
+        republish(home, thresholds=answering if n % 2 else {"table": None, "policy": 1.01})
         time.sleep(0.3)
     results = [json.loads(r.communicate(timeout=60)[0]) for r in readers]
     states = np.load(tmp_path / "states.npy")
@@ -182,9 +175,8 @@ def test_a_night_over_every_kind_of_bad_input_finishes_and_keeps_every_good_reco
     outside = write_jsonl(tmp_path / "elsewhere.jsonl", [episode("e7")])
     (home.inbox / "link.jsonl").symlink_to(outside)
     (home.inbox / "run_bad.json").write_bytes(b'{"run_id": "x"}')
-    night = subprocess.run([sys.executable, "-m", "dmn", "consolidate", "--world", "synthetic", "--json", "--home",
-                            str(home.root)], capture_output=True, text=True, timeout=300,
-                           env={**os.environ, "DMN_LAR_HMAC_SECRET": "s3cret"})
+    night = dmn("consolidate", "--world", "synthetic", "--json", home=home, timeout=300,
+                env={**os.environ, "DMN_LAR_HMAC_SECRET": "s3cret"})
     assert night.returncode == 0, night.stderr
     assert json.loads(night.stdout.splitlines()[0])["status"] == "published"
     store = Store(home)
@@ -213,8 +205,7 @@ def test_sql_answers_while_nights_ingest_and_publish(tmp_path):
         night = subprocess.Popen([sys.executable, "-m", "dmn", "consolidate", "--home", str(home.root)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         while night.poll() is None:
-            query = subprocess.run([sys.executable, "-m", "dmn", "sql", "SELECT count(*) AS n FROM decisions",
-                                    "--format", "json", "--home", str(home.root)], capture_output=True, text=True)
+            query = dmn("sql", "SELECT count(*) AS n FROM decisions", "--format", "json", home=home)
             assert query.returncode == 0, query.stderr
             answers.append(json.loads(query.stdout)["n"])
         assert night.returncode == 0, night.stderr.read()
@@ -227,9 +218,8 @@ def test_dmn_check_finds_a_lost_lake_file_a_record_twice_and_a_damaged_bundle(tm
     home = Home.resolve(tmp_path / "home")
     (home.root / "dmn.toml").write_text(FAST_TOML)
     write_logs(home, situations=4, dim=32, episodes=30, steps=20, accuracy=1.0)
-    dmn = [sys.executable, "-m", "dmn"]
-    assert subprocess.run([*dmn, "consolidate", "--home", str(home.root)], capture_output=True).returncode == 0
-    ok = subprocess.run([*dmn, "check", "--home", str(home.root)], capture_output=True, text=True)
+    assert dmn("consolidate", home=home).returncode == 0
+    ok = dmn("check", home=home)
     assert ok.returncode == 0 and "600 decisions" in ok.stdout and "synthetic v000001" in ok.stdout
 
     store = Store(home)
@@ -242,7 +232,7 @@ def test_dmn_check_finds_a_lost_lake_file_a_record_twice_and_a_damaged_bundle(tm
 
     Path(store.files("simulations")[0]).unlink()  # a lost lake file
     (publish.folder(home, "synthetic") / "v000001" / "policy.npz").write_bytes(b"x")  # a damaged bundle
-    found = subprocess.run([*dmn, "check", "--home", str(home.root)], capture_output=True, text=True)
+    found = dmn("check", home=home)
     assert found.returncode == 1
     assert "is unreadable" in found.stderr and "does not match its checksum" in found.stderr
 
@@ -279,8 +269,7 @@ def test_names_from_logs_never_lead_out_of_the_home(tmp_path):
         write_logs(home, world=world, encoder=f"../enc{n}/..", situations=4, dim=32, episodes=30, steps=20,
                    accuracy=1.0)
     before = set(tmp_path.iterdir())
-    night = subprocess.run([sys.executable, "-m", "dmn", "consolidate", "--json", "--home", str(home.root)],
-                           capture_output=True, text=True, timeout=300)
+    night = dmn("consolidate", "--json", home=home, timeout=300)
     assert night.returncode == 0, night.stderr
     assert sorted(json.loads(line)["world"] for line in night.stdout.splitlines()) == sorted(worlds)
     assert set(tmp_path.iterdir()) == before  # nothing written beside the home
@@ -291,11 +280,6 @@ def test_names_from_logs_never_lead_out_of_the_home(tmp_path):
     assert sorted(w for w, _ in lake) == sorted(worlds)
     for path in home.root.rglob("*"):
         assert path.resolve().is_relative_to(home.root.resolve())
-
-
-def dmn_run(home: Home, *args: str, prefix: Sequence[str] = (), **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([*prefix, sys.executable, "-m", "dmn", *args, "--home", str(home.root)], capture_output=True,
-                          text=True, timeout=300, **kwargs)
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> str:
@@ -321,7 +305,7 @@ def test_a_full_disk_stops_each_stage_with_one_line_and_corrupts_nothing(tmp_pat
     home = Home.resolve(tmp_path / "home")
     (home.root / "dmn.toml").write_text(FAST_TOML)
     write_logs(home, situations=4, dim=32, episodes=8, steps=20, accuracy=1.0)
-    assert dmn_run(home, "consolidate").returncode == 0
+    assert dmn("consolidate", home=home).returncode == 0
     logged, messages = 160, []
     # (bytes a file may grow to, whether the day's batch lands first so that the night meets the full disk)
     for day, (limit, ingested) in enumerate([(0, False), (2_000, False), (3_000, True), (7_000, True),
@@ -329,8 +313,8 @@ def test_a_full_disk_stops_each_stage_with_one_line_and_corrupts_nothing(tmp_pat
         write_logs(home, situations=4, dim=32, episodes=8, steps=20, accuracy=1.0, day=day)
         logged += 160
         if ingested:
-            assert dmn_run(home, "ingest").returncode == 0
-        night = dmn_run(home, "consolidate", preexec_fn=file_size_limit(limit))
+            assert dmn("ingest", home=home).returncode == 0
+        night = dmn("consolidate", preexec_fn=file_size_limit(limit), home=home)
         if night.returncode:
             messages.append(one_line_error(night))
         check_home(home, "synthetic")
@@ -338,7 +322,7 @@ def test_a_full_disk_stops_each_stage_with_one_line_and_corrupts_nothing(tmp_pat
     stages = {"lock": "cannot take the", "ingest": "nothing was committed", "publish": "cannot publish bundle",
               "record": "run record could not be written"}
     assert {stage for stage, words in stages.items() if any(words in m for m in messages)} == set(stages), messages
-    assert dmn_run(home, "consolidate").returncode == 0
+    assert dmn("consolidate", home=home).returncode == 0
     assert check_home(home, "synthetic") == (logged, logged * 3)
     versions = publish.versions(home, "synthetic")
     assert all(publish.verify(publish.folder(home, "synthetic") / v) for v in versions)  # no orphan half-bundles
@@ -374,7 +358,7 @@ def test_a_read_only_home_answers_every_question_and_refuses_writes_in_one_line(
     home = Home.resolve(tmp_path / "home")
     (home.root / "dmn.toml").write_text(FAST_TOML)
     truth = write_logs(home, situations=4, dim=32, episodes=30, steps=20, accuracy=1.0)
-    assert dmn_run(home, "consolidate").returncode == 0
+    assert dmn("consolidate", home=home).returncode == 0
     shutil.rmtree(home.tmp)  # a copy of a home need not have its scratch folders
     write_logs(home, situations=4, dim=32, episodes=8, steps=20, accuracy=1.0, day=1)  # waits in the inbox
     states = tmp_path / "states.npy"
@@ -382,21 +366,21 @@ def test_a_read_only_home_answers_every_question_and_refuses_writes_in_one_line(
     prefix = read_only(home.root)
     try:
         for command in (["ingest"], ["consolidate"], ["rollback", "--world", "synthetic"], ["report"]):
-            message = one_line_error(dmn_run(home, *command, prefix=prefix))
+            message = one_line_error(dmn(*command, prefix=prefix, home=home))
             assert "Read-only" in message or "Permission denied" in message, message
-        sql = dmn_run(home, "sql", "SELECT count(*) AS n FROM decisions", "--format", "json", prefix=prefix)
+        sql = dmn("sql", "SELECT count(*) AS n FROM decisions", "--format", "json", prefix=prefix, home=home)
         assert sql.returncode == 0 and json.loads(sql.stdout)["n"] == 600, sql.stderr
-        status = dmn_run(home, "status", "--json", prefix=prefix)
+        status = dmn("status", "--json", prefix=prefix, home=home)
         assert status.returncode == 0 and json.loads(status.stdout)["inbox"]["files"] == 8, status.stderr
-        assert dmn_run(home, "check", prefix=prefix).returncode == 0
-        assert dmn_run(home, "report", "--out", str(tmp_path / "report"), prefix=prefix).returncode == 0
+        assert dmn("check", prefix=prefix, home=home).returncode == 0
+        assert dmn("report", "--out", str(tmp_path / "report"), prefix=prefix, home=home).returncode == 0
         lookup = subprocess.run([*prefix, sys.executable, "-c", LOOKUP, str(home.root), str(states)],
                                 capture_output=True, text=True)
         assert lookup.stdout.strip() == "v000001", lookup.stderr
     finally:
         subprocess.run(["chmod", "-R", "u+w", str(home.root)], check=True)
     check_home(home, "synthetic")
-    assert dmn_run(home, "consolidate").returncode == 0  # writable again: the waiting day lands, once
+    assert dmn("consolidate", home=home).returncode == 0  # writable again: the waiting day lands, once
     assert check_home(home, "synthetic")[0] == 600 + 160
 
 
@@ -449,7 +433,7 @@ def test_nothing_from_the_inbox_or_a_bundle_is_unpickled_or_followed_out_of_its_
     home = Home.resolve(tmp_path / "home")
     (home.root / "dmn.toml").write_text(FAST_TOML)
     truth = write_logs(home, situations=4, dim=32, episodes=30, steps=20, accuracy=1.0)
-    assert dmn_run(home, "consolidate").returncode == 0
+    assert dmn("consolidate", home=home).returncode == 0
     (home.inbox / "evil.pkl").write_bytes(pickle.dumps(Payload(marker)))
     np.save(home.inbox / "evil.npy", np.array([Payload(marker)], dtype=object), allow_pickle=True)
     assert ingest(home).skipped["unsupported file type"] == 2

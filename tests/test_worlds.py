@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -15,6 +13,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from conftest import dmn
 from dmn.config import PlannerSettings, Settings, WorldSettings
 from dmn.errors import DmnError
 from dmn.ingest import ingest
@@ -252,10 +251,6 @@ def test_bad_arguments_are_refused(home):
 
 
 # -- the command ----------------------------------------------------------------------------------
-
-def dmn(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dmn", *args], capture_output=True, text=True)
-
 
 def test_world_run_then_ingest_then_sql_show_the_numbers_it_printed(home):
     (home.root / "dmn.toml").write_text(TINY_TOML)

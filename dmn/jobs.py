@@ -18,6 +18,7 @@ from dmn.config import ConsolidateSettings, section, tomllib
 from dmn.consolidate import Consolidation, consolidate
 from dmn.errors import DmnError
 from dmn.home import Home
+from dmn.ingest import ingest
 
 STAGES = ("ingest", "consolidate", "report")
 """What a stage can run: ingest the inbox; ingest and consolidate; write the HTML report."""
@@ -88,8 +89,6 @@ def run(home: Home, job: Job, on_progress: Callable[[str], None] | None = None,
     nights: list[Consolidation] = []
     for stage in job.stages:
         if stage.run == "ingest":
-            from dmn.ingest import ingest
-
             ingest(home)
         elif stage.run == "consolidate":
             settings = dataclasses.replace(home.settings().consolidate, **stage.settings)

@@ -167,14 +167,16 @@ def verify(path: Path) -> dict[str, Any]:
     return manifest
 
 
+def worlds(home: Home) -> list[str]:
+    """The worlds that have a bundle folder, by folder name."""
+    return [unquote(base.name) for base in sorted(home.bundles.iterdir())] if home.bundles.is_dir() else []
+
+
 def manifests(home: Home) -> list[dict[str, Any]]:
     """Every kept bundle's manifest, with `current` set on the published one (unreadable ones skipped)."""
     out = []
-    if not home.bundles.is_dir():
-        return out
-    for base in sorted(home.bundles.iterdir()):
-        world = unquote(base.name)
-        published = current(home, world)
+    for world in worlds(home):
+        base, published = folder(home, world), current(home, world)
         for version in versions(home, world):
             try:
                 manifest = json.loads((base / version / "manifest.json").read_bytes())

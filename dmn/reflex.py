@@ -72,7 +72,7 @@ def answer(x: np.ndarray, index: faiss.Index, table: dict[str, np.ndarray], weig
     reach = trusted & ~from_table & (distance <= policy_reach * radius)  # the policy runs only where it may answer
     if reach.any():
         probs = policy_probabilities(weights, x[reach])
-        action[reach] = probs.argmax(1)
-        confidence[reach] = np.where(probs.max(1) >= thresholds["policy"], probs.max(1), np.nan)
+        action[reach], sure = probs.argmax(1), probs.max(1)
+        confidence[reach] = np.where(sure >= thresholds["policy"], sure, np.nan)
     source = np.where(from_table, "table", np.where(reach & ~np.isnan(confidence), "policy", ""))
     return Answers(action, confidence, source, situation)

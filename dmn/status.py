@@ -8,7 +8,6 @@ and the inbox's logs not ingested yet, and what was quarantined. And whether it 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -92,13 +91,12 @@ def check(home: Home) -> dict[str, Any]:
                 problems.append(f"{rows - keys} rows of {table} are there twice")
         figures["simulations"] = run(con, "SELECT count(*) FROM simulations")[0][0]
     published = {}
-    for base in sorted(home.bundles.iterdir()) if home.bundles.is_dir() else []:
-        world = unquote(base.name)
+    for world in publish.worlds(home):
         version = publish.current(home, world)
         if version is None:
             continue
         try:
-            publish.verify(base / version)
+            publish.verify(publish.folder(home, world) / version)
             published[world] = version
         except DmnError as exc:
             problems.append(f"{world}: CURRENT names {version}, which does not verify: {exc}")

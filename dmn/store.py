@@ -127,7 +127,7 @@ class Store:
         cols = columns(table)
         files = self.files(table, manifests)
         if not files:
-            return "SELECT " + ", ".join(f"NULL::{t} AS {quote(c)}" for c, t in cols.items()) + " WHERE false"
+            return _no_rows(cols)
         listing = ", ".join("'" + f.replace("'", "''") + "'" for f in [*files, self._schema_file(table, cols)] if f)
         casts = ", ".join(f"{quote(c)}::{t} AS {quote(c)}" for c, t in cols.items())
         return f"SELECT {casts} FROM read_parquet([{listing}], union_by_name = true, hive_partitioning = false)"
@@ -141,9 +141,8 @@ class Store:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 staged = self.home.tmp / f"{path.name}.{os.getpid()}.tmp"
-                empty = "SELECT " + ", ".join(f"NULL::{t} AS {quote(c)}" for c, t in cols.items()) + " WHERE false"
                 with duckdb.connect() as con:
-                    run(con, f"COPY ({empty}) TO '{staged}' (FORMAT parquet)")
+                    run(con, f"COPY ({_no_rows(cols)}) TO '{staged}' (FORMAT parquet)")
                 os.replace(staged, path)
             except (OSError, duckdb.Error):
                 return None
@@ -252,6 +251,11 @@ def _json_rows(records: list[dict[str, Any]], names: tuple[str, ...]) -> pa.Tabl
         return value if value is None or isinstance(value, str) else json.dumps(value)
 
     return pa.table({n: pa.array([cell(r.get(n)) for r in records], pa.string()) for n in names})
+
+
+def _no_rows(cols: dict[str, str]) -> str:
+    """A SELECT of no rows with these typed columns."""
+    return "SELECT " + ", ".join(f"NULL::{t} AS {quote(c)}" for c, t in cols.items()) + " WHERE false"
 
 
 def quote(name: str) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 import numpy as np
+
 from dmn.client import Reflexes
 from dmn.config import Settings
 from dmn.home import Home

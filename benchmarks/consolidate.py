@@ -15,10 +15,10 @@ import argparse
 import tempfile
 import time
 
-from dmn.consolidate import consolidate
+from dmn.sleep.night import consolidate
 from dmn.home import Home
-from dmn.ingest import ingest
-from dmn.synthetic import write_logs
+from dmn.lake.ingest import ingest
+from dmn.worlds.synthetic import write_logs
 
 STEPS, ACTIONS = 50, 4
 

@@ -24,10 +24,11 @@ import tempfile
 import time
 from collections import Counter
 
-from dmn import Home, publish
+from dmn import Home
+from dmn.bundle import publish
 from dmn.faults import POINTS
-from dmn.status import check
-from dmn.synthetic import write_logs
+from dmn.ops.status import check
+from dmn.worlds.synthetic import write_logs
 
 EPISODES, STEPS, ACTIONS = 8, 20, 3
 SEVERAL_PASSES = {"ingest.read", "ingest.staged", "ingest.rolled", "atomic.written"}

@@ -27,10 +27,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dmn import Reflexes, publish
-from dmn.bundle import load
-from dmn.cluster import centroid_index
-from dmn.config import ConsolidateSettings, PlannerSettings, WorldSettings
+from dmn import Reflexes
+from dmn.bundle import publish
+from dmn.bundle.load import load
+from dmn.sleep.cluster import centroid_index
+from dmn.config import ConsolidateSettings
 from dmn.home import Home
 
 DIM, ACTIONS, MANIFOLD = 768, 4, 32
@@ -107,6 +108,7 @@ def system2_ms(decisions: int = 50) -> float:
 
     from dmn.worlds.model import WorldModel
     from dmn.worlds.plan import Planner, one_thread
+    from dmn.worlds.settings import PlannerSettings, WorldSettings
 
     torch.manual_seed(0)
     w = WorldSettings()

@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 
 from dmn import Home
-from dmn.synthetic import big_log
+from dmn.worlds.synthetic import big_log
 
 PEAK = """
 import json, re, sys
 from pathlib import Path
 from dmn import Home
-from dmn.ingest import ingest
+from dmn.lake.ingest import ingest
 report = ingest(Home.resolve(sys.argv[1]))
 # This process's own high-water mark (ru_maxrss would include the parent's, inherited across fork and exec).
 peak = int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024

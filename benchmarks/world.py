@@ -19,7 +19,8 @@ import time
 import numpy as np
 
 from dmn.home import Home
-from dmn.worlds import make_env, run
+from dmn.worlds.agent import run
+from dmn.worlds.train import make_env
 
 
 def random_returns(env_id: str, episodes: int, seed: int) -> list[float]:

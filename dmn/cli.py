@@ -44,7 +44,8 @@ def ingest(
 
     Example: dmn ingest --home ./dmn-home ./more-logs/
     """
-    from dmn.ingest import ingest as run_ingest
+    with _needs("night"):
+        from dmn.lake.ingest import ingest as run_ingest
 
     report = run_ingest(Home.resolve(home), [str(p) for p in paths] if paths else None)
     if as_json:
@@ -71,7 +72,7 @@ def ingest(
 @app.command()
 def sql(
     query: str = typer.Argument(..., help="A SQL query over the views episodes, simulations, decisions, outcomes, "
-                                "episode_ends, quarantine, ingest_files, consolidations, artifacts."),
+                                "episode_ends, quarantine, ingest_files, consolidations, artifacts (dmn.ops.sql.VIEWS)."),
     home: Optional[Path] = HomeOption,
     fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json (one JSON object per line)."),
 ) -> None:
@@ -79,13 +80,14 @@ def sql(
 
     Example: dmn sql "SELECT world, count(*) AS decisions FROM decisions WHERE source = 'system2' GROUP BY world"
     """
-    from dmn.store import Store
+    with _needs("night"):
+        from dmn.ops.sql import store
 
     if fmt not in ("table", "csv", "json"):
         raise DmnError(f"--format must be table, csv or json, not {fmt!r}")
     if not query.strip():
         raise DmnError("the query is empty")
-    result = Store(Home.resolve(home, create=False)).sql(query)
+    result = store(Home.resolve(home, create=False)).sql(query)
     if result.description is None:  # a statement without a result set
         return
     names = [d[0] for d in result.description]
@@ -117,11 +119,12 @@ def consolidate(
 
     Example: dmn consolidate --world CartPole-v1   or   dmn consolidate --job jobs/nightly.toml
     """
-    from dmn.jobs import Job, Stage, load, run
+    with _needs("night"):
+        from dmn.ops.jobs import load, nightly, run
 
     if job_file and world:
         raise DmnError("--job and --world do not go together: a job's stages name their worlds")
-    job = load(job_file) if job_file else Job("consolidate", stages=[Stage("consolidate", world)])
+    job = load(job_file) if job_file else nightly(world)
     with _progress() as say:
         nights = run(Home.resolve(home), job, on_progress=say, wait=wait)
     if as_json:
@@ -168,7 +171,7 @@ def rollback(
 
     Example: dmn rollback --world CartPole-v1 --to v000003
     """
-    from dmn.publish import rollback as run_rollback
+    from dmn.bundle.publish import rollback as run_rollback
 
     out.print(f"{world}: now serving {run_rollback(Home.resolve(home, create=False), world, to)}")
 
@@ -193,15 +196,17 @@ def world_run(
 
     Example: dmn world run --env CartPole-v1 --episodes 20 --reflexes --audit-rate 0.05 && dmn consolidate
     """
-    worlds = _worlds()
+    with _needs("worlds"):
+        from dmn.worlds.agent import reflexes_for, run
+
     if audit_rate and not reflexes:
         raise DmnError("--audit-rate checks System 1's answers, so it needs --reflexes")
     root = Home.resolve(home)
     with _progress() as say:
-        client = worlds.reflexes_for(root, env, audit_rate=audit_rate, seed=seed, on_progress=say) if reflexes else None
+        client = reflexes_for(root, env, audit_rate=audit_rate, seed=seed, on_progress=say) if reflexes else None
         if client is not None and client.problem:
             err.print(f"[yellow]System 1 is silent:[/] {escape(client.problem)}", highlight=False)
-        report = worlds.run(root, env, episodes, seed=seed, reflexes=client, on_progress=say)
+        report = run(root, env, episodes, seed=seed, reflexes=client, on_progress=say)
     summary = report.to_dict()
     if as_json:
         out.print_json(json.dumps(summary))
@@ -222,7 +227,8 @@ def status(
 
     Example: dmn status --home ./dmn-home
     """
-    from dmn.status import status as home_status
+    with _needs("night"):
+        from dmn.ops.status import status as home_status
 
     state = home_status(Home.resolve(home, create=False))
     if as_json:
@@ -255,7 +261,8 @@ def check(
 
     Exits 1 when it finds a problem. Example: dmn check --home ./dmn-home
     """
-    from dmn.status import check as check_home
+    with _needs("night"):
+        from dmn.ops.status import check as check_home
 
     result = check_home(Home.resolve(home, create=False))
     if as_json:
@@ -280,7 +287,8 @@ def report(
 
     Example: dmn report --world CartPole-v1 --out ./dmn-report && open ./dmn-report/index.html
     """
-    from dmn.report import report as write_report
+    with _needs("night"):
+        from dmn.ops.report import report as write_report
 
     out.print(str(write_report(Home.resolve(home, create=False), world, out_dir)))
 
@@ -288,10 +296,10 @@ def report(
 @app.command()
 def daemon(
     job_file: Optional[Path] = typer.Option(None, "--job", help="The job to run, as data (e.g. jobs/nightly.toml); "
-                                                                 "default: consolidate at 03:00."),
+                                                                 "default: ingest and consolidate at 03:00."),
     cron: Optional[str] = typer.Option(None, "--cron", help="When: a 5-field cron expression, local time (overrides the job's)."),
     interval: Optional[float] = typer.Option(None, "--interval", help="Run every this many seconds instead."),
-    idle_after: Optional[float] = typer.Option(None, "--idle-after",
+    idle_after: Optional[float] = typer.Option(None, "--idle-after", min=0.0,
                                                help="Also run once no new logs have arrived for this many seconds."),
     metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics on this port."),
     log_json: bool = typer.Option(False, "--log-json", help="Log one JSON object per line to stderr."),
@@ -301,11 +309,13 @@ def daemon(
 
     Example: dmn daemon --job jobs/nightly.toml --metrics-port 9108
     """
-    from dmn.daemon import log_to_stderr, serve
-    from dmn.jobs import DEFAULT, load
+    with _needs("night"):
+        from dmn.ops.daemon import log_to_stderr, serve
+        from dmn.ops.jobs import load, nightly
 
-    job = load(job_file) if job_file else DEFAULT
-    job = dataclasses.replace(job, cron=cron or job.cron, idle_after=idle_after or job.idle_after)
+    job = load(job_file) if job_file else nightly()
+    job.schedule = dataclasses.replace(job.schedule, cron=cron or job.schedule.cron,
+                                       idle_after=job.schedule.idle_after if idle_after is None else idle_after)
     log_to_stderr(log_json)
     serve(Home.resolve(home), job, interval=interval, metrics_port=metrics_port)
 
@@ -325,7 +335,9 @@ def demo(
 
     Example: dmn demo --env CartPole-v1 --nights 3 --episodes-per-day 10
     """
-    worlds = _worlds()
+    with _needs("worlds"):
+        from dmn.worlds.demo import demo as run_demo
+
     table = Table(title=f"dmn demo: {env}", caption="System 1: share of decisions it served; agreement: System 2 "
                   "agreeing on audits; ms: mean decision latency; night: the bundle it published, or what it did")
     for column in ("day", "episodes", "return", "decisions", "System 1", "agreement", "ms", "S1 ms", "S2 ms",
@@ -343,7 +355,7 @@ def demo(
                   + (f"; night: {day.night}" if day.night else ""), highlight=False)
 
     with _progress() as say:
-        days = worlds.demo(Home.resolve(home), env, nights=nights, episodes_per_day=episodes_per_day,
+        days = run_demo(Home.resolve(home), env, nights=nights, episodes_per_day=episodes_per_day,
                            audit_rate=audit_rate, seed=seed, on_progress=say, on_day=row)
     if as_json:
         out.print_json(json.dumps([d.to_dict() for d in days]))
@@ -366,12 +378,16 @@ def _print_wide(table: Table) -> None:
     (out if out.is_terminal else Console(width=160)).print(table)
 
 
-def _worlds() -> Any:
+@contextlib.contextmanager
+def _needs(extra: str) -> Iterator[None]:
+    """Around a command's imports: a package its extra brings, missing, is one line saying what to install."""
     try:
-        import dmn.worlds as worlds
-    except ImportError as exc:
-        raise DmnError(f"the reference world needs the `worlds` extra ({exc}): pip install 'dmn[worlds]'") from None
-    return worlds
+        yield
+    except ModuleNotFoundError as exc:
+        if (exc.name or "dmn").partition(".")[0] == "dmn":
+            raise
+        raise DmnError(f"this command needs the `{extra}` extra ({exc.name} is not installed): "
+                       f"pip install 'dmn[{extra}]'") from None
 
 
 def _share(value: float | None) -> str:

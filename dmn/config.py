@@ -11,14 +11,23 @@ Example `dmn.toml`::
     [lar]
     world = "tool-agent"
     encoder = "vjepa2-ac@1"
+
+Each section is a dataclass built on `Section`: every field says its type, and every number its bounds
+(`bounded`), where it is declared; a section checks them, and its rules across fields (`check`), whenever
+one is made, from a file (`section`, which names the file and the section in its one-line error) or in
+code (`dataclasses.replace` included). Job files (`dmn.ops.jobs`) and the reference world's sections
+(`dmn.worlds.settings`) are checked the same way.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,23 +50,113 @@ def size_bytes(text: str) -> int:
     return int(float(number) * (1024 if binary else 1000) ** ("KMGT".index(unit.upper()) + 1 if unit else 0))
 
 
+# -- the mechanism ---------------------------------------------------------------------------------
+
+
+def bounded(default: float, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+            lt: float | None = None) -> Any:
+    """A numeric setting with the range it must lie in: at least `ge`, above `gt`, at most `le`, below `lt`."""
+    return field(default=default, metadata={"bounds": (ge, gt, le, lt)})
+
+
+def choice(default: str, options: tuple[str, ...]) -> Any:
+    """A text setting that must be one of `options`."""
+    return field(default=default, metadata={"choices": options})
+
+
+class Section:
+    """What every settings dataclass is built on: its fields are checked when it is made."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            setattr(self, f.name, _checked(f, _types(type(self))[f.name], getattr(self, f.name)))
+        self.check()
+
+    def check(self) -> None:
+        """Rules across fields: raise ValueError saying which setting is wrong and why."""
+
+
+@functools.cache
+def _types(kind: type) -> dict[str, Any]:
+    return typing.get_type_hints(kind)
+
+
+def _checked(f: dataclasses.Field, kind: Any, value: Any) -> Any:
+    """`value` for the field `f` of type `kind`, checked (an int where a float goes becomes a float)."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None
+        if value is None:
+            return None
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, typing.get_origin(kind) or kind) or isinstance(value, bool) != (kind is bool):
+        raise ValueError(f"{f.name} must be {kind.__name__}, got {value!r}")
+    if kind in (int, float):
+        if "bounds" not in f.metadata:
+            raise TypeError(f"setting {f.name} declares no bounds (use config.bounded)")
+        ge, gt, le, lt = f.metadata["bounds"]
+        if (ge is not None and value < ge) or (gt is not None and value <= gt) or (le is not None and value > le) \
+                or (lt is not None and value >= lt) or not math.isfinite(value):
+            said = [words.format(bound) for bound, words in ((ge, "at least {:g}"), (gt, "above {:g}"),
+                                                             (le, "at most {:g}"), (lt, "below {:g}")) if bound is not None]
+            said = ["positive" if words == "above 0" else words for words in said]
+            raise ValueError(f"{f.name} must be {' and '.join(said) or 'finite'}, got {value!r}")
+    if "choices" in f.metadata and value not in f.metadata["choices"]:
+        raise ValueError(f"{f.name} must be one of {', '.join(f.metadata['choices'])}, got {value!r}")
+    return value
+
+
+def section(kind: type, values: Any, path: Path | str, name: str) -> Any:
+    """`values` (a TOML table) as a `kind` settings dataclass; unknown keys, wrong types, out-of-range
+    numbers and broken rules across fields are one DmnError naming `path` and `[name]`."""
+    if not isinstance(values, dict):
+        raise DmnError(f"{path}: [{name}] must be a table")
+    known = [f.name for f in dataclasses.fields(kind)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise DmnError(f"{path}: unknown setting(s) in [{name}]: {unknown}; known: {sorted(known)}")
+    try:
+        return kind(**values)
+    except ValueError as exc:
+        raise DmnError(f"{path}: [{name}] {exc}") from None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """The TOML file at `path` as a dict (absent: empty); a file that cannot be read is one DmnError."""
+    if not path.exists():
+        return {}
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise DmnError(f"{path}: not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise DmnError(f"{path}: cannot read it ({exc.strerror})") from None
+
+
+# -- the sections ---------------------------------------------------------------------------------------
+
+
 @dataclass
-class IngestSettings:
-    max_line_bytes: int = 16 * 2**20
+class IngestSettings(Section):
+    max_line_bytes: int = bounded(16 * 2**20, ge=1)
     """Longest accepted line; a longer one is quarantined without being parsed."""
-    chunk_bytes: int = 128 * 2**20
+    chunk_bytes: int = bounded(128 * 2**20, ge=1)
     """Bytes of complete lines handed to DuckDB in one pass (at most a quarter of `memory_limit`)."""
-    settle_seconds: float = 3600.0
+    settle_seconds: float = bounded(3600.0, ge=0)
     """An unterminated, unparseable last line is waited for this long before it is quarantined as truncated."""
-    future_skew_seconds: float = 300.0
+    future_skew_seconds: float = bounded(300.0, ge=0)
     """A timestamp further than this in the future is quarantined."""
     memory_limit: str = "2GB"
     """DuckDB's memory limit during ingest; beyond it the batch spills to `<home>/tmp`. The process needs
     about 0.3-0.5 GB more (libraries, read and write buffers), however large the files."""
 
+    def check(self) -> None:
+        if SIZE.fullmatch(self.memory_limit) is None:
+            raise ValueError(f"memory_limit must be a size such as '2GB', got {self.memory_limit!r}")
+
 
 @dataclass
-class LarSettings:
+class LarSettings(Section):
     world: str = "lar"
     """World name given to episodes ingested from Lár audit files."""
     encoder: str = "unknown"
@@ -81,184 +180,96 @@ class LarSettings:
 
 
 @dataclass
-class WorldSettings:
-    latent_dim: int = 128
-    """Dimension of the reference world model's latent state z."""
-    hidden: int = 128
-    """Width of the hidden layers of its networks."""
-    explore_steps: int = 8000
-    """Transitions of random exploration collected before the first training."""
-    sticky: float = field(default=4.0, metadata={"min": 1})
-    """Mean run of a repeated random exploration action, so exploration wanders farther than coin flips."""
-    restarts: float = field(default=0.5, metadata={"min": 0, "max": 1})
-    """Share of the first exploration's episodes that restart from a rarely seen state (Go-Explore).
-
-    The random play of each round always restarts from rare states, the planner's included."""
-    rollout: int = 5
-    """Steps the predictor is unrolled in training, each compared with the target encoder's latent."""
-    updates: int = 1500
-    """Gradient steps of the first training."""
-    batch: int = field(default=256, metadata={"min": 2})
-    """Training windows per gradient step."""
-    lr: float = 1e-3
-    """Adam learning rate."""
-    ema: float = field(default=0.99, metadata={"max": 1})
-    """Momentum of the target encoder (an exponential moving average of the encoder)."""
-    gamma: float = field(default=0.9, metadata={"below": 1})
-    """Discount of the value head's return-to-go."""
-    variance_weight: float = 1.0
-    """VICReg variance term: keeps every latent dimension spread out, so the latents cannot collapse."""
-    covariance_weight: float = 0.04
-    """VICReg covariance term: decorrelates the latent dimensions."""
-    rounds: int = field(default=1, metadata={"min": 0})
-    """Rounds of data aggregation after the first training: the planner collects, then training goes on."""
-    round_steps: int = 2000
-    """Transitions the planner collects per round."""
-    round_updates: int = 500
-    """Gradient steps after each round."""
-    seed: int = field(default=1, metadata={"min": 0})
-    """Seed of the world model's training (the model is cached per environment and settings)."""
-
-
-@dataclass
-class PlannerSettings:
-    horizon: int = 15
-    """Steps System 2 imagines ahead."""
-    samples: int = 128
-    """Action sequences imagined per iteration, split evenly over the first actions."""
-    iterations: int = 1
-    """Cross-entropy-method iterations: each after the first refits the sampling distribution to the elites."""
-    elites: int = 32
-    """Best sequences of an iteration: the next iteration samples around them, and a candidate first
-    action scores the mean of its share of them (a mean of many is a smooth function of the state)."""
-    value_weight: float = 0.3
-    """Weight of the values of the imagined states in a sequence's score (the rest is imagined reward)."""
-    veto: float = field(default=0.5, metadata={"max": 1})
-    """A first action is vetoed when its best imagined future fails (ends an episode early) with this probability."""
-    seed: int = field(default=0, metadata={"min": 0})
-    """Seed of System 2's random numbers, drawn afresh for every search: the same state gets the same answer."""
-
-
-@dataclass
-class ConsolidateSettings:
-    half_life_days: float = 7.0
+class ConsolidateSettings(Section):
+    half_life_days: float = bounded(7.0, gt=0)
     """Age at which a decision counts half as much as today's: older experience fades."""
-    window_days: float = 30.0
+    window_days: float = bounded(30.0, gt=0)
     """Only decisions from this many days back are read: bounds the nightly work."""
-    max_decisions: int = 1_000_000
+    max_decisions: int = bounded(1_000_000, ge=1)
     """At most this many decisions (the newest) are read per world."""
-    situations: int = field(default=0, metadata={"min": 0})
+    situations: int = bounded(0, ge=0)
     """Number of situations (k-means clusters of decision states); 0 picks it from the data size."""
-    outcome_types: int = 16
+    outcome_types: int = bounded(16, ge=1)
     """Number of outcome types (k-means clusters of imagined consequences)."""
-    pca_dims: int = field(default=32, metadata={"min": 0})
+    pca_dims: int = bounded(32, ge=0)
     """Search situations in this many PCA dimensions, then compare the nearest few by exact distance:
     fast lookups at large d. 0 (or at least the latents' size) searches exactly."""
-    min_support: float = 3.0
+    min_support: float = bounded(3.0, ge=0)
     """A situation needs this much (age-weighted) experience before System 1 answers from it."""
-    radius_quantile: float = field(default=0.95, metadata={"max": 1})
+    radius_quantile: float = bounded(0.95, gt=0, le=1)
     """A situation's novelty radius: this quantile of its members' distances to its centre."""
-    policy_reach: float = field(default=2.0, metadata={"min": 1})
+    policy_reach: float = bounded(2.0, ge=1)
     """The policy answers only within this many novelty radii of a known situation."""
-    demote_audits: int = 2
+    demote_audits: int = bounded(2, ge=1)
     """A situation whose audits (this many at least) agreed with System 2 less often than the precision
     target is demoted: System 1 stays silent there and System 2 decides."""
-    avoid_veto_rate: float = field(default=0.5, metadata={"max": 1})
+    avoid_veto_rate: float = bounded(0.5, gt=0, le=1)
     """An action System 2 vetoed at least this often in a situation goes on its avoid list."""
-    policy_hidden: int = 256
+    policy_hidden: int = bounded(256, ge=1)
     """Width of the distilled policy network's hidden layers."""
-    policy_batch: int = 128
+    policy_batch: int = bounded(128, ge=1)
     """Minibatch size of the policy network's training."""
-    policy_epochs: int = 30
+    policy_epochs: int = bounded(30, ge=1)
     """Maximum training epochs of the policy network (it stops early on validation loss)."""
-    soft_weight: float = field(default=0.5, metadata={"min": 0, "max": 1})
+    soft_weight: float = bounded(0.5, ge=0, le=1)
     """Share of the policy's target that comes from System 2's scores (soft) rather than its choice (hard)."""
-    precision_target: float = field(default=0.95, metadata={"max": 1})
+    precision_target: float = bounded(0.95, gt=0, le=1)
     """System 1 must agree with System 2 at least this often when it answers; thresholds are set for it."""
-    precision_z: float = field(default=1.0, metadata={"min": 0})
+    precision_z: float = bounded(1.0, ge=0)
     """Thresholds must meet the precision target this many standard errors down (a Wilson lower bound) on
     validation data, so that a small validation set cannot pass them by luck."""
-    coverage_tolerance: float = field(default=0.02, metadata={"min": 0, "max": 1})
+    coverage_tolerance: float = bounded(0.02, ge=0, le=1)
     """A new bundle may cover this much less of the held-out steps than the published one does and still replace it."""
-    validation_share: float = field(default=0.15, metadata={"max": 0.5})
+    validation_share: float = bounded(0.15, gt=0, le=0.5)
     """Share of the labelled steps (whole recent episodes, dealt alternately with the test ones) that set
     thresholds and calibration."""
-    test_share: float = field(default=0.15, metadata={"max": 0.5})
+    test_share: float = bounded(0.15, gt=0, le=0.5)
     """Share of the labelled steps (whole recent episodes) held out to report the metrics the gate uses."""
-    keep: int = 5
+    keep: int = bounded(5, ge=1)
     """Published bundles kept per world (for rollback)."""
-    seed: int = field(default=0, metadata={"min": 0})
+    seed: int = bounded(0, ge=0)
     """Seed of clustering and training."""
+
+    def check(self) -> None:
+        if self.validation_share + self.test_share >= 1:
+            raise ValueError(f"validation_share + test_share must be below 1 (something must be left to train on), "
+                             f"got {self.validation_share} + {self.test_share}")
 
 
 @dataclass
 class Settings:
+    """A home's settings (`Home.settings()`)."""
+
     ingest: IngestSettings = field(default_factory=IngestSettings)
     """How logs are read."""
     lar: LarSettings = field(default_factory=LarSettings)
     """How Lár audit files map onto episodes."""
     dims: dict[str, int] = field(default_factory=dict)
     """Latent dimension per world, when known up front; otherwise the first ingested batch sets it."""
-    world: WorldSettings = field(default_factory=WorldSettings)
-    """How the reference world model (`dmn world`) is trained."""
-    planner: PlannerSettings = field(default_factory=PlannerSettings)
-    """How the reference world's System 2 plans."""
     consolidate: ConsolidateSettings = field(default_factory=ConsolidateSettings)
     """How the night distils System 2's simulations into System 1's reflexes."""
 
+    ELSEWHERE = ("world", "planner")
+    """Sections of dmn.toml that their own part of dmn reads and checks: the reference world's
+    (`dmn.worlds.settings`), which needs torch and gymnasium."""
+
     @classmethod
-    def load(cls, path: Path) -> "Settings":
+    def load(cls, path: Path) -> Settings:
         """Read `dmn.toml` at `path` (absent means all defaults); unknown keys are an error."""
-        data: dict[str, Any] = {}
-        if path.exists():
-            try:
-                data = tomllib.loads(path.read_text(encoding="utf-8"))
-            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-                raise DmnError(f"{path}: not valid TOML ({exc})") from None
-            except OSError as exc:
-                raise DmnError(f"{path}: cannot read it ({exc.strerror})") from None
+        data = read_toml(path)
         settings = cls(
             ingest=section(IngestSettings, data.pop("ingest", {}), path, "ingest"),
             lar=section(LarSettings, data.pop("lar", {}), path, "lar"),
             dims=_dims(data.pop("dims", {}), path),
-            world=section(WorldSettings, data.pop("world", {}), path, "world"),
-            planner=section(PlannerSettings, data.pop("planner", {}), path, "planner"),
             consolidate=section(ConsolidateSettings, data.pop("consolidate", {}), path, "consolidate"),
         )
-        if data:
-            raise DmnError(f"{path}: unknown section(s) {sorted(data)}; "
-                           "known: ingest, lar, dims, world, planner, consolidate")
-        if SIZE.fullmatch(settings.ingest.memory_limit) is None:
-            raise DmnError(f"{path}: [ingest] memory_limit must be a size such as '2GB', got {settings.ingest.memory_limit!r}")
+        unknown = sorted(set(data) - set(cls.ELSEWHERE))
+        if unknown:
+            raise DmnError(f"{path}: unknown section(s) {unknown}; "
+                           f"known: ingest, lar, dims, consolidate, {', '.join(cls.ELSEWHERE)}")
         if settings.lar.hmac_secret is None:
             settings.lar.hmac_secret = os.environ.get("DMN_LAR_HMAC_SECRET") or None
         return settings
-
-
-def section(kind: type, values: Any, path: Path, name: str) -> Any:
-    """`values` (a TOML table) as a `kind` settings dataclass, checked field by field: unknown keys, wrong
-    types and out-of-range numbers are one DmnError naming `path` and `[name]`. Job files use it too."""
-    if not isinstance(values, dict):
-        raise DmnError(f"{path}: [{name}] must be a table")
-    fields = {f.name: f for f in dataclasses.fields(kind)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise DmnError(f"{path}: unknown setting(s) in [{name}]: {unknown}; known: {sorted(fields)}")
-    defaults = kind()
-    for key, value in values.items():
-        expected = type(getattr(defaults, key)) if getattr(defaults, key) is not None else str
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
-            raise DmnError(f"{path}: [{name}] {key} must be {expected.__name__}, got {value!r}")
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            bounds = fields[key].metadata  # "min" (inclusive; default: above 0), "max" (inclusive), "below"
-            low, high, below = bounds.get("min"), bounds.get("max", math.inf), bounds.get("below", math.inf)
-            if (value <= 0 if low is None else value < low) or value > high or value >= below:
-                allowed = ["positive" if low is None else f"at least {low}"]
-                allowed += [f"at most {high}"] * (high < math.inf) + [f"below {below}"] * (below < math.inf)
-                raise DmnError(f"{path}: [{name}] {key} must be {' and '.join(allowed)}, got {value!r}")
-    return kind(**values)
 
 
 def _dims(values: Any, path: Path) -> dict[str, int]:

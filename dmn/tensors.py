@@ -1,7 +1,8 @@
 """Vectors on the wire: the tensor object `{"__type__": "Tensor", "shape", "dtype", "b64"}`.
 
-Writers use `as_vector` + `tensor_json`; ingest decodes a whole column at once with `decode_column`.
-Nothing here imports torch: a torch tensor is recognised by its `detach`/`cpu`/`numpy` methods.
+Writers use `as_vector` + `tensor_json`; ingest decodes whole columns of them in DuckDB
+(`dmn.lake.parse.decode_tensors`). Nothing here imports torch: a torch tensor is recognised by its
+`detach`/`cpu`/`numpy` methods.
 """
 
 from __future__ import annotations
@@ -10,9 +11,6 @@ import base64
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-
-from dmn.records import TENSOR_DTYPES
 
 
 def as_vector(value: Any, name: str = "vector") -> np.ndarray:
@@ -45,27 +43,3 @@ def tensor_json(array: np.ndarray) -> tuple[bytes, bytes, bytes]:
     data = np.ascontiguousarray(array, dtype="<f4")
     return (b'{"__type__":"Tensor","shape":[%d],"dtype":"float32","b64":"' % data.size,
             base64.b64encode(data.tobytes()), b'"}')
-
-
-def decode_column(blobs: pa.Array | pa.ChunkedArray, dtypes: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """DuckDB UDF: raw tensor bytes + dtype name -> FLOAT[] (NULL where they do not fit).
-
-    Vectorised: one frombuffer per dtype over the column's contiguous data buffer.
-    """
-    if isinstance(blobs, pa.ChunkedArray):
-        blobs = blobs.combine_chunks()
-    blobs = blobs.cast(pa.large_binary())
-    dtype_names = dtypes.to_pylist()
-    out: list[np.ndarray | None] = []
-    offsets = np.frombuffer(blobs.buffers()[1], dtype=np.int64)[blobs.offset : blobs.offset + len(blobs) + 1]
-    data = blobs.buffers()[2]
-    raw = np.frombuffer(data, dtype=np.uint8) if data is not None else np.empty(0, np.uint8)
-    valid = blobs.is_valid().to_numpy(zero_copy_only=False)
-    for i, dtype in enumerate(dtype_names):
-        code = TENSOR_DTYPES.get(dtype or "float32")
-        size = int(offsets[i + 1] - offsets[i])
-        if not valid[i] or code is None or size == 0 or size % np.dtype(code).itemsize:
-            out.append(None)
-            continue
-        out.append(raw[offsets[i] : offsets[i + 1]].view(code).astype(np.float32, copy=False))
-    return pa.array(out, type=pa.list_(pa.float32()))

@@ -11,10 +11,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dmn import publish
+from dmn.bundle import publish
+from dmn.config import ConsolidateSettings
 from dmn.home import Home
-from dmn.ingest import ingest
-from dmn.store import Store
+from dmn.lake.ingest import ingest
+from dmn.lake.store import Store
+from dmn.sleep.night import Consolidation, consolidate
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -30,6 +32,12 @@ def dmn(*args: str, home: Home | None = None, prefix: Sequence[str] = (), timeou
     wrapper), its output as text; `kwargs` go to subprocess.run (env, cwd, preexec_fn)."""
     command = [*prefix, sys.executable, "-m", "dmn", *args, *(["--home", str(home.root)] if home else [])]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def night(home: Home, settings: ConsolidateSettings | None = None) -> list[Consolidation]:
+    """The nightly job in this process: ingest the inbox, then consolidate every world with new experience."""
+    ingest(home)
+    return consolidate(home, settings=settings)
 
 
 def republish(home: Home, **manifest_changes) -> str:

@@ -11,13 +11,13 @@ import time
 import numpy as np
 import pytest
 
-from conftest import republish
-from dmn import Reflexes, publish
-from dmn.bundle import load
+from conftest import night, republish
+from dmn import Reflexes
+from dmn.bundle import publish
+from dmn.bundle.load import load
 from dmn.config import ConsolidateSettings
-from dmn.consolidate import consolidate
 from dmn.home import Home
-from dmn.synthetic import write_logs
+from dmn.worlds.synthetic import write_logs
 
 FAST = ConsolidateSettings(policy_hidden=32, policy_epochs=10)
 
@@ -27,7 +27,7 @@ def world(tmp_path_factory):
     """A synthetic world in 64-d, consolidated once; tests that publish more copy it first."""
     home = Home.resolve(tmp_path_factory.mktemp("client") / "home")
     truth = write_logs(home, situations=8, dim=64, episodes=30, steps=20)
-    assert consolidate(home, settings=FAST)[0].status == "published"
+    assert night(home, FAST)[0].status == "published"
     return home, truth
 
 

@@ -11,17 +11,18 @@ import faiss
 import numpy as np
 import pytest
 
-from conftest import decision, dmn, episode, simulation, write_jsonl
-from dmn import publish
-from dmn.bundle import load
+from conftest import decision, dmn, episode, night, simulation, write_jsonl
+from dmn.bundle import publish
+from dmn.bundle.load import load
 from dmn.config import ConsolidateSettings
-from dmn.consolidate import consolidate
+from dmn.sleep.night import consolidate
 from dmn.errors import Busy, DmnError
-from dmn.evaluate import split
-from dmn.experience import select
-from dmn.ingest import ingest
-from dmn.store import Store
-from dmn.synthetic import write_logs
+from dmn.sleep.evaluate import split
+from dmn.sleep.experience import select
+from dmn.lake.ingest import ingest
+from dmn.lake.store import Store
+from dmn.ops.sql import store
+from dmn.worlds.synthetic import write_logs
 
 FAST = ConsolidateSettings(policy_hidden=64, policy_epochs=15)
 
@@ -33,7 +34,7 @@ def consolidated(tmp_path_factory):
 
     home = Home.resolve(tmp_path_factory.mktemp("synthetic") / "home")
     truth = write_logs(home, situations=16, dim=768, episodes=120, steps=20, accuracy=0.97)
-    nights = consolidate(home, settings=FAST)
+    nights = night(home, FAST)
     return home, truth, nights
 
 
@@ -68,19 +69,19 @@ def test_the_table_knows_what_system2_avoided_and_imagined(consolidated):
 
 def test_a_night_without_new_experience_publishes_nothing_and_says_so(consolidated):
     home, _, _ = consolidated
-    again = consolidate(home, settings=FAST)
+    again = night(home, FAST)
     assert [(n.status, n.version) for n in again] == [("nothing new", None)]
     assert "no new System 2 experience" in again[0].reason
     assert publish.versions(home, "synthetic") == ["v000001"]
-    rows = Store(home).sql("SELECT status, version, coverage >= 0.9 FROM consolidations ORDER BY started_at").fetchall()
+    rows = store(home).sql("SELECT status, version, coverage >= 0.9 FROM consolidations ORDER BY started_at").fetchall()
     assert rows[:2] == [("published", "v000001", True), ("nothing new", None, None)]
-    artifacts = Store(home).sql("SELECT world, version, current, dim, precision >= 0.95 FROM artifacts").fetchall()
+    artifacts = store(home).sql("SELECT world, version, current, dim, precision >= 0.95 FROM artifacts").fetchall()
     assert artifacts == [("synthetic", "v000001", True, 768, True)]
 
 
 def test_the_gate_keeps_the_current_bundle_when_system1_would_guess(home):
     write_logs(home, world="coin", situations=4, dim=16, episodes=30, steps=10, accuracy=0.5)
-    nights = consolidate(home, settings=FAST)
+    nights = night(home, FAST)
     assert nights[0].status == "kept" and publish.current(home, "coin") is None
     assert "precision" in nights[0].reason
 
@@ -89,7 +90,7 @@ def test_versions_checksums_signatures_and_rollback(home, monkeypatch):
     monkeypatch.setenv("DMN_SIGNING_KEY", "night-key")
     for day in range(2):
         write_logs(home, world="w", situations=8, dim=32, episodes=30, steps=10, accuracy=1.0, day=day)
-        assert consolidate(home, settings=FAST)[0].status == "published"
+        assert night(home, FAST)[0].status == "published"
     assert publish.versions(home, "w") == ["v000001", "v000002"] and publish.current(home, "w") == "v000002"
     assert load(home, "w").manifest["signature"]
     assert publish.rollback(home, "w") == "v000001" and load(home, "w").version == "v000001"
@@ -144,14 +145,21 @@ def test_two_consolidations_never_overlap(home):
     assert busy.returncode == 1 and "another dmn process" in busy.stderr and "Traceback" not in busy.stderr
     # Asked to wait, the second one waits for the first to finish, then runs.
     write_logs(home, situations=4, dim=16, episodes=40, steps=20, accuracy=1.0)
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom dmn.home import Home\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys\nfrom dmn.home import Home\n"
                                f"with Home.resolve({str(home.root)!r}).lock('consolidate'):\n"
-                               "    print('held', flush=True); time.sleep(3)"], stdout=subprocess.PIPE, text=True)
+                               "    print('held', flush=True); sys.stdin.readline()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
-    started = time.monotonic()
-    waited = dmn("consolidate", "--wait", "60", "--json", home=home)
-    assert holder.wait() == 0 and waited.returncode == 0, waited.stderr
-    assert time.monotonic() - started >= 1.5 and json.loads(waited.stdout.splitlines()[0])["status"] == "published"
+    waiter = subprocess.Popen([sys.executable, "-m", "dmn", "consolidate", "--wait", "60", "--json", "--home",
+                               str(home.root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60  # it ingests the inbox first, then waits for the lock
+    while not list(home.catalog.glob("*.json")) and time.monotonic() < deadline and waiter.poll() is None:
+        time.sleep(0.05)
+    assert list(home.catalog.glob("*.json")) and waiter.poll() is None  # ingested, and waiting
+    holder.communicate("release\n")
+    out, err = waiter.communicate(timeout=120)
+    assert holder.returncode == 0 and waiter.returncode == 0, err
+    assert json.loads(out.splitlines()[0])["status"] == "published"
 
 
 def test_consolidate_and_rollback_commands(home):
@@ -173,14 +181,14 @@ def test_a_failed_night_is_recorded_and_reported(home):
     failed = dmn("consolidate", home=home)
     assert failed.returncode == 1 and "Traceback" not in failed.stderr
     assert "consolidation failed for short: 2 episode(s): at least 3 are needed" in failed.stderr
-    rows = Store(home).sql("SELECT world, status, reason FROM consolidations").fetchall()
+    rows = store(home).sql("SELECT world, status, reason FROM consolidations").fetchall()
     assert rows == [("short", "failed", "2 episode(s): at least 3 are needed to train, validate and test")]
 
 
 def test_pca_speeds_the_situation_index_and_lookups_still_take_raw_latents(home):
     truth = write_logs(home, world="w", situations=8, dim=256, episodes=30, steps=10, accuracy=1.0)
-    night = consolidate(home, settings=ConsolidateSettings(policy_hidden=64, policy_epochs=10, pca_dims=16))[0]
-    assert night.status == "published", night.reason
+    done = night(home, ConsolidateSettings(policy_hidden=64, policy_epochs=10, pca_dims=16))[0]
+    assert done.status == "published", done.reason
     bundle = load(home, "w")
     pca = faiss.downcast_index(bundle.index.base_index)  # candidates found in PCA space, re-ranked exactly
     assert bundle.index.d == 256 and pca.index.d == 16 and bundle.index.k_factor > 1

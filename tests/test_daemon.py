@@ -12,9 +12,10 @@ import urllib.request
 from pathlib import Path
 
 from conftest import dmn
-from dmn import Home, publish
-from dmn.store import Store
-from dmn.synthetic import write_logs
+from dmn import Home
+from dmn.bundle import publish
+from dmn.ops.sql import store
+from dmn.worlds.synthetic import write_logs
 
 
 def daemon(home, *args: str, stderr) -> subprocess.Popen:
@@ -56,7 +57,7 @@ def test_the_daemon_consolidates_refuses_a_second_and_stops_on_sigterm(home, tmp
     nights = [line for line in lines if line["message"] == "night"]
     assert nights[0]["world"] == "synthetic" and nights[0]["status"] == "published"
     assert all(line["status"] == "nothing new" for line in nights[1:])  # later ticks: no new experience
-    assert Store(home).sql("SELECT status FROM consolidations ORDER BY started_at").fetchone() == ("published",)
+    assert store(home).sql("SELECT status FROM consolidations ORDER BY started_at").fetchone() == ("published",)
 
 
 def test_bad_schedules_are_refused_in_one_line(home):
@@ -97,11 +98,11 @@ def test_report_writes_a_page_with_its_plots(home, tmp_path):
 
 
 def test_the_nightly_job_is_data_that_consolidate_runs_once(home, tmp_path):
-    from dmn.jobs import load
+    from dmn.ops.jobs import load
 
     job = load(Path(__file__).resolve().parent.parent / "jobs" / "nightly.toml")
-    assert job.cron == "0 3 * * *" and job.idle_after == 600
-    assert [(s.run, s.settings) for s in job.stages] == [("consolidate", {"keep": 7}), ("report", {})]
+    assert job.schedule.cron == "0 3 * * *" and job.schedule.idle_after == 600
+    assert [(s.run, s.settings) for s in job.stages] == [("ingest", {}), ("consolidate", {"keep": 7}), ("report", {})]
     write_logs(home, situations=4, dim=16, episodes=40, steps=20, accuracy=1.0)
     done = dmn("consolidate", "--job", "jobs/nightly.toml", home=home, timeout=180,
                cwd=Path(__file__).resolve().parent.parent)

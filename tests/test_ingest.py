@@ -14,7 +14,7 @@ import pytest
 
 from conftest import count, decision, dmn, episode, run, simulation, write_jsonl
 from dmn.errors import Busy, DmnError
-from dmn.store import Store
+from dmn.lake.store import Store
 
 
 def test_records_land_with_world_encoder_and_provenance(home):

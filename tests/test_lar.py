@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import run
-from dmn.store import Store
+from dmn.lake.store import Store
 
 pytest.importorskip("lar")
 from lar_agent import run_agent  # noqa: E402

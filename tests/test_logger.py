@@ -11,7 +11,7 @@ import pytest
 from conftest import count, run
 from dmn import EpisodeLogger
 from dmn.errors import DmnError
-from dmn.store import Store
+from dmn.lake.store import Store
 
 
 def test_logged_values_round_trip(home):

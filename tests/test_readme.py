@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from dmn.store import Store
+from dmn.lake.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -34,11 +34,12 @@ def test_readme_settings_are_the_defaults(tmp_path):
     import dataclasses
 
     from dmn.config import Settings, tomllib
+    from dmn.worlds.settings import ReferenceSettings
 
     block = re.search(r"```toml\n(.+?)```", README, re.S).group(1)
     written = tomllib.loads(block)
-    defaults = Settings()
-    for section in ("world", "planner", "consolidate"):
-        assert written[section] == dataclasses.asdict(getattr(defaults, section)), section
+    defaults = {**dataclasses.asdict(Settings()), **dataclasses.asdict(ReferenceSettings())}
+    for section in ("ingest", "world", "planner", "consolidate"):
+        assert written[section] == defaults[section], section
     (tmp_path / "dmn.toml").write_text(block.replace('hmac_secret = "…"', ""))
     Settings.load(tmp_path / "dmn.toml")  # and it is a valid file

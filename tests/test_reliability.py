@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 
 from conftest import dmn, republish
-from dmn import Home, publish
-from dmn.bundle import load
+from dmn import Home
+from dmn.bundle import publish
+from dmn.bundle.load import load
 from dmn.faults import POINTS
-from dmn.status import check
-from dmn.store import Store
-from dmn.synthetic import big_log, write_logs
+from dmn.ops.status import check
+from dmn.lake.store import Store
+from dmn.worlds.synthetic import big_log, write_logs
 
 FAST_TOML = "[consolidate]\npolicy_hidden = 16\npolicy_epochs = 5\n"
 
@@ -241,7 +242,7 @@ def test_an_ingest_leaves_a_bundle_being_published_alone_and_rollback_waits_for_
     """Ingest recovers crashed batches in tmp/, where a night also stages its bundle: it must only touch
     batches. Rollback and publish share a lock, so CURRENT never names a bundle a publish is pruning."""
     from dmn.errors import Busy
-    from dmn.ingest import ingest
+    from dmn.lake.ingest import ingest
 
     home = Home.resolve(tmp_path / "home")
     staging = home.tmp / f"{publish.STAGING_PREFIX}0123"
@@ -388,7 +389,7 @@ PEAK = """
 import json, re, sys
 from pathlib import Path
 from dmn import Home
-from dmn.ingest import ingest
+from dmn.lake.ingest import ingest
 report = ingest(Home.resolve(sys.argv[1]))
 # This process's own high-water mark (ru_maxrss would include the parent's, inherited across fork and exec).
 peak = int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
@@ -427,7 +428,7 @@ def test_nothing_from_the_inbox_or_a_bundle_is_unpickled_or_followed_out_of_its_
 
     from dmn import Reflexes
     from dmn.errors import DmnError
-    from dmn.ingest import ingest
+    from dmn.lake.ingest import ingest
 
     marker = tmp_path / "payload-ran"
     home = Home.resolve(tmp_path / "home")
@@ -462,7 +463,7 @@ def test_views_listed_while_a_batch_rolls_forward_are_listed_again_and_a_lost_fi
     it: the reader lists again (found by the SQL-during-nights test, once in a while). A file that is
     really gone is a clear error, not a traceback."""
     from dmn.errors import DmnError
-    from dmn.ingest import ingest
+    from dmn.lake.ingest import ingest
 
     home = Home.resolve(tmp_path / "home")
     write_logs(home, situations=4, dim=32, episodes=2, steps=5, accuracy=1.0)

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from conftest import decision, episode, run, simulation, write_jsonl
-from dmn.store import Store
+from dmn.lake.store import Store
 
 
 def test_views_cover_every_table(home):

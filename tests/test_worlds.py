@@ -14,15 +14,16 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from conftest import dmn
-from dmn.config import PlannerSettings, Settings, WorldSettings
 from dmn.errors import DmnError
-from dmn.ingest import ingest
-from dmn.store import Store
-from dmn.worlds import Planner, load_world, make_env, run
+from dmn.lake.ingest import ingest
+from dmn.lake.store import Store
+from dmn.worlds.agent import run
 from dmn.worlds.model import WorldModel
-from dmn.worlds.train import Episode, collect, fit, windows
+from dmn.worlds.plan import Planner
+from dmn.worlds.settings import PlannerSettings, ReferenceSettings, WorldSettings
+from dmn.worlds.train import Episode, collect, fit, load_world, make_env, windows
 
-TINY = Settings(world=WorldSettings(latent_dim=16, hidden=32, explore_steps=400, updates=30, round_steps=60,
+TINY = ReferenceSettings(world=WorldSettings(latent_dim=16, hidden=32, explore_steps=400, updates=30, round_steps=60,
                                     round_updates=10, batch=64),
                 planner=PlannerSettings(horizon=4, samples=16, iterations=2, elites=4))
 TINY_TOML = """

@@ -1,11 +1,4 @@
-"""Lár integration: ingest Lár's audit files, and log JEPA latents through Lár without losing them.
-
-Reading (`audit_to_records`, used by `dmn ingest` for `run_*.json`) needs no Lár install: a run
-is an episode, a step whose state diff sets the score key is a simulation, a step that sets the
-action key is a decision (simulations belong to the run's next decision), a step that sets the
-reward key is that decision's outcome. Keys, world and encoder come from `[lar]` in dmn.toml.
-
-Writing needs `pip install dmn[lar]`:
+"""Lár integration: log JEPA latents through a Lár agent without losing them (`pip install dmn[lar]`).
 
     >>> from dmn.integrations.lar import TensorAuditLogger, latent          # doctest: +SKIP
     >>> executor = GraphExecutor(logger=TensorAuditLogger(home.inbox))      # doctest: +SKIP
@@ -15,14 +8,13 @@ Lár's own AuditLogger cannot write arrays (json.dump fails) and Lár-JEPA's Ten
 keeps only their shape; `TensorAuditLogger` writes their values as base64 tensor objects, signs
 what it wrote (when given Lár's HMAC secret) and writes atomically into the inbox. `latent()`
 wraps a vector so that Lár's state diff, which compares values with `!=`, gets a yes or no.
+What `dmn ingest` makes of the files is `dmn.lake.lar`.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
-import hmac
 import io
 import json
 import os
@@ -32,79 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from dmn.config import LarSettings
-
-LarProblem = tuple[str, str]
-"""(reason, hint) for a Lár file that is quarantined whole."""
-
-
-def audit_to_records(data: bytes, settings: LarSettings, run_name: str = "") -> tuple[list[tuple[int, bytes]], LarProblem | None]:
-    """Translate one Lár audit file into native dmn records: ([(Lár step, JSON line)], problem)."""
-    try:
-        doc = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        return [], ("not valid JSON", f"the Lár audit file does not parse: {exc}")
-    if not isinstance(doc, dict) or not isinstance(doc.get("steps"), list):
-        return [], ("not a Lár audit file", "expected a JSON object with a \"steps\" list (as lar.AuditLogger writes)")
-    if settings.hmac_secret:
-        if "signature" not in doc:
-            return [], ("unsigned Lár file", "a Lár HMAC secret is configured, so every run file must carry a signature")
-        if not hmac.compare_digest(str(doc["signature"]), lar_signature(doc, settings.hmac_secret)):
-            return [], ("bad Lár signature", "the file was changed after it was signed, or signed with another secret")
-    episode_id = str(doc.get("run_id") or run_name)
-    out: list[tuple[int, dict[str, Any]]] = [(0, {
-        "type": "episode", "episode_id": episode_id, "world": settings.world, "encoder": settings.encoder,
-        "agent": doc.get("user_id") or None, "meta": {"source": "lar", "summary": doc.get("summary")},
-    })]
-    decisions, rewards = 0, []
-    for index, step in enumerate(doc["steps"]):
-        if not isinstance(step, dict):
-            continue
-        before = step.get("state_before") if isinstance(step.get("state_before"), dict) else {}
-        diff = step.get("state_diff") if isinstance(step.get("state_diff"), dict) else {}
-        changed = {k: v for part in ("added", "updated") if isinstance(diff.get(part), dict) for k, v in diff[part].items()}
-        after = step.get("state_after") if isinstance(step.get("state_after"), dict) else {**before, **changed}
-        line = step["step"] if isinstance(step.get("step"), int) and not isinstance(step["step"], bool) else index
-        if settings.score_key in changed:
-            record = {"type": "simulation", "episode_id": episode_id, "step": decisions,
-                      "state": after.get(settings.latent_key, before.get(settings.latent_key)),
-                      "action": after.get(settings.candidate_key), "score": changed[settings.score_key]}
-            if after.get(settings.predicted_key) is not None:
-                record["predicted"] = after[settings.predicted_key]
-            if isinstance(after.get(settings.vetoed_key), bool):
-                record["vetoed"] = after[settings.vetoed_key]
-            out.append((line, record))
-        if settings.action_key in changed:
-            out.append((line, {"type": "decision", "episode_id": episode_id, "step": decisions,
-                               "state": before.get(settings.latent_key, after.get(settings.latent_key)),
-                               "action": changed[settings.action_key], "source": "system2"}))
-            decisions += 1
-        if settings.reward_key in changed:
-            reward = changed[settings.reward_key]
-            rewards.append(reward)
-            out.append((line, {"type": "outcome", "episode_id": episode_id, "step": max(decisions - 1, 0), "reward": reward}))
-    end: dict[str, Any] = {"type": "episode_end", "episode_id": episode_id}
-    if rewards and all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in rewards):
-        end["return"] = float(sum(rewards))
-    if isinstance(doc.get("timestamp"), str):
-        end["ended_at"] = _with_timezone(doc["timestamp"])
-    out.append((len(doc["steps"]), end))
-    return [(n, json.dumps(r).encode()) for n, r in out], None
-
-
-def lar_signature(doc: dict[str, Any], secret: str) -> str:
-    """Lár's HMAC-SHA256 over the run, as lar.AuditLogger computes it (sorted keys, compact JSON)."""
-    payload = json.dumps({k: v for k, v in doc.items() if k != "signature"}, sort_keys=True, separators=(",", ":"))
-    return hmac.new(secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
-
-
-def _with_timezone(stamp: str) -> str:
-    """Lár writes local time without a zone; read it as this machine's local time."""
-    try:
-        moment = datetime.fromisoformat(stamp)
-        return (moment if moment.tzinfo else moment.astimezone()).isoformat()
-    except (ValueError, OverflowError):
-        return stamp  # ingest quarantines what it cannot read
+from dmn.home import write_atomic
+from dmn.lake.lar import lar_signature
+from dmn.tensors import as_vector
 
 
 # -- writing through Lár (needs lar-engine) ------------------------------------------------------------
@@ -134,8 +56,6 @@ class Latent(np.ndarray):
 
 def latent(value: Any) -> Latent:
     """Wrap a numpy array or torch tensor for a Lár state value (see `Latent`)."""
-    from dmn.tensors import as_vector
-
     return as_vector(value, "latent").view(Latent)
 
 
@@ -171,8 +91,6 @@ def _tensor_audit_logger(base: type) -> type:
         """
 
         def save_to_file(self, run_id: str, user_id: str | None = None, summary: dict[str, Any] | None = None) -> None:
-            from dmn.home import write_atomic
-
             log_data = json.loads(json.dumps({
                 "run_id": run_id, "user_id": user_id, "timestamp": datetime.now(timezone.utc).isoformat(),
                 "steps": self.history, "summary": summary or {},

@@ -16,11 +16,11 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from dmn.client import Reflexes
-from dmn.config import Settings
 from dmn.home import Home
-from dmn.logger import EpisodeLogger
+from dmn.wake.client import Reflexes
+from dmn.wake.logger import EpisodeLogger
 from dmn.worlds.plan import Planner, one_thread
+from dmn.worlds.settings import ReferenceSettings
 from dmn.worlds.train import load_world, make_env
 
 
@@ -68,15 +68,15 @@ class RunReport:
 
 
 def reflexes_for(home: Home, env_id: str, *, audit_rate: float = 0.0, seed: int | None = None,
-                 settings: Settings | None = None, on_progress: Callable[[str], None] | None = None) -> Reflexes:
+                 settings: ReferenceSettings | None = None, on_progress: Callable[[str], None] | None = None) -> Reflexes:
     """The System 1 client for the reference agent of `env_id`: the world's bundle, for its world model's encoder."""
-    settings = settings or home.settings()
+    settings = settings or ReferenceSettings.load(home)
     world = load_world(home, env_id, settings.world, on_train=on_progress)
     return Reflexes.open(home, env_id, encoder=world.encoder, audit_rate=audit_rate, seed=seed)
 
 
 def run(home: Home, env_id: str, episodes: int, *, seed: int = 0, reflexes: ReflexSource | None = None,
-        settings: Settings | None = None, on_progress: Callable[[str], None] | None = None) -> RunReport:
+        settings: ReferenceSettings | None = None, on_progress: Callable[[str], None] | None = None) -> RunReport:
     """Run `episodes` episodes of `env_id` and log them into the home's inbox.
 
     >>> report = run(Home.resolve(), "CartPole-v1", episodes=5)  # doctest: +SKIP
@@ -84,7 +84,7 @@ def run(home: Home, env_id: str, episodes: int, *, seed: int = 0, reflexes: Refl
     """
     if episodes < 1:
         raise ValueError(f"episodes must be at least 1, got {episodes}")
-    settings = settings or home.settings()
+    settings = settings or ReferenceSettings.load(home)
     world = load_world(home, env_id, settings.world, on_train=on_progress)
     planner = Planner(world.model, settings.planner)
     report = RunReport(env_id, world.encoder)

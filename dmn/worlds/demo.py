@@ -14,10 +14,10 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-from dmn.config import Settings
-from dmn.consolidate import consolidate
 from dmn.home import Home
+from dmn.ops import jobs
 from dmn.worlds.agent import reflexes_for, run
+from dmn.worlds.settings import ReferenceSettings
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Day:
 
 
 def demo(home: Home, env_id: str = "CartPole-v1", *, nights: int = 3, episodes_per_day: int = 20,
-         audit_rate: float = 0.03, seed: int = 0, settings: Settings | None = None,
+         audit_rate: float = 0.03, seed: int = 0, settings: ReferenceSettings | None = None,
          on_progress: Callable[[str], None] | None = None,
          on_day: Callable[[Day], None] | None = None) -> list[Day]:
     """Day 0 with System 2 only, then `nights` times: a night of consolidation and a day with reflexes.
@@ -46,7 +46,7 @@ def demo(home: Home, env_id: str = "CartPole-v1", *, nights: int = 3, episodes_p
         raise ValueError(f"nights must be at least 1, got {nights}")
     if episodes_per_day < 1:
         raise ValueError(f"episodes_per_day must be at least 1, got {episodes_per_day}")
-    settings = settings or home.settings()
+    settings = settings or ReferenceSettings.load(home)
     reflexes = None
     days = []
     for day in range(nights + 1):
@@ -55,7 +55,7 @@ def demo(home: Home, env_id: str = "CartPole-v1", *, nights: int = 3, episodes_p
         days.append(Day(day, report.to_dict(), reflexes.version if reflexes else None))
         if day < nights:
             started = time.perf_counter()
-            night = consolidate(home, env_id, settings=settings.consolidate, on_progress=on_progress)[0]
+            night = jobs.run(home, jobs.nightly(env_id), on_progress=on_progress)[0]
             days[-1].night_seconds = time.perf_counter() - started
             days[-1].night = (f"{night.status} {night.version}" if night.status == "published" else
                               night.status + (f": {night.reason}" if night.reason else ""))

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 
-from dmn.config import PlannerSettings
 from dmn.worlds.model import WorldModel
+from dmn.worlds.settings import PlannerSettings
 
 
 @dataclass

@@ -33,11 +33,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dmn.config import PlannerSettings, WorldSettings
 from dmn.errors import DmnError
 from dmn.home import Home, write_atomic
 from dmn.worlds.model import WorldModel
 from dmn.worlds.plan import Planner, one_thread
+from dmn.worlds.settings import PlannerSettings, WorldSettings
 
 MODEL_FORMAT = 1
 """Bumped when the model or its training changes, so that cached models are trained again."""

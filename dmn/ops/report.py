@@ -28,12 +28,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
-from dmn import publish  # noqa: E402
-from dmn.bundle import load  # noqa: E402
+from dmn.bundle import publish  # noqa: E402
+from dmn.bundle.load import load  # noqa: E402
 from dmn.errors import DmnError  # noqa: E402
 from dmn.home import Home, write_atomic  # noqa: E402
-from dmn.status import status  # noqa: E402
-from dmn.store import Store, run  # noqa: E402
+from dmn.lake.duck import run  # noqa: E402
+from dmn.ops.sql import store  # noqa: E402
+from dmn.ops.status import status  # noqa: E402
 
 STAGES = ("select", "cluster", "outcomes", "table", "policy", "evaluate", "publish")
 SIZE = (6.4, 4.2)
@@ -51,7 +52,7 @@ def report(home: Home, world: str | None = None, out: Path | None = None) -> Pat
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DmnError(f"cannot write the report into {out}: {exc.strerror}") from None
-    con = Store(home).connect()
+    con = store(home).connect()
     published = {m["world"]: m for m in publish.manifests(home) if m["current"]}
     sections = []
     for w in worlds:

@@ -8,6 +8,8 @@ manifests, so they see whole batches only, and never wait for a writer.
 
     >>> store = Store(Home.resolve("my-home"))               # doctest: +SKIP
     >>> store.sql("SELECT world, count(*) FROM decisions GROUP BY 1").fetchall()  # doctest: +SKIP
+
+The views of what is not the lake (the nights' runs, the bundles) are added by `dmn.ops.sql`.
 """
 
 from __future__ import annotations
@@ -20,40 +22,27 @@ import shutil
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import duckdb
 import pyarrow as pa
 
+from dmn import faults
 from dmn.errors import DmnError
-from dmn import faults, publish
 from dmn.home import Home, fsync, write_atomic
+from dmn.lake.duck import connect, quote, run
 from dmn.records import LAKE_TABLES, columns
 
 MANIFEST_VERSION = 1
 BATCH_ID = re.compile(r"b\d{8}T\d{12}Z[0-9a-f]{6}")
-"""A batch's name: "b", its UTC start to the microsecond, six random hex digits (dmn.ingest)."""
-
-
-def run(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> list[tuple]:
-    """Execute a statement to completion and return its rows (DuckDB 2 keeps a result open until fetched)."""
-    return con.execute(sql, params).fetchall()
-
-
-def connect(memory_limit: str | None = None, temp_directory: Path | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with dmn's session settings (UTC, no extension downloads)."""
-    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": True})
-    run(con, "SET GLOBAL TimeZone = 'UTC'")  # GLOBAL: cursors of this connection too
-    if memory_limit:
-        run(con, f"SET memory_limit = '{memory_limit}'")  # checked by Settings.load
-    if temp_directory:
-        run(con, "SET temp_directory = ?", [str(temp_directory)])
-    return con
+"""A batch's name: "b", its UTC start to the microsecond, six random hex digits (dmn.lake.ingest)."""
 
 
 class Store:
-    def __init__(self, home: Home):
-        self.home = home
+    def __init__(self, home: Home, views: Callable[[duckdb.DuckDBPyConnection], None] | None = None):
+        """`views`: adds more views to every connection, after the lake's (`dmn.ops.sql.store` adds the
+        nights' runs and the bundles)."""
+        self.home, self.views = home, views
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -85,7 +74,7 @@ class Store:
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with the store's views: episodes, simulations, decisions, outcomes,
-        episode_ends, quarantine and ingest_files."""
+        episode_ends, quarantine and ingest_files (and those `views` adds)."""
         for attempt in range(3):
             try:
                 return self._views(connect())
@@ -106,20 +95,8 @@ class Store:
                    e."return", e.success, s.meta, s.date, s.source_file, s.batch, s.ingested_at
             FROM episode_starts s LEFT JOIN episode_ends e USING (episode_id)""")
         con.register("ingest_files", _ledger_table(manifests))
-        con.register("consolidation_records", _json_rows(consolidation_runs(self.home), CONSOLIDATION_COLUMNS))
-        con.register("artifact_records", _json_rows(publish.manifests(self.home), ARTIFACT_COLUMNS))
-        run(con, """CREATE VIEW consolidations AS SELECT run_id, world, encoder, status, reason, version, current,
-            started_at::TIMESTAMPTZ AS started_at, ended_at::TIMESTAMPTZ AS ended_at,
-            (metrics::JSON->>'$.combined.coverage')::DOUBLE AS coverage,
-            (metrics::JSON->>'$.combined.precision')::DOUBLE AS precision,
-            (metrics::JSON->>'$.live.precision')::DOUBLE AS live_precision,
-            seconds::JSON AS seconds, counts::JSON AS counts, metrics::JSON AS metrics, watermark
-            FROM consolidation_records""")
-        run(con, """CREATE VIEW artifacts AS SELECT world, version, current::BOOLEAN AS current, encoder, dim::INTEGER AS dim,
-            created_at::TIMESTAMPTZ AS created_at, (metrics::JSON->>'$.combined.coverage')::DOUBLE AS coverage,
-            (metrics::JSON->>'$.combined.precision')::DOUBLE AS precision, thresholds::JSON AS thresholds,
-            "window"::JSON AS "window", run_id, signature IS NOT NULL AS signed, path
-            FROM artifact_records""")
+        if self.views:
+            self.views(con)
         return con
 
     def table_sql(self, table: str, manifests: list[dict[str, Any]]) -> str:
@@ -228,36 +205,7 @@ def _ledger_table(manifests: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=LEDGER_SCHEMA)
 
 
-CONSOLIDATION_COLUMNS = ("run_id", "world", "encoder", "status", "reason", "version", "current", "started_at",
-                         "ended_at", "watermark", "seconds", "counts", "metrics")
-ARTIFACT_COLUMNS = ("world", "version", "current", "encoder", "dim", "created_at", "metrics", "thresholds", "window",
-                    "run_id", "signature", "path")
-
-
-def consolidation_runs(home: Home) -> list[dict[str, Any]]:
-    """Every recorded consolidation run (`<home>/runs/*.json`), oldest first; unreadable records are skipped."""
-    out = []
-    for path in sorted(home.runs.glob("*.json")) if home.runs.is_dir() else []:
-        try:
-            out.append(json.loads(path.read_bytes()))
-        except (OSError, ValueError):
-            continue
-    return out
-
-
-def _json_rows(records: list[dict[str, Any]], names: tuple[str, ...]) -> pa.Table:
-    """Records as a table of text columns: strings as they are, anything else as JSON (the views cast them)."""
-    def cell(value: Any) -> str | None:
-        return value if value is None or isinstance(value, str) else json.dumps(value)
-
-    return pa.table({n: pa.array([cell(r.get(n)) for r in records], pa.string()) for n in names})
-
-
 def _no_rows(cols: dict[str, str]) -> str:
     """A SELECT of no rows with these typed columns."""
     return "SELECT " + ", ".join(f"NULL::{t} AS {quote(c)}" for c, t in cols.items()) + " WHERE false"
 
-
-def quote(name: str) -> str:
-    """A SQL identifier, quoted."""
-    return '"' + name.replace('"', '""') + '"'

@@ -2,7 +2,7 @@
 
     >>> serve(Home.resolve(), load(Path("jobs/nightly.toml")))  # doctest: +SKIP
 
-APScheduler 3 runs the job (`dmn.jobs`; by default, consolidate) on a cron or interval trigger
+APScheduler 3 runs the job (`dmn.ops.jobs`; by default, ingest and consolidate) on a cron or interval trigger
 (missed runs coalesce into one, never two at once), and, with `idle_after`, also once no new logs
 have reached the inbox for that long. One daemon per home: a second one finds the home's daemon lock held and stops with `Busy`. A night that
 finds a manual `dmn consolidate` running is skipped and logged; a night that fails is logged (and
@@ -28,24 +28,24 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from dmn.errors import Busy, DmnError
 from dmn.home import Home
-from dmn.jobs import DEFAULT, Job, run
-from dmn.status import status
+from dmn.ops.jobs import Job, nightly, run
+from dmn.ops.status import status
 
 log = logging.getLogger("dmn.daemon")
 
 
-def serve(home: Home, job: Job = DEFAULT, *, interval: float | None = None, metrics_port: int | None = None) -> None:
-    """Run until SIGTERM/SIGINT: the job on its cron schedule (or every `interval` seconds), and once
-    the inbox has been quiet for its `idle_after` seconds after new logs arrived."""
-    idle_after = job.idle_after
+def serve(home: Home, job: Job | None = None, *, interval: float | None = None,
+          metrics_port: int | None = None) -> None:
+    """Run until SIGTERM/SIGINT: the job (default `nightly()`) on its cron schedule (or every `interval`
+    seconds), and once the inbox has been quiet for its `idle_after` seconds after new logs arrived."""
+    job = job or nightly()
+    idle_after, cron = job.schedule.idle_after, job.schedule.cron
     if interval is not None and interval <= 0:
         raise DmnError(f"--interval must be a positive number of seconds, got {interval:g}")
-    if idle_after is not None and idle_after <= 0:
-        raise DmnError(f"--idle-after must be a positive number of seconds, got {idle_after:g}")
     try:
-        trigger = IntervalTrigger(seconds=interval) if interval else CronTrigger.from_crontab(job.cron)
+        trigger = IntervalTrigger(seconds=interval) if interval else CronTrigger.from_crontab(cron)
     except ValueError as exc:
-        raise DmnError(f"cron {job.cron!r} is not a 5-field cron expression ({exc})") from None
+        raise DmnError(f"cron {cron!r} is not a 5-field cron expression ({exc})") from None
     metrics = _Metrics(metrics_port) if metrics_port else None
     try:
         with home.lock("daemon"):
@@ -63,7 +63,7 @@ def serve(home: Home, job: Job = DEFAULT, *, interval: float | None = None, metr
             signal.signal(signal.SIGTERM, stop)
             signal.signal(signal.SIGINT, stop)
             log.info("started", extra={"fields": {"home": str(home.root), "job": job.name, "trigger": str(trigger),
-                                                  "idle_after": idle_after, "metrics_port": metrics_port}})
+                                                  "idle_after": idle_after or None, "metrics_port": metrics_port}})
             scheduler.start()
             if night.running:  # cut it: a worker thread would otherwise hold the exit until the night ends
                 log.info("stopped; the night in progress is cut, and the next run finishes its work")

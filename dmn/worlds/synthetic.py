@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from dmn.home import Home
-from dmn.logger import EpisodeLogger
+from dmn.wake.logger import EpisodeLogger
 
 
 @dataclass

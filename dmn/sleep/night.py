@@ -1,18 +1,19 @@
-"""The night: turn the day's System 2 simulations into System 1 reflexes, and publish them if they are good.
+"""The night: turn the lake's System 2 deliberation into System 1 reflexes, and publish them if they are good.
 
-For every world with new System 2 experience (its newest encoder; or the world named):
+For every world with new System 2 experience in the lake (its newest encoder; or the world named):
 
-    select     the labelled steps of the last `window_days`, age-weighted (dmn.experience)
-    split      by episode and time: train, validation, test (dmn.evaluate)
-    cluster    training states into situations, FAISS k-means (dmn.cluster)
+    select     the labelled steps of the last `window_days`, age-weighted (dmn.sleep.experience)
+    split      by episode and time: train, validation, test (dmn.sleep.evaluate)
+    cluster    training states into situations, FAISS k-means (dmn.sleep.cluster)
     outcomes   imagined consequences into outcome types, FAISS k-means
-    table      per situation: what System 2 did, how surely, what it avoided, what it imagined (dmn.distill)
-    policy     a small network distilled from System 2's choices and scores, calibrated (dmn.distill)
+    table      per situation: what System 2 did, how surely, what it avoided, what it imagined (dmn.sleep.table)
+    policy     a small network distilled from System 2's choices and scores, calibrated (dmn.sleep.train)
     evaluate   thresholds on validation for the precision target; coverage and precision on test
     gate       publish only if test precision meets the target and coverage holds up against the current bundle
-    publish    a versioned bundle, switched in atomically (dmn.publish)
+    publish    a versioned bundle, switched in atomically (dmn.bundle.publish)
 
-Every run, published or not, is recorded in `<home>/runs/` (the `consolidations` view).
+Every run, published or not, is recorded in `<home>/runs/` (`runs()`; the `consolidations` view).
+What is in the inbox is not read here: the nightly job ingests first (`dmn.ops.jobs.nightly`).
 """
 
 from __future__ import annotations
@@ -31,18 +32,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dmn import __version__, faults, publish
-from dmn.bundle import load
-from dmn.cluster import kmeans, situation_count, situation_index
+from dmn import faults
+from dmn.bundle import publish
+from dmn.bundle.decide import Answers, Rule, nearest, table_columns
+from dmn.bundle.load import load
 from dmn.config import ConsolidateSettings
-from dmn.distill import heuristic_table, outcome_table, targets, train_policy
 from dmn.errors import DmnError
-from dmn.evaluate import curve, metrics, split, thresholds
-from dmn.experience import Experience, pairs, select
 from dmn.home import Home, write_atomic
-from dmn.ingest import ingest
-from dmn.reflex import answer, nearest, table_columns
-from dmn.store import Store, consolidation_runs
+from dmn.lake.store import Store
+from dmn.sleep.cluster import kmeans, situation_count, situation_index
+from dmn.sleep.evaluate import curve, metrics, split, thresholds
+from dmn.sleep.experience import Experience, pairs, select
+from dmn.sleep.table import heuristic_table, outcome_table
+from dmn.sleep.train import targets, train_policy
+from dmn.version import __version__
 
 
 @dataclass
@@ -73,7 +76,7 @@ class Consolidation:
 def consolidate(home: Home, world: str | None = None, *, settings: ConsolidateSettings | None = None,
                 now: float | None = None, on_progress: Callable[[str], None] | None = None,
                 wait: float = 0.0) -> list[Consolidation]:
-    """Ingest the inbox, then consolidate every world with new System 2 experience (or `world`).
+    """Consolidate every world with new System 2 experience in the lake (or `world`).
 
     Raises `Busy` if another consolidation still holds the home after `wait` seconds.
 
@@ -83,9 +86,6 @@ def consolidate(home: Home, world: str | None = None, *, settings: ConsolidateSe
     settings = settings or home.settings().consolidate
     say = on_progress or (lambda line: None)
     with home.lock("consolidate", wait=wait):
-        say("ingesting the inbox")
-        ingest(home)
-        faults.point("consolidate.ingested")
         store = Store(home)
         found = pairs(store)
         if world is not None:
@@ -165,21 +165,23 @@ def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateS
     clock.lap("policy")
 
     say(f"{night.world}: evaluating on {len(test):,} held-out steps")
-    system1 = partial(answer, index=index, table=table_columns(table, exp.actions), weights=weights,
-                      min_support=s.min_support, policy_reach=s.policy_reach)
+    columns = table_columns(table, exp.actions)
+
+    def system1(states: np.ndarray, table: float, policy: float) -> Answers:  # the decision rule at these thresholds
+        return Rule.prepare(index, columns, weights, {"table": table, "policy": policy}, s.min_support,
+                            s.policy_reach).decide(states)
+
     # Thresholds and figures count each held-out step for the steps of the agent's life it stands for.
-    t_table, t_policy = thresholds(system1(exp.states[val], thresholds={"table": -np.inf, "policy": np.inf}),
-                                   system1(exp.states[val], thresholds={"table": np.inf, "policy": -np.inf}),
+    t_table, t_policy = thresholds(system1(exp.states[val], -np.inf, np.inf), system1(exp.states[val], np.inf, -np.inf),
                                    exp.label[val], exp.represents[val], s.precision_target, s.precision_z)
     judge = partial(metrics, truth=exp.label[test], actions=exp.actions, weight=exp.represents[test])
     night.metrics = {
-        "combined": judge(system1(exp.states[test], thresholds={"table": t_table, "policy": t_policy})),
-        "table": judge(system1(exp.states[test], thresholds={"table": t_table, "policy": np.inf})),
-        "policy": judge(system1(exp.states[test], thresholds={"table": np.inf, "policy": t_policy})),
+        "combined": judge(system1(exp.states[test], t_table, t_policy)),
+        "table": judge(system1(exp.states[test], t_table, np.inf)),
+        "policy": judge(system1(exp.states[test], np.inf, t_policy)),
         "thresholds": {"table": _finite(t_table), "policy": _finite(t_policy)},
         # The trade-off the policy's threshold picks from, on test.
-        "curve": curve(system1(exp.states[test], thresholds={"table": t_table, "policy": -np.inf}),
-                       exp.label[test], exp.represents[test]),
+        "curve": curve(system1(exp.states[test], t_table, -np.inf), exp.label[test], exp.represents[test]),
         "situations": int(index.ntotal), "outcome_types": int(outcome_index.ntotal), "live": _live(exp),
         "published": _published_on(home, night, exp, test),
     }
@@ -249,9 +251,20 @@ def _live(exp: Experience) -> dict[str, Any]:
     return {"audited": int(audited.sum()), "precision": agreed / int(audited.sum()) if audited.any() else None}
 
 
+def runs(home: Home) -> list[dict[str, Any]]:
+    """Every recorded night (`<home>/runs/*.json`), oldest first; unreadable records are skipped."""
+    out = []
+    for path in sorted(home.runs.glob("*.json")) if home.runs.is_dir() else []:
+        try:
+            out.append(json.loads(path.read_bytes()))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 def _last_run(home: Home, world: str) -> dict[str, Any] | None:
-    runs = [r for r in consolidation_runs(home) if r.get("world") == world]
-    return runs[-1] if runs else None
+    mine = [r for r in runs(home) if r.get("world") == world]
+    return mine[-1] if mine else None
 
 
 class _Clock:

@@ -18,7 +18,8 @@ import pyarrow as pa
 
 from dmn.config import ConsolidateSettings
 from dmn.errors import DmnError
-from dmn.store import Store, run
+from dmn.lake.duck import run
+from dmn.lake.store import Store
 
 
 @dataclass

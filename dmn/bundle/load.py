@@ -16,10 +16,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dmn import publish
+from dmn.bundle import publish
 from dmn.errors import DmnError
 from dmn.home import Home
-from dmn.reflex import POLICY_KEYS, Answers, answer, table_columns
+from dmn.bundle.decide import POLICY_KEYS, Answers, Rule, table_columns
 
 
 @dataclass
@@ -31,8 +31,8 @@ class Bundle:
     outcomes: pa.Table
     outcome_index: faiss.Index
     policy: dict[str, np.ndarray]
-    columns: dict[str, np.ndarray]
-    """The table columns lookups need, as arrays: best (action index), confidence, radius, support."""
+    rule: Rule
+    """The decision rule, prepared with the manifest's thresholds: what the night measured."""
 
     @property
     def version(self) -> str:
@@ -44,10 +44,7 @@ class Bundle:
 
     def answer(self, states: np.ndarray) -> Answers:
         """System 1's answers for (n, d) latent states, exactly as the night evaluated them."""
-        t = self.manifest["thresholds"]
-        thresholds = {k: np.inf if t[k] is None else t[k] for k in ("table", "policy")}
-        return answer(states, self.index, self.columns, self.policy, thresholds, self.manifest["min_support"],
-                      self.manifest["policy_reach"])
+        return self.rule.decide(states)
 
 
 def load(home: Home, world: str, version: str | None = None) -> Bundle:
@@ -68,8 +65,9 @@ def load_path(path: Path) -> Bundle:
         table = pq.read_table(path / "table.parquet")
         with np.load(io.BytesIO((path / "policy.npz").read_bytes()), allow_pickle=False) as npz:
             policy = {k: npz[k] for k in POLICY_KEYS}
-        columns = table_columns(table, manifest["actions"])
+        rule = Rule.prepare(index, table_columns(table, manifest["actions"]), policy, manifest["thresholds"],
+                            manifest["min_support"], manifest["policy_reach"])
         outcomes = pq.read_table(path / "outcomes.parquet")
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
         raise DmnError(f"bundle {path} cannot be loaded ({exc})") from None
-    return Bundle(manifest, index, table, outcomes, outcome_index, policy, columns)
+    return Bundle(manifest, index, table, outcomes, outcome_index, policy, rule)

@@ -16,9 +16,9 @@ import numpy as np
 from sklearn.metrics import precision_recall_fscore_support
 from sklearn.model_selection import train_test_split
 
+from dmn.bundle.decide import Answers
 from dmn.config import ConsolidateSettings
-from dmn.experience import Experience
-from dmn.reflex import Answers
+from dmn.sleep.experience import Experience
 
 
 Z95 = 1.959964  # two-sided 95% normal quantile, for Wilson bounds

@@ -5,7 +5,7 @@
 >>> action = reflex.action if reflex else system2(z)                                           # doctest: +SKIP
 
 A lookup answers from the bundle's heuristic table or its policy network exactly as the night
-evaluated them (`dmn.reflex.answer`), or returns None — and then the agent deliberates. It never
+evaluated them (`dmn.bundle.decide.Rule`), or returns None — and then the agent deliberates. It never
 raises for a reason that is the bundle's (none yet, a damaged one, another encoder, a novel state, low
 confidence, an audit); it raises ValueError for a state that is not a finite vector of the bundle's size.
 
@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from dmn import publish
-from dmn.bundle import Bundle, load
+from dmn.bundle import publish
+from dmn.bundle.decide import Answers
+from dmn.bundle.load import Bundle, load
 from dmn.errors import DmnError
 from dmn.home import Home
-from dmn.reflex import policy_probabilities
 
 
 @dataclass(frozen=True)
@@ -73,26 +73,16 @@ class Imagined:
 
 @dataclass
 class _Serving:
-    """A loaded bundle, with what the one-state lookup reads prepared as plain Python values."""
+    """A loaded bundle, with what answers and recollections read prepared once."""
 
     bundle: Bundle
     dim: int
     usable: bool
     """False when the bundle was made for another encoder: it is kept, but never answers."""
-    search: Any
-    """The situation index's search method."""
-    table: list[Reflex | None]
-    """Per situation: the table's answer there (None where the table may not answer: too little support,
-    too little confidence, demoted), the same object every time."""
-    trusted: list[bool]
-    """Per situation: not demoted."""
-    radius2: list[float]
-    """Per situation: squared novelty radius."""
-    reach2: list[float]
-    """Per situation: squared radius within which the policy may answer."""
     support: list[float]
     avoid: list[tuple[str, ...]]
-    policy_threshold: float
+    radius2: np.ndarray
+    """Per situation: squared novelty radius."""
     score: np.ndarray
     """(situations, actions) mean imagined score (NaN where an action was never imagined)."""
     danger: np.ndarray
@@ -100,6 +90,13 @@ class _Serving:
     kinds: np.ndarray
     """(situations, actions, outcome types) how often each outcome type was imagined."""
     action_index: dict[str, int]
+
+    def reflexes(self, answers: Answers) -> list[Reflex | None]:
+        """The decision rule's answers as `Reflex`es (None where it abstained)."""
+        actions, version = self.bundle.actions, self.bundle.version
+        return [Reflex(actions[a], c, s, k, self.support[k], self.avoid[k], version) if s else None
+                for a, c, s, k in zip(answers.action.tolist(), answers.confidence.tolist(), answers.source.tolist(),
+                                      answers.situation.tolist())]
 
 
 class Reflexes:
@@ -159,18 +156,9 @@ class Reflexes:
         self._withheld.reflex = None
         if serving is None or not serving.usable:
             return None
-        distance, ids = serving.search(x[None], 1)
-        c, d2 = int(ids[0, 0]), float(distance[0, 0])
-        reflex = serving.table[c] if d2 <= serving.radius2[c] else None
+        reflex = serving.reflexes(serving.bundle.answer(x[None]))[0]
         if reflex is None:
-            if not serving.trusted[c] or d2 > serving.reach2[c]:
-                return None
-            probs = policy_probabilities(serving.bundle.policy, x[None])[0]
-            j = int(probs.argmax())
-            if probs[j] < serving.policy_threshold:
-                return None
-            reflex = Reflex(serving.bundle.actions[j], float(probs[j]), "policy", c, serving.support[c],
-                            serving.avoid[c], serving.bundle.version)
+            return None
         if self.audit_rate and self._rng.random() < self.audit_rate:
             self._withheld.reflex = reflex
             return None
@@ -191,18 +179,11 @@ class Reflexes:
         x = _matrix(states, serving.dim if serving else None)
         if serving is None or not serving.usable:
             return [None] * len(x)
-        answers = serving.bundle.answer(x)
-        audited = self._rng.random(len(x)) < self.audit_rate if self.audit_rate else np.zeros(len(x), bool)
-        out: list[Reflex | None] = []
-        for i in range(len(x)):
-            if not answers.source[i] or audited[i]:
-                out.append(None)
-                continue
-            c = int(answers.situation[i])
-            out.append(Reflex(serving.bundle.actions[int(answers.action[i])], float(answers.confidence[i]),
-                              str(answers.source[i]), c, serving.support[c], serving.avoid[c],
-                              serving.bundle.version))
-        return out
+        reflexes = serving.reflexes(serving.bundle.answer(x))
+        if self.audit_rate:
+            audited = self._rng.random(len(x)) < self.audit_rate
+            reflexes = [None if a else r for r, a in zip(reflexes, audited.tolist())]
+        return reflexes
 
     def imagine(self, z: Any, action: Any) -> Imagined | None:
         """What System 2 expected of `action` in this state, recalled from the situation's simulations
@@ -212,7 +193,7 @@ class Reflexes:
         j = serving.action_index.get(str(action)) if serving else None
         if serving is None or not serving.usable or j is None:
             return None
-        distance, ids = serving.search(x[None], 1)
+        distance, ids = serving.bundle.index.search(x[None], 1)
         c = int(ids[0, 0])
         if float(distance[0, 0]) > serving.radius2[c] or np.isnan(serving.score[c, j]):
             return None
@@ -259,22 +240,12 @@ class Reflexes:
 
 
 def _serve(bundle: Bundle, encoder: str | None) -> _Serving:
-    columns, m = bundle.columns, bundle.manifest
-    t = m["thresholds"]
-    table_threshold = math.inf if t["table"] is None else t["table"]
-    avoid = [tuple(a) for a in bundle.table["avoid"].to_pylist()]
-    support, confidence = columns["support"].tolist(), columns["confidence"].tolist()
-    trusted = (~columns["demoted"]).tolist()
-    table = [Reflex(bundle.actions[best], confidence[c], "table", c, support[c], avoid[c], bundle.version)
-             if trusted[c] and support[c] >= m["min_support"] and confidence[c] >= table_threshold else None
-             for c, best in enumerate(columns["best"].tolist())]
-    radius = columns["radius"]
+    m = bundle.manifest
     return _Serving(
-        bundle=bundle, dim=m["dim"], usable=encoder is None or encoder == m["encoder"], search=bundle.index.search,
-        table=table, trusted=trusted, radius2=(radius**2).tolist(), reach2=((m["policy_reach"] * radius)**2).tolist(),
-        support=support, avoid=avoid, policy_threshold=math.inf if t["policy"] is None else t["policy"],
-        score=_grid(bundle.table["score_mean"]), danger=_grid(bundle.table["veto_rate"]),
-        kinds=np.array(bundle.table["outcome_types"].to_pylist(), np.float64),
+        bundle=bundle, dim=m["dim"], usable=encoder is None or encoder == m["encoder"],
+        support=bundle.table["support"].to_pylist(), avoid=[tuple(a) for a in bundle.table["avoid"].to_pylist()],
+        radius2=bundle.table["radius"].to_numpy() ** 2, score=_grid(bundle.table["score_mean"]),
+        danger=_grid(bundle.table["veto_rate"]), kinds=np.array(bundle.table["outcome_types"].to_pylist(), np.float64),
         action_index={a: i for i, a in enumerate(bundle.actions)},
     )
 

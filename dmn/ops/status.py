@@ -12,16 +12,18 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dmn import publish
+from dmn.bundle import publish
 from dmn.errors import DmnError
 from dmn.home import Home
+from dmn.lake.duck import run
+from dmn.lake.store import Store
+from dmn.ops.sql import store
 from dmn.records import LAKE_TABLES
-from dmn.store import Store, run
 
 
 def status(home: Home) -> dict[str, Any]:
     """The home's state as plain data (what `dmn status --json` prints)."""
-    con = Store(home).connect()
+    con = store(home).connect()
     lake = {world: {"episodes": episodes, "decisions": decisions, "simulations": simulations}
             for world, episodes, decisions, simulations in run(con, """
                 SELECT world, count(DISTINCT episode_id) FILTER (WHERE kind = 'e'),
@@ -73,9 +75,9 @@ def check(home: Home) -> dict[str, Any]:
     >>> check(Home.resolve())["problems"]  # doctest: +SKIP
     []
     """
-    store, problems = Store(home), []
-    manifests = store.manifests()  # raises DmnError when the catalog itself is damaged
-    files = [f for table in LAKE_TABLES for f in store.files(table, manifests)]
+    lake, problems = Store(home), []
+    manifests = lake.manifests()  # raises DmnError when the catalog itself is damaged
+    files = [f for table in LAKE_TABLES for f in lake.files(table, manifests)]
     for path in files:
         try:
             pq.read_metadata(path)
@@ -83,7 +85,7 @@ def check(home: Home) -> dict[str, Any]:
             problems.append(f"lake file {path} is unreadable ({exc})")
     figures = {"batches": len(manifests), "files": len(files)}
     if not problems:
-        con = store.connect()
+        con = lake.connect()
         for table, key in (("episode_starts", "episode_id"), ("decisions", "(episode_id, step)")):
             rows, keys = run(con, f"SELECT count(*), count(DISTINCT {key}) FROM {table}")[0]
             figures[table] = rows

@@ -1,0 +1,116 @@
+"""System 1's decision rule, written once: the night evaluates it, the client serves it.
+
+For each situation (a cluster of decision states) the rule is prepared once, when a bundle is loaded or
+a night tries thresholds: the table may answer within `table_reach2` of the situation's centre (its
+novelty radius squared, or -1 where the table may not answer at all: too little support, too little
+confidence, a demoted situation); the policy network may answer within `policy_reach2` (`policy_reach`
+radii, squared; -1 where demoted) when its calibrated probability reaches `policy_threshold`. A lookup
+is then one nearest-centroid search and two comparisons, and the policy's network where it is asked.
+
+    >>> rule = Rule.prepare(index, table_columns(table, actions), policy, thresholds, 3.0, 2.0)  # doctest: +SKIP
+    >>> answers = rule.decide(states)                                                          # doctest: +SKIP
+
+Numpy and FAISS only: the policy's weights are plain arrays (input normalisation, three linear
+layers with ReLU between them, a calibrated temperature).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import pyarrow as pa
+
+POLICY_KEYS = ("mean", "std", "w1", "b1", "w2", "b2", "w3", "b3", "temperature")
+
+
+@dataclass
+class Answers:
+    """System 1's answers on some states: action index, confidence (NaN where it abstains), and source."""
+
+    action: np.ndarray
+    confidence: np.ndarray
+    source: np.ndarray
+    """'table', 'policy', or '' where it abstains."""
+    situation: np.ndarray
+    """The nearest situation of each state."""
+
+
+def policy_probabilities(weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """(n, actions) calibrated action probabilities of the (n, d) latents `x`."""
+    h = (np.asarray(x, np.float32) - weights["mean"]) / weights["std"]
+    h = np.maximum(h @ weights["w1"] + weights["b1"], 0)
+    h = np.maximum(h @ weights["w2"] + weights["b2"], 0)
+    logits = (h @ weights["w3"] + weights["b3"]) / weights["temperature"]
+    logits -= logits.max(1, keepdims=True)
+    p = np.exp(logits)
+    return p / p.sum(1, keepdims=True)
+
+
+def table_columns(table: pa.Table, actions: list[str]) -> dict[str, np.ndarray]:
+    """The heuristic table's columns the rule needs, as arrays (the best action as its index in `actions`)."""
+    position = {a: i for i, a in enumerate(actions)}
+    return {"best": np.array([position[a] for a in table["best_action"].to_pylist()], np.int64),
+            "confidence": table["confidence"].to_numpy(), "radius": table["radius"].to_numpy(),
+            "support": table["support"].to_numpy(),
+            "demoted": table["demoted"].to_numpy(zero_copy_only=False).astype(bool)}
+
+
+def nearest(index: faiss.Index, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(situation, Euclidean distance) of each row's nearest centroid."""
+    d2, ids = index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
+    return ids[:, 0], np.sqrt(np.maximum(d2[:, 0], 0))
+
+
+def threshold(value: float | None) -> float:
+    """A manifest's threshold as the rule reads it: None (that part never answers) is infinity."""
+    return math.inf if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The decision rule of one bundle (or of one trial of thresholds), prepared per situation."""
+
+    index: faiss.Index
+    """The situations' search index (raw latents in, squared distances out)."""
+    best: np.ndarray
+    """(k,) the table's action per situation."""
+    confidence: np.ndarray
+    """(k,) the table's confidence per situation."""
+    table_reach2: np.ndarray
+    """(k,) squared distance within which the table answers; -1 where it may not."""
+    policy_reach2: np.ndarray
+    """(k,) squared distance within which the policy may answer; -1 where the situation is demoted."""
+    policy: dict[str, np.ndarray]
+    policy_threshold: float
+
+    @classmethod
+    def prepare(cls, index: faiss.Index, table: dict[str, np.ndarray], policy: dict[str, np.ndarray],
+                thresholds: dict[str, float | None], min_support: float, policy_reach: float) -> Rule:
+        """The rule from a bundle's parts: `table` as `table_columns` gives it, `thresholds` for the table's
+        confidence and the policy's probability (None or inf: that part never answers)."""
+        trusted = ~table["demoted"]
+        radius2 = table["radius"].astype(np.float64) ** 2
+        table_ok = (trusted & (table["support"] >= min_support)
+                    & (table["confidence"] >= threshold(thresholds["table"])))
+        return cls(index, table["best"], table["confidence"], np.where(table_ok, radius2, -1.0),
+                   np.where(trusted, policy_reach**2 * radius2, -1.0), policy, threshold(thresholds["policy"]))
+
+    def decide(self, x: np.ndarray) -> Answers:
+        """System 1's answers for (n, d) latent states: the table first, then the policy, else abstain."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        d2, ids = self.index.search(x, 1)
+        situation, d2 = ids[:, 0], d2[:, 0]
+        by_table = d2 <= self.table_reach2[situation]
+        action = self.best[situation]
+        confidence = np.where(by_table, self.confidence[situation], np.nan)
+        asks = ~by_table & (d2 <= self.policy_reach2[situation])  # the network runs only where it may answer
+        if asks.any():
+            probs = policy_probabilities(self.policy, x[asks])
+            sure = probs.max(1)
+            action[asks] = probs.argmax(1)
+            confidence[asks] = np.where(sure >= self.policy_threshold, sure, np.nan)
+        source = np.where(by_table, "table", np.where(asks & ~np.isnan(confidence), "policy", ""))
+        return Answers(action, confidence, source, situation)

@@ -1,0 +1,143 @@
+"""Commit: the batch's good records as partitioned Parquet, its bad ones in quarantine, and its ledger,
+made visible at once (`Store.commit`).
+
+Files are staged under `<home>/tmp/<batch>/` as `<table>/world=<W>/date=<D>/<batch>_<file>_<split>.parquet`:
+one file per partition and encoder, so that each holds one latent dimension and stores its vectors as
+fixed-size float32 lists.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dmn import faults, records
+from dmn.home import Home, fsync
+from dmn.lake.duck import quote, run
+from dmn.lake.plan import Entry
+from dmn.lake.rules import canonical_json
+from dmn.lake.store import Store
+from dmn.records import TABLES, columns
+
+WRITE_BATCH_BYTES = 16 << 20
+"""Arrow batches of about this much whatever the latent size, so that the writers' memory is bounded."""
+SPLIT_ROWS = 10_000
+"""A partition of this many rows or more is written as two files, at once."""
+VECTORS = [name for name, f in records.FIELDS.items() if f.kind == "vector"]
+FILE_PROBLEM = pa.schema([("source_file", pa.string()), ("source_line", pa.int64()), ("type", pa.string()),
+                          ("episode_id", pa.string()), ("reason", pa.string()), ("hint", pa.string()),
+                          ("raw", pa.string()), ("raw_bytes", pa.int64())])
+"""A quarantine row for something found while reading a file, not parsing a record of it."""
+
+
+@dataclass
+class Committed:
+    records: dict[str, int]
+    """Records that landed in the lake, by record type."""
+    quarantined: dict[str, int]
+    """Records (or files) quarantined, by reason."""
+    duplicates: int
+
+
+def commit(con: duckdb.DuckDBPyConnection, home: Home, store: Store, batch: str, now: datetime,
+           entries: list[Entry], problems: list[dict[str, Any]], dims: list[dict[str, Any]]) -> Committed:
+    """Stage the batch's files, then commit them with its manifest. `problems` are quarantine rows
+    (`FILE_PROBLEM`) found while reading; `dims` the latent dimensions the batch fixes."""
+    staging = home.tmp / batch
+    staging.mkdir(parents=True)
+    con.register("files_arrow", pa.Table.from_pylist([{"file_index": i, "source_file": e.path} for i, e in enumerate(entries)]))
+    con.register("problems_arrow", pa.Table.from_pylist(problems, schema=FILE_PROBLEM))
+    # Tables, not registered Arrow objects: the writer threads read them through cursors of their own.
+    run(con, "CREATE TABLE files AS SELECT * FROM files_arrow; CREATE TABLE file_quarantine AS SELECT * FROM problems_arrow")
+    stamp = f"'{batch}' AS batch, '{now.isoformat()}'::TIMESTAMPTZ AS ingested_at"
+    quarantine = f"""
+        SELECT *, {stamp}, '{now.date()}'::DATE AS date FROM (
+          SELECT f.source_file, p.source_line, p.rtype AS type, p.episode_id, p.reason, p.hint,
+                 coalesce(p.raw, {canonical_json()}) AS raw, coalesce(p.raw_bytes, 0) AS raw_bytes
+          FROM parsed p JOIN files f USING (file_index) WHERE p.reason IS NOT NULL AND p.reason <> 'duplicate'
+          UNION ALL SELECT * FROM file_quarantine)"""
+    quarantined = dict(run(con, f"SELECT reason, count(*) FROM ({quarantine}) GROUP BY 1 ORDER BY 2 DESC"))
+    jobs = _record_files(con, staging, batch, stamp)
+    if quarantined:
+        folder = staging / "quarantine" / f"date={now.date()}"
+        folder.mkdir(parents=True)
+        jobs.append(("quarantine", [], folder / f"{batch}_q.parquet", quarantine, _batch_rows([])))
+    with ThreadPoolExecutor(max_workers=2) as pool:  # pyarrow's writer uses one core: two files at once
+        written = list(pool.map(lambda job: (job[0], _write_file(con, *job)), jobs))
+    counts = {rtype: sum(n for table, n in written if table == TABLES[rtype][0]) for rtype in TABLES}
+    counts = {rtype: n for rtype, n in counts.items() if n}
+    duplicates = run(con, "SELECT count(*) FROM parsed WHERE reason = 'duplicate'")[0][0]
+    for i, good, bad in run(con, """SELECT file_index, count(*) FILTER (reason IS NULL),
+            count(*) FILTER (reason IS NOT NULL AND reason <> 'duplicate') FROM parsed GROUP BY 1"""):
+        entries[i].records, entries[i].quarantined = good, bad
+    by_path = {e.path: e for e in entries}
+    for row in problems:
+        by_path[row["source_file"]].quarantined += 1
+    files = {d.name: sorted(str(p.relative_to(staging)) for p in d.rglob("*.parquet")) for d in staging.iterdir()}
+    faults.point("ingest.commit")
+    store.commit({
+        "batch": batch, "committed_at": datetime.now(timezone.utc).isoformat(), "schema_version": records.SCHEMA_VERSION,
+        "files": files, "ledger": [asdict(e) for e in entries], "dims": dims, "records": counts,
+        "quarantined": quarantined,
+    })
+    return Committed(counts, quarantined, duplicates)
+
+
+def _record_files(con: duckdb.DuckDBPyConnection, staging: Path, batch: str, stamp: str) -> list[tuple]:
+    """The files of the good records: one per (record type, world, date, encoder), two for a large one.
+
+    One pass numbers every good row's file (`parsed.part`), so that each file's query reads only its rows.
+    """
+    run(con, """UPDATE parsed SET part = g.part FROM (
+                    SELECT seq, dense_rank() OVER (ORDER BY rtype, world, date, encoder) AS part
+                    FROM parsed WHERE reason IS NULL) g
+                WHERE parsed.seq = g.seq""")
+    lengths = "".join(f", max(len({v}))" for v in VECTORS)
+    jobs = []
+    for part, rtype, world, date, rows, *sizes in run(con, f"""
+            SELECT part, rtype, world, date, count(*){lengths} FROM parsed WHERE reason IS NULL
+            GROUP BY ALL ORDER BY part"""):
+        table, cols = TABLES[rtype]
+        dims = {v: d for v, d in zip(VECTORS, sizes) if v in cols and d}
+        select = ", ".join(f"p.{quote(c)}::FLOAT[{dims[c]}] AS {quote(c)}" if c in dims else f"p.{quote(c)}" for c in cols)
+        folder = staging / table / f"world={urllib.parse.quote(world, safe='')}" / f"date={date}"
+        folder.mkdir(parents=True, exist_ok=True)
+        splits = 2 if rows >= SPLIT_ROWS else 1
+        for split in range(splits):
+            query = f"""SELECT {select}, p.date, f.source_file, p.source_line, {stamp}
+                        FROM parsed p JOIN files f USING (file_index)
+                        WHERE p.part = {part} AND ((coalesce(p.source_line, 0) % {splits}) + {splits}) % {splits} = {split}"""
+            jobs.append((table, list(dims), folder / f"{batch}_{part}_{split}.parquet", query, _batch_rows(list(dims.values()))))
+    return jobs
+
+
+def _batch_rows(dims: list[int]) -> int:
+    return max(1024, WRITE_BATCH_BYTES // (256 + 4 * sum(dims)))
+
+
+def _write_file(con: duckdb.DuckDBPyConnection, table: str, vectors: list[str], path: Path, query: str,
+                batch_rows: int) -> int:
+    """Write the rows of `query` to `path`; returns how many."""
+    reader = con.cursor().sql(query).to_arrow_reader(batch_rows)
+    schema = reader.schema.with_metadata({"dmn_table": table})
+    # Dictionaries for the text columns only (trying them on latents costs a third of the write);
+    # byte-stream-split latents compress better.
+    text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    rows = 0
+    with pq.ParquetWriter(path, schema, compression="zstd", use_dictionary=text,
+                          use_byte_stream_split=[f"{v}.list.element" for v in vectors]) as writer:
+        for chunk in reader:
+            writer.write_batch(chunk.replace_schema_metadata(schema.metadata))
+            rows += chunk.num_rows
+    fsync(path)  # on disk, with its folder entry, before the manifest that names it
+    fsync(path.parent)
+    faults.point("ingest.staged")
+    return rows

@@ -1,0 +1,147 @@
+"""Ingest: agents' logs in, episodes out.
+
+One run reads every new file (or the new lines of a grown one), parses all of it in DuckDB, checks
+every record against the contract in `dmn.records`, and commits the good records to the lake and the
+bad ones to quarantine in one batch, with the ledger of what was consumed. Re-running it, or ingesting
+a copy of a file, adds nothing.
+
+    >>> report = ingest(Home.resolve("my-home"))          # the inbox   # doctest: +SKIP
+    >>> report.records                                     # doctest: +SKIP
+    {'episode': 10, 'simulation': 4800, 'decision': 1600, 'outcome': 1600, 'episode_end': 10}
+
+The pipeline, top to bottom (`_batch`):
+  1. discover   files to read, and why others are skipped           (dmn.lake.plan)
+  2. plan       per file, from the ledger: skip, read the new tail, or read it all
+  3. read       complete lines in blocks; problems; unfinished tails (dmn.lake.read)
+  4. parse      one DuckDB pass per chunk: the per-record rules      (dmn.lake.parse, dmn.lake.rules)
+  5. resolve    the rules across records                             (dmn.lake.resolve)
+  6. commit     partitioned Parquet + quarantine + ledger, atomically (dmn.lake.commit, dmn.lake.store)
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections import Counter
+from contextlib import closing
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from dmn import faults
+from dmn.config import Settings
+from dmn.errors import DmnError
+from dmn.home import Home
+from dmn.lake.commit import commit
+from dmn.lake.parse import Parser
+from dmn.lake.plan import Entry, Ledger, discover
+from dmn.lake.read import Lines, Pending, Problem, read
+from dmn.lake.resolve import resolve
+from dmn.lake.rules import RAW_KEEP_BYTES
+from dmn.lake.store import Store
+
+
+@dataclass
+class IngestReport:
+    """What one ingest run did; `dmn ingest --json` prints it."""
+
+    batch: str | None = None
+    """The committed batch id, or None when there was nothing new."""
+    files_read: int = 0
+    """Files (or new tails of files) that were read."""
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Files not read, by reason."""
+    records: dict[str, int] = field(default_factory=dict)
+    """Records that landed in the lake, by record type."""
+    quarantined: dict[str, int] = field(default_factory=dict)
+    """Records (or files) quarantined, by reason."""
+    duplicates: int = 0
+    """Records dropped as exact duplicates of records already in the store."""
+    pending_bytes: int = 0
+    """Bytes of unterminated last lines left for the next run (a writer may still be appending)."""
+    bytes_read: int = 0
+    """Bytes of the files that this run consumed."""
+    seconds: float = 0.0
+    """Wall time of the run."""
+    recovered: list[str] = field(default_factory=list)
+    """What recovery did to batches a crash had interrupted."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def ingest(home: Home, paths: list[str | os.PathLike] | None = None, *, wait: float = 0.0) -> IngestReport:
+    """Ingest `paths` (files or folders; default: the home's inbox) into the home's store.
+
+    Raises `Busy` if another ingest still holds the home after `wait` seconds.
+    """
+    started = time.perf_counter()
+    settings = home.settings()
+    with home.lock("ingest", wait=wait):
+        store = Store(home)
+        report = IngestReport(recovered=store.recover())
+        faults.point("ingest.recovered")
+        try:
+            with Parser(settings.ingest, home.tmp) as parser:
+                _batch(home, settings, store, parser, [Path(p) for p in paths] if paths else [home.inbox], report)
+        except OSError as exc:  # a full or read-only disk: nothing was committed, the next run cleans up
+            raise DmnError(f"ingest stopped, nothing was committed: {exc.strerror or exc} "
+                           f"({exc.filename or home.root})") from None
+        except duckdb.IOException as exc:  # a lake file named by the catalog is gone
+            raise DmnError(f"ingest stopped, nothing was committed: the store is damaged ({exc})") from None
+        except duckdb.OutOfMemoryException:
+            raise DmnError(f"ingest stopped, nothing was committed: these logs need more memory than [ingest] "
+                           f"memory_limit = {settings.ingest.memory_limit!r} allows; raise it in "
+                           f"{home.root / 'dmn.toml'}") from None
+    report.seconds = round(time.perf_counter() - started, 3)
+    return report
+
+
+def _batch(home: Home, settings: Settings, store: Store, parser: Parser, paths: list[Path],
+           report: IngestReport) -> None:
+    """One batch: every new line of `paths` read and parsed, the rules across records, one commit."""
+    now = datetime.now(timezone.utc)
+    manifests = store.manifests()
+    ledger = Ledger(home, manifests)
+    files, skipped = discover(paths, home)
+    skips = Counter(reason for _, reason in skipped)
+    entries: list[Entry] = []
+    problems: list[dict[str, Any]] = []
+    for path in files:
+        todo = ledger.plan(path, settings.ingest.settle_seconds)
+        if isinstance(todo, str):
+            skips[todo] += 1
+            continue
+        found = len(problems)
+        with closing(read(todo, settings.ingest, settings.lar, parser.con)) as events:
+            for event in events:
+                if isinstance(event, Lines):
+                    parser.add(len(entries), event.table)
+                elif isinstance(event, Problem):
+                    problems.append(_quarantine_row(todo.entry.path, event))
+                elif isinstance(event, Pending):
+                    report.pending_bytes += event.size
+        if todo.entry.bytes_consumed > todo.start or len(problems) > found:  # else only an unfinished tail
+            entries.append(todo.entry)
+            ledger.consumed(todo.entry)
+            report.bytes_read += todo.entry.bytes_consumed - todo.start
+        faults.point("ingest.read")
+    report.skipped, report.files_read = dict(skips), len(entries)
+    parser.flush()
+    if not entries:
+        return
+    dims = resolve(parser.con, store, manifests, settings.dims)
+    batch = "b" + now.strftime("%Y%m%dT%H%M%S%fZ") + secrets.token_hex(3)  # dmn.lake.store.BATCH_ID
+    done = commit(parser.con, home, store, batch, now, entries, problems, dims)
+    report.batch, report.records, report.quarantined, report.duplicates = (
+        batch, done.records, done.quarantined, done.duplicates)
+
+
+def _quarantine_row(source_file: str, problem: Problem) -> dict[str, Any]:
+    return {"source_file": source_file, "source_line": problem.line, "type": None, "episode_id": None,
+            "reason": problem.reason, "hint": problem.hint,
+            "raw": problem.raw[:RAW_KEEP_BYTES].decode("utf-8", "replace"), "raw_bytes": len(problem.raw)}

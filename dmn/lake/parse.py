@@ -1,0 +1,98 @@
+"""Parse: the batch's DuckDB session, where read lines become typed rows of the `parsed` table.
+
+Lines gather across files until `chunk_bytes` are queued, then one DuckDB pass parses them all and
+applies the per-record rules (`dmn.lake.rules`): a thousand small episode files cost a few passes, not
+a thousand. Every row keeps its file, its line and its order (`seq`), and NULL or a reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from dmn.config import IngestSettings, size_bytes
+from dmn.lake.duck import connect, run
+from dmn.lake.rules import MACROS, PARSED_COLUMNS, parse_sql
+from dmn.records import TENSOR_DTYPES
+
+FIRST_PASS_BYTES = 1 << 24
+"""The first passes are small (then doubling up to `chunk_bytes`), so that DuckDB starts while the reader
+is still on the first chunk."""
+
+
+class Parser:
+    """One ingest run's DuckDB session: `add` lines, then read `parsed` from `con`."""
+
+    def __init__(self, settings: IngestSettings, tmp: Path):
+        self.con = connect(settings.memory_limit, tmp / "duckdb")
+        # A pass over the lines needs a few times their size in DuckDB: keep it well inside the limit.
+        self.chunk_bytes = min(settings.chunk_bytes, size_bytes(settings.memory_limit) // 4)
+        run(self.con, "SET preserve_insertion_order = false")
+        self.con.create_function("dmn_tensor", decode_tensors, ["BLOB", "VARCHAR"], "FLOAT[]", type="arrow",
+                                 null_handling="special", side_effects=False)
+        run(self.con, MACROS)
+        run(self.con, f"CREATE TABLE parsed ({PARSED_COLUMNS})")
+        self.sql = parse_sql(settings.future_skew_seconds)
+        self.pending: list[pa.Table] = []
+        self.pending_bytes = 0
+        self.passes = 0
+        self.rows = 0
+        """Lines queued so far: each gets its own `seq`, in reading order."""
+
+    def __enter__(self) -> Parser:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.con.close()
+
+    def add(self, file_index: int, lines: pa.Table) -> None:
+        """Queue lines (`line`, `raw`) of the file `file_index` of the batch; parse once enough have gathered."""
+        n = lines.num_rows
+        lines = lines.append_column("file_index", pa.array(np.full(n, file_index, np.int32)))
+        self.pending.append(lines.append_column("seq", pa.array(np.arange(self.rows, self.rows + n, dtype=np.int64))))
+        self.rows += n
+        self.pending_bytes += lines.nbytes
+        if self.pending_bytes >= min(self.chunk_bytes, FIRST_PASS_BYTES << self.passes):
+            self.flush()
+
+    def flush(self) -> None:
+        """Parse what is queued."""
+        if not self.pending:
+            return
+        chunk = pa.concat_tables(self.pending)
+        self.pending, self.pending_bytes = [], 0
+        self.passes += 1
+        # Small record batches let DuckDB spread one chunk over all cores (a chunk of 768-d lines
+        # is only a few thousand rows, a single vector otherwise).
+        self.con.register("chunk", pa.Table.from_batches(chunk.to_batches(max_chunksize=256), chunk.schema))
+        try:
+            run(self.con, self.sql)
+        finally:
+            self.con.unregister("chunk")
+
+
+def decode_tensors(blobs: pa.Array | pa.ChunkedArray, dtypes: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """DuckDB UDF `dmn_tensor`: raw tensor bytes + dtype name -> FLOAT[] (NULL where they do not fit).
+
+    Vectorised: one view per row over the column's contiguous data buffer, no copy of the bytes.
+    """
+    if isinstance(blobs, pa.ChunkedArray):
+        blobs = blobs.combine_chunks()
+    blobs = blobs.cast(pa.large_binary())
+    dtype_names = dtypes.to_pylist()
+    out: list[np.ndarray | None] = []
+    offsets = np.frombuffer(blobs.buffers()[1], dtype=np.int64)[blobs.offset: blobs.offset + len(blobs) + 1]
+    data = blobs.buffers()[2]
+    raw = np.frombuffer(data, dtype=np.uint8) if data is not None else np.empty(0, np.uint8)
+    valid = blobs.is_valid().to_numpy(zero_copy_only=False)
+    for i, dtype in enumerate(dtype_names):
+        code = TENSOR_DTYPES.get(dtype or "float32")
+        size = int(offsets[i + 1] - offsets[i])
+        if not valid[i] or code is None or size == 0 or size % np.dtype(code).itemsize:
+            out.append(None)
+            continue
+        out.append(raw[offsets[i]: offsets[i + 1]].view(code).astype(np.float32, copy=False))
+    return pa.array(out, type=pa.list_(pa.float32()))
+

@@ -1,0 +1,139 @@
+"""Resolve: the rules across records, once per batch over the `parsed` table.
+
+    episodes     one start per id; a repeat that agrees is a duplicate, one that disagrees a conflict;
+                 every other record belongs to a started episode (in the lake or this batch) and takes
+                 its world, encoder and date
+    dimensions   each (world, encoder) has one latent dimension: fixed by `[dims]`, by earlier batches, or
+                 by this one's most common; vectors of another length are quarantined
+    repeats      a record repeated with the same content (its fingerprint) is a duplicate and dropped;
+                 with the same key (`dmn.records.Record.key`) but other content, a conflict
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from dmn.lake.duck import quote, run
+from dmn.lake.store import Store
+from dmn.records import FIELDS, RECORDS, TABLES
+
+EPISODES = [
+    """CREATE TABLE batch_episodes AS SELECT seq, episode_id, world, encoder, started_at,
+              row_number() OVER (PARTITION BY episode_id ORDER BY seq) AS k
+       FROM parsed WHERE reason IS NULL AND rtype = 'episode'""",
+    """CREATE TABLE known AS
+         SELECT episode_id, world, encoder, started_at FROM lake_episodes
+         UNION ALL
+         SELECT episode_id, world, encoder, started_at FROM batch_episodes
+         WHERE k = 1 AND episode_id NOT IN (SELECT episode_id FROM lake_episodes)""",
+    """UPDATE parsed SET
+         reason = CASE WHEN parsed.world = e.world AND parsed.encoder = e.encoder THEN 'duplicate' ELSE 'conflicting episode' END,
+         hint = 'episode ' || parsed.episode_id || ' was already started in world "' || e.world || '" with encoder "'
+                || e.encoder || '"'
+       FROM known e
+       WHERE parsed.reason IS NULL AND parsed.rtype = 'episode' AND parsed.episode_id = e.episode_id
+         AND (parsed.seq NOT IN (SELECT seq FROM batch_episodes WHERE k = 1)
+              OR parsed.episode_id IN (SELECT episode_id FROM lake_episodes))""",
+    """UPDATE parsed SET world = e.world, encoder = e.encoder,
+         date = coalesce(parsed.ts, parsed.ended_at, e.started_at, now())::DATE
+       FROM known e WHERE parsed.reason IS NULL AND parsed.rtype <> 'episode' AND parsed.episode_id = e.episode_id""",
+    """UPDATE parsed SET reason = 'episode never started',
+         hint = 'no episode record with episode_id ' || episode_id || ' has been ingested; log the episode record first'
+       WHERE reason IS NULL AND rtype <> 'episode' AND world IS NULL""",
+    """UPDATE parsed SET date = coalesce(started_at, now())::DATE WHERE reason IS NULL AND rtype = 'episode'""",
+]
+"""The episode rules, in order."""
+
+VECTORS = [name for name, f in FIELDS.items() if f.kind == "vector"]
+
+
+def resolve(con: duckdb.DuckDBPyConnection, store: Store, manifests: list[dict[str, Any]],
+            fixed_dims: dict[str, int]) -> list[dict[str, Any]]:
+    """Apply the rules across records to `parsed`; returns the (world, encoder) dimensions this batch fixes."""
+    run(con, "CREATE TABLE lake_episodes AS SELECT episode_id, world, encoder, started_at "
+             f"FROM ({store.table_sql('episode_starts', manifests)})")
+    for sql in EPISODES:
+        run(con, sql)
+    new_dims = _dimensions(con, store.known_dims(manifests), fixed_dims)
+    for rtype, record in RECORDS.items():
+        if rtype == "episode":
+            continue  # repeats of episodes were resolved with them
+        content = ", ".join(quote(f.name) for f in record.fields)
+        run(con, f"UPDATE parsed SET fingerprint = hash({content}) WHERE reason IS NULL AND rtype = '{rtype}'")
+        lake = store.table_sql(TABLES[rtype][0], manifests)
+        if record.key:
+            _repeats(con, rtype, ", ".join(record.key), lake)
+        else:
+            _resent(con, lake)
+    return new_dims
+
+
+def _dimensions(con: duckdb.DuckDBPyConnection, known: dict[tuple[str, str], int],
+                fixed: dict[str, int]) -> list[dict[str, Any]]:
+    """Fix each (world, encoder)'s latent dimension and quarantine vectors of another length."""
+    rows = run(con, """
+        SELECT world, encoder, len(state) AS dim, count(*) AS n FROM parsed
+        WHERE reason IS NULL AND state IS NOT NULL GROUP BY ALL ORDER BY n DESC, dim""")
+    dims: dict[tuple[str, str], int] = {}
+    new = []
+    for world, encoder, dim, _ in rows:
+        if (world, encoder) in dims:
+            continue
+        dims[(world, encoder)] = fixed.get(world) or known.get((world, encoder)) or dim
+        if (world, encoder) not in known:
+            new.append({"world": world, "encoder": encoder, "dim": dims[(world, encoder)]})
+    if not dims:
+        return new
+    con.register("dims_arrow", pa.Table.from_pylist([{"world": w, "encoder": e, "dim": d} for (w, e), d in dims.items()]))
+    for vec in VECTORS:
+        run(con, f"""UPDATE parsed SET reason = 'wrong vector length',
+            hint = '"{vec}" has ' || len(parsed.{vec}) || ' values, but world "' || parsed.world || '" (encoder "'
+                   || parsed.encoder || '") has dimension ' || d.dim
+            FROM dims_arrow d WHERE parsed.reason IS NULL AND parsed.world = d.world AND parsed.encoder = d.encoder
+              AND parsed.{vec} IS NOT NULL AND len(parsed.{vec}) <> d.dim""")
+    con.unregister("dims_arrow")
+    return new
+
+
+def _repeats(con: duckdb.DuckDBPyConnection, rtype: str, key: str, lake: str) -> None:
+    """One record per key: a repeat with the same content (fingerprint) is a duplicate and dropped,
+    one with other content a conflict and quarantined, whether the first is in the store or
+    earlier in this batch."""
+    run(con, f"""
+        WITH batch AS (SELECT seq, {key}, fingerprint AS h,
+                              row_number() OVER (PARTITION BY {key} ORDER BY seq) AS k
+                       FROM parsed WHERE reason IS NULL AND rtype = '{rtype}'),
+             stored AS (SELECT {key}, any_value(fingerprint) AS h FROM ({lake}) GROUP BY ALL),
+             earlier AS (SELECT {key}, h, 'the store' AS place FROM stored
+                         UNION ALL
+                         SELECT {key}, h, 'an earlier line of this batch' FROM batch
+                         WHERE k = 1 AND ({key}) NOT IN (SELECT ({key}) FROM stored)),
+             repeats AS (SELECT b.seq, b.h = e.h AS same, e.place FROM batch b JOIN earlier e USING ({key})
+                         WHERE b.k > 1 OR e.place = 'the store')
+        UPDATE parsed SET reason = CASE WHEN r.same THEN 'duplicate' ELSE 'conflicting record' END,
+                          hint = CASE WHEN r.same THEN 'the same {rtype} as ' || r.place
+                                      ELSE '{rtype} with the same {key.replace(", ", " and ")} as in ' || r.place
+                                           || ', but other values' END
+        FROM repeats r WHERE parsed.seq = r.seq AND parsed.rtype = '{rtype}'""")
+
+
+def _resent(con: duckdb.DuckDBPyConnection, lake: str) -> None:
+    """Identical simulations can be genuine (a planner that evaluates the same action twice), so
+    a fingerprint keeps as many copies as the one source that holds the most: copies the store
+    already has, and copies in other files of this batch (a re-sent or recompressed log), go."""
+    run(con, f"""
+        WITH batch AS (SELECT seq, file_index, fingerprint FROM parsed WHERE reason IS NULL AND rtype = 'simulation'),
+             stored AS (SELECT fingerprint, count(*) AS c FROM ({lake}) GROUP BY 1),
+             counts AS (SELECT fingerprint, file_index, count(*) AS n FROM batch GROUP BY ALL),
+             source AS (SELECT fingerprint, first(file_index ORDER BY n DESC, file_index) AS file_index
+                        FROM counts GROUP BY 1),
+             ranked AS (SELECT seq, fingerprint, file_index,
+                               row_number() OVER (PARTITION BY fingerprint, file_index ORDER BY seq) AS k FROM batch),
+             resent AS (SELECT r.seq FROM ranked r JOIN source s USING (fingerprint) LEFT JOIN stored USING (fingerprint)
+                        WHERE r.file_index <> s.file_index OR r.k <= coalesce(stored.c, 0))
+        UPDATE parsed SET reason = 'duplicate',
+                          hint = 'the same simulation is in the store or in another file of this batch'
+        WHERE seq IN (SELECT seq FROM resent)""")

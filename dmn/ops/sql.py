@@ -1,0 +1,60 @@
+"""SQL over a whole home: the lake's tables, and beside them the nights' runs and the bundles they published.
+
+    >>> store(Home.resolve()).sql("SELECT world, status, version FROM consolidations").fetchall()  # doctest: +SKIP
+
+`consolidations` is one row per night and world (`<home>/runs/`, written by `dmn.sleep.night`);
+`artifacts` one row per kept bundle (its manifest, `dmn.bundle.publish`). `dmn sql` reads through here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from dmn.bundle import publish
+from dmn.home import Home
+from dmn.lake.duck import run
+from dmn.lake.store import Store
+from dmn.sleep.night import runs
+
+VIEWS = ("episodes", "simulations", "decisions", "outcomes", "episode_ends", "quarantine", "ingest_files",
+         "consolidations", "artifacts")
+"""Every view a query over a home can read."""
+
+RUN_COLUMNS = ("run_id", "world", "encoder", "status", "reason", "version", "current", "started_at", "ended_at",
+               "watermark", "seconds", "counts", "metrics")
+ARTIFACT_COLUMNS = ("world", "version", "current", "encoder", "dim", "created_at", "metrics", "thresholds", "window",
+                    "run_id", "signature", "path")
+
+
+def store(home: Home) -> Store:
+    """The home's store with every view in `VIEWS`."""
+    return Store(home, views=lambda con: _night_views(con, home))
+
+
+def _night_views(con: duckdb.DuckDBPyConnection, home: Home) -> None:
+    con.register("consolidation_records", _json_rows(runs(home), RUN_COLUMNS))
+    con.register("artifact_records", _json_rows(publish.manifests(home), ARTIFACT_COLUMNS))
+    run(con, """CREATE VIEW consolidations AS SELECT run_id, world, encoder, status, reason, version, current,
+        started_at::TIMESTAMPTZ AS started_at, ended_at::TIMESTAMPTZ AS ended_at,
+        (metrics::JSON->>'$.combined.coverage')::DOUBLE AS coverage,
+        (metrics::JSON->>'$.combined.precision')::DOUBLE AS precision,
+        (metrics::JSON->>'$.live.precision')::DOUBLE AS live_precision,
+        seconds::JSON AS seconds, counts::JSON AS counts, metrics::JSON AS metrics, watermark
+        FROM consolidation_records""")
+    run(con, """CREATE VIEW artifacts AS SELECT world, version, current::BOOLEAN AS current, encoder, dim::INTEGER AS dim,
+        created_at::TIMESTAMPTZ AS created_at, (metrics::JSON->>'$.combined.coverage')::DOUBLE AS coverage,
+        (metrics::JSON->>'$.combined.precision')::DOUBLE AS precision, thresholds::JSON AS thresholds,
+        "window"::JSON AS "window", run_id, signature IS NOT NULL AS signed, path
+        FROM artifact_records""")
+
+
+def _json_rows(records: list[dict[str, Any]], names: tuple[str, ...]) -> pa.Table:
+    """Records as a table of text columns: strings as they are, anything else as JSON (the views cast them)."""
+    def cell(value: Any) -> str | None:
+        return value if value is None or isinstance(value, str) else json.dumps(value)
+
+    return pa.table({n: pa.array([cell(r.get(n)) for r in records], pa.string()) for n in names})

@@ -1,0 +1,34 @@
+"""The policy network System 1 falls back on between situations: its definition, and its export to the
+plain arrays that `dmn.bundle.decide.policy_probabilities` runs in numpy at lookup time.
+
+It is trained by `dmn.sleep.train`; torch is needed in the night only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class Policy(nn.Module):
+    """Latent in, one logit per action out: two hidden ReLU layers on a normalised input."""
+
+    def __init__(self, dim: int, actions: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, actions))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def export(model: Policy, mean: np.ndarray, std: np.ndarray, temperature: float) -> dict[str, np.ndarray]:
+    """The network as arrays (`dmn.bundle.decide.POLICY_KEYS`): input mean and std, each layer's weight
+    (transposed, for x @ w) and bias, and the calibrated temperature of its logits."""
+    weights = {"mean": mean.astype(np.float32), "std": std.astype(np.float32)}
+    for i, layer in enumerate((m for m in model.net if isinstance(m, nn.Linear)), 1):
+        weights[f"w{i}"] = layer.weight.detach().numpy().T.copy()
+        weights[f"b{i}"] = layer.bias.detach().numpy().copy()
+    weights["temperature"] = np.float32(temperature)
+    return weights

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+import click
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from conftest import dmn, episode, simulation, write_jsonl
@@ -13,7 +15,26 @@ from dmn.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", ["ingest", "sql", "world run"])
+def commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[str]:
+    """Every command of the CLI, subcommands included, as the words that call it."""
+    out = []
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            out += commands(command, (*prefix, name))
+        else:
+            out.append(" ".join((*prefix, name)))
+    return out
+
+
+COMMANDS = commands(typer.main.get_command(app))
+
+
+def test_the_cli_has_the_commands_the_readme_documents():
+    assert set(COMMANDS) >= {"ingest", "sql", "consolidate", "rollback", "world run", "status", "check", "report",
+                             "daemon", "demo"}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_an_example(command):
     result = runner.invoke(app, [*command.split(), "--help"])
     assert result.exit_code == 0 and "Example:" in result.output

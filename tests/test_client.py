@@ -180,11 +180,9 @@ def test_hot_reload_while_threads_look_up(own):
         thresholds = {"table": None, "policy": 1.01} if n % 2 == 0 else load(home, "synthetic", "v000001").manifest[
             "thresholds"]
         published.append(republish(home, thresholds=thresholds))
-        time.sleep(0.1)
-    deadline = time.monotonic() + 10
-    while reflexes.version != published[-1] and time.monotonic() < deadline:
-        reflexes.lookup(states[0])
-        time.sleep(0.01)
+        deadline = time.monotonic() + 10  # served before the next one is published
+        while reflexes.version != published[-1] and time.monotonic() < deadline:
+            time.sleep(0.01)
     stop.set()
     for t in threads:
         t.join()
@@ -213,3 +211,38 @@ assert "torch" not in sys.modules, "torch was imported"
     np.save(home.root / "z.npy", truth.sample(1)[0][0])
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_one_state_path_and_the_batch_path_of_the_rule_agree_everywhere():
+    """`Rule.decide_one` (a lookup) and `Rule.decide` (the night's evaluation, `lookup_batch`) on states where
+    the table answers, the policy answers, the policy is not sure enough, a situation is demoted, and on
+    novel states: the same answer, state by state."""
+    import faiss
+
+    from dmn.bundle.decide import Rule
+
+    rng = np.random.default_rng(0)
+    k, d, actions = 12, 8, 3
+    centres = rng.standard_normal((k, d)).astype(np.float32) * 4
+    index = faiss.IndexFlatL2(d)
+    index.add(centres)
+    table = {"best": rng.integers(actions, size=k), "confidence": rng.uniform(0.5, 1.0, k),
+             "radius": rng.uniform(0.5, 1.5, k), "support": rng.uniform(0, 10, k), "demoted": rng.random(k) < 0.2}
+    hidden = 16
+    policy = {"mean": np.zeros(d, np.float32), "std": np.ones(d, np.float32),
+              "w1": rng.standard_normal((d, hidden)).astype(np.float32), "b1": np.zeros(hidden, np.float32),
+              "w2": rng.standard_normal((hidden, hidden)).astype(np.float32), "b2": np.zeros(hidden, np.float32),
+              "w3": rng.standard_normal((hidden, actions)).astype(np.float32), "b3": np.zeros(actions, np.float32),
+              "temperature": np.float32(3.0)}
+    rule = Rule.prepare(index, table, policy, {"table": 0.7, "policy": 0.6}, min_support=3.0, policy_reach=2.0)
+    states = (centres[rng.integers(k, size=3000)] + rng.standard_normal((3000, d)) * rng.uniform(0, 2, (3000, 1))
+              ).astype(np.float32)
+    batch = rule.decide(states)
+    assert {"table", "policy", ""} <= set(batch.source)  # every branch of the rule is taken
+    for i, x in enumerate(states):
+        one = rule.decide_one(x)
+        if batch.source[i] == "":
+            assert one is None, i
+        else:
+            assert one is not None and (one[0], one[2], one[3]) == (batch.action[i], batch.source[i], batch.situation[i])
+            assert one[1] == pytest.approx(batch.confidence[i], rel=1e-5)

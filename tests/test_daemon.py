@@ -40,8 +40,11 @@ def test_the_daemon_consolidates_refuses_a_second_and_stops_on_sigterm(home, tmp
             assert first.poll() is None, (tmp_path / "daemon.log").read_text()
             time.sleep(0.5)
         assert publish.current(home, "synthetic") == "v000001"
-        time.sleep(0.5)  # the night's gauges are set just after it publishes
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        metrics = ""  # the night's gauges are set just after it publishes
+        while "dmn_bundle_version{" not in metrics:
+            assert time.monotonic() < deadline, metrics
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            time.sleep(0.05)
         assert 'dmn_bundle_version{world="synthetic"} 1.0' in metrics and "dmn_last_run_success 1.0" in metrics
         assert 'dmn_lake_records{kind="decisions",world="synthetic"} 800.0' in metrics
         second = dmn("daemon", "--interval", "2", home=home, timeout=60)

@@ -505,3 +505,31 @@ def test_odd_lar_files_never_stop_the_run(home, doc, reason):
     assert report.records["episode"] >= 1
     if reason:
         assert report.quarantined == {reason: 1}
+
+
+def test_a_failed_ingest_leaves_no_reading_thread_behind(home, monkeypatch):
+    """The thread that reads ahead stops with the run however it stops: a parse that fails mid-file must not
+    leave it blocked on its full queue (a daemon would leak a thread and its buffers per failed night)."""
+    import threading
+
+    from dmn.lake import read
+    from dmn.lake.parse import Parser
+
+    write_jsonl(home.inbox / "a.jsonl", [episode()] + [simulation(step=s, dim=64) for s in range(5000)])
+    monkeypatch.setattr(read, "READ_AHEAD", 4096)  # a block of lines per MiB read: many blocks to hand over
+    calls = []
+
+    def fail_on_the_second_block(self, file_index, lines):
+        calls.append(lines.num_rows)
+        if len(calls) == 2:
+            raise RuntimeError("parse failed")
+
+    monkeypatch.setattr(Parser, "add", fail_on_the_second_block)
+    with pytest.raises(RuntimeError, match="parse failed"):
+        run(home)
+    deadline = time.monotonic() + 10
+    while any(t.name == "dmn-ingest-read" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "dmn-ingest-read" for t in threading.enumerate())
+    monkeypatch.undo()
+    assert run(home).records == {"episode": 1, "simulation": 5000}  # and nothing was half-committed

@@ -43,3 +43,14 @@ def test_readme_settings_are_the_defaults(tmp_path):
         assert written[section] == defaults[section], section
     (tmp_path / "dmn.toml").write_text(block.replace('hmac_secret = "…"', ""))
     Settings.load(tmp_path / "dmn.toml")  # and it is a valid file
+
+
+def test_the_readmes_log_format_table_is_the_record_contract():
+    from dmn.records import RECORDS
+
+    rows = dict(re.findall(r"^\| `(\w+)` \| (.+) \|$", README.split("## The log format")[1].split("\n\n- ")[0], re.M))
+    assert set(rows) == set(RECORDS)
+    for rtype, record in RECORDS.items():
+        names = re.findall(r"`(\w+)(\??)`", rows[rtype])
+        fields = {name: optional == "?" for name, optional in names if name not in ("system1", "system2")}
+        assert fields == {f.name: not f.required for f in record.fields}, rtype

@@ -9,6 +9,7 @@ is then one nearest-centroid search and two comparisons, and the policy's networ
 
     >>> rule = Rule.prepare(index, table_columns(table, actions), policy, thresholds, 3.0, 2.0)  # doctest: +SKIP
     >>> answers = rule.decide(states)                                                          # doctest: +SKIP
+    >>> rule.decide_one(states[0])                     # (action, confidence, source, situation) or None  # doctest: +SKIP
 
 Numpy and FAISS only: the policy's weights are plain arrays (input normalisation, three linear
 layers with ReLU between them, a calibrated temperature).
@@ -71,7 +72,11 @@ def threshold(value: float | None) -> float:
 
 @dataclass(frozen=True)
 class Rule:
-    """The decision rule of one bundle (or of one trial of thresholds), prepared per situation."""
+    """The decision rule of one bundle (or of one trial of thresholds), prepared per situation.
+
+    `decide` answers a batch, `decide_one` one state (the agent's hot path, in plain Python on the same
+    prepared gates: a few microseconds beside the search); the suite checks that they agree everywhere.
+    """
 
     index: faiss.Index
     """The situations' search index (raw latents in, squared distances out)."""
@@ -98,6 +103,10 @@ class Rule:
         return cls(index, table["best"], table["confidence"], np.where(table_ok, radius2, -1.0),
                    np.where(trusted, policy_reach**2 * radius2, -1.0), policy, threshold(thresholds["policy"]))
 
+    def __post_init__(self) -> None:  # the gates as Python lists, for decide_one
+        object.__setattr__(self, "_gates", (self.table_reach2.tolist(), self.policy_reach2.tolist(),
+                                            self.best.tolist(), self.confidence.tolist()))
+
     def decide(self, x: np.ndarray) -> Answers:
         """System 1's answers for (n, d) latent states: the table first, then the policy, else abstain."""
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -114,3 +123,17 @@ class Rule:
             confidence[asks] = np.where(sure >= self.policy_threshold, sure, np.nan)
         source = np.where(by_table, "table", np.where(asks & ~np.isnan(confidence), "policy", ""))
         return Answers(action, confidence, source, situation)
+
+    def decide_one(self, x: np.ndarray) -> tuple[int, float, str, int] | None:
+        """The answer for one latent state (a contiguous float32 vector): (action, confidence, source,
+        situation), or None where System 1 abstains."""
+        table_reach2, policy_reach2, best, confidence = self._gates  # type: ignore[attr-defined]
+        d2, ids = self.index.search(x[None], 1)
+        c, d2 = int(ids[0, 0]), float(d2[0, 0])
+        if d2 <= table_reach2[c]:
+            return best[c], confidence[c], "table", c
+        if d2 > policy_reach2[c]:
+            return None
+        probs = policy_probabilities(self.policy, x[None])[0]
+        j = int(probs.argmax())
+        return (j, float(probs[j]), "policy", c) if probs[j] >= self.policy_threshold else None

@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 
 from dmn.bundle import publish
-from dmn.bundle.decide import Answers
 from dmn.bundle.load import Bundle, load
 from dmn.errors import DmnError
 from dmn.home import Home
@@ -79,8 +78,8 @@ class _Serving:
     dim: int
     usable: bool
     """False when the bundle was made for another encoder: it is kept, but never answers."""
-    support: list[float]
-    avoid: list[tuple[str, ...]]
+    table: list[Reflex]
+    """Per situation: the table's answer, the same object every time (the rule says when it may give it)."""
     radius2: np.ndarray
     """Per situation: squared novelty radius."""
     score: np.ndarray
@@ -91,12 +90,13 @@ class _Serving:
     """(situations, actions, outcome types) how often each outcome type was imagined."""
     action_index: dict[str, int]
 
-    def reflexes(self, answers: Answers) -> list[Reflex | None]:
-        """The decision rule's answers as `Reflex`es (None where it abstained)."""
-        actions, version = self.bundle.actions, self.bundle.version
-        return [Reflex(actions[a], c, s, k, self.support[k], self.avoid[k], version) if s else None
-                for a, c, s, k in zip(answers.action.tolist(), answers.confidence.tolist(), answers.source.tolist(),
-                                      answers.situation.tolist())]
+    def reflex(self, action: int, confidence: float, source: str, situation: int) -> Reflex:
+        """The decision rule's answer as a `Reflex`."""
+        if source == "table":
+            return self.table[situation]
+        here = self.table[situation]
+        return Reflex(self.bundle.actions[action], confidence, source, situation, here.support, here.avoid,
+                      here.version)
 
 
 class Reflexes:
@@ -152,13 +152,14 @@ class Reflexes:
     def lookup(self, z: Any) -> Reflex | None:
         """System 1's answer for one latent state (a 1-D vector), or None: deliberate."""
         serving = self._current()
-        x = _vector(z, serving.dim if serving else None)
+        x = _states(z, serving.dim if serving else None, 1)
         self._withheld.reflex = None
         if serving is None or not serving.usable:
             return None
-        reflex = serving.reflexes(serving.bundle.answer(x[None]))[0]
-        if reflex is None:
+        answer = serving.bundle.rule.decide_one(x)
+        if answer is None:
             return None
+        reflex = serving.reflex(*answer)
         if self.audit_rate and self._rng.random() < self.audit_rate:
             self._withheld.reflex = reflex
             return None
@@ -176,10 +177,12 @@ class Reflexes:
     def lookup_batch(self, states: Any) -> list[Reflex | None]:
         """System 1's answers for an (n, d) batch of latent states, in one vectorised call."""
         serving = self._current()
-        x = _matrix(states, serving.dim if serving else None)
+        x = _states(states, serving.dim if serving else None, 2)
         if serving is None or not serving.usable:
             return [None] * len(x)
-        reflexes = serving.reflexes(serving.bundle.answer(x))
+        answers = serving.bundle.answer(x)
+        reflexes = [serving.reflex(*a) if a[2] else None for a in zip(
+            answers.action.tolist(), answers.confidence.tolist(), answers.source.tolist(), answers.situation.tolist())]
         if self.audit_rate:
             audited = self._rng.random(len(x)) < self.audit_rate
             reflexes = [None if a else r for r, a in zip(reflexes, audited.tolist())]
@@ -189,7 +192,7 @@ class Reflexes:
         """What System 2 expected of `action` in this state, recalled from the situation's simulations
         instead of running the world model; None when the state is novel or the action was never imagined here."""
         serving = self._current()
-        x = _vector(z, serving.dim if serving else None)
+        x = _states(z, serving.dim if serving else None, 1)
         j = serving.action_index.get(str(action)) if serving else None
         if serving is None or not serving.usable or j is None:
             return None
@@ -240,12 +243,15 @@ class Reflexes:
 
 
 def _serve(bundle: Bundle, encoder: str | None) -> _Serving:
-    m = bundle.manifest
+    m, table = bundle.manifest, bundle.table
+    answers = zip(table["best_action"].to_pylist(), table["confidence"].to_pylist(), table["support"].to_pylist(),
+                  table["avoid"].to_pylist())
     return _Serving(
         bundle=bundle, dim=m["dim"], usable=encoder is None or encoder == m["encoder"],
-        support=bundle.table["support"].to_pylist(), avoid=[tuple(a) for a in bundle.table["avoid"].to_pylist()],
-        radius2=bundle.table["radius"].to_numpy() ** 2, score=_grid(bundle.table["score_mean"]),
-        danger=_grid(bundle.table["veto_rate"]), kinds=np.array(bundle.table["outcome_types"].to_pylist(), np.float64),
+        table=[Reflex(action, confidence, "table", c, support, tuple(avoid), bundle.version)
+               for c, (action, confidence, support, avoid) in enumerate(answers)],
+        radius2=table["radius"].to_numpy() ** 2, score=_grid(table["score_mean"]), danger=_grid(table["veto_rate"]),
+        kinds=np.array(table["outcome_types"].to_pylist(), np.float64),
         action_index={a: i for i, a in enumerate(bundle.actions)},
     )
 
@@ -255,30 +261,19 @@ def _grid(column: Any) -> np.ndarray:
     return np.array([[np.nan if v is None else v for v in row] for row in column.to_pylist()], np.float64)
 
 
-def _array(states: Any, what: str) -> np.ndarray:
+def _states(value: Any, dim: int | None, ndim: int) -> np.ndarray:
+    """A state (`ndim` 1: a vector) or a batch of them (`ndim` 2: an (n, d) matrix), as contiguous float32,
+    checked against the bundle's dimension `dim`; ValueError says what is wrong with it."""
+    what, shape = ("a state", "a 1-D vector") if ndim == 1 else ("states", "an (n, d) matrix")
     try:
-        return np.asarray(states, dtype=np.float32)
+        x = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError):
-        raise ValueError(f"{what} must be numbers, got {type(states).__name__}") from None
-
-
-def _vector(z: Any, dim: int | None) -> np.ndarray:
-    x = _array(z, "a state")
-    if x.ndim != 1:
-        raise ValueError(f"a state must be a 1-D vector, got an array of shape {x.shape}")
-    if dim is not None and x.shape[0] != dim:
-        raise ValueError(f"a state must have {dim} dimensions (the bundle's), got {x.shape[0]}")
-    if not math.isfinite(float(x @ x)) and not np.isfinite(x).all():  # the dot product is the cheaper test
-        raise ValueError("a state must be finite: it contains NaN or Inf")
-    return np.ascontiguousarray(x)
-
-
-def _matrix(states: Any, dim: int | None) -> np.ndarray:
-    x = _array(states, "states")
-    if x.ndim != 2:
-        raise ValueError(f"states must be an (n, d) matrix, got an array of shape {x.shape}")
-    if dim is not None and x.shape[1] != dim:
-        raise ValueError(f"states must have {dim} dimensions (the bundle's), got {x.shape[1]}")
-    if not np.isfinite(x).all():
-        raise ValueError("states must be finite: they contain NaN or Inf")
+        raise ValueError(f"{what} must be numbers, got {type(value).__name__}") from None
+    if x.ndim != ndim:
+        raise ValueError(f"{what} must be {shape}, got an array of shape {x.shape}")
+    if dim is not None and x.shape[-1] != dim:
+        raise ValueError(f"{what} must have {dim} dimensions (the bundle's), got {x.shape[-1]}")
+    flat = x.reshape(-1)
+    if not math.isfinite(float(flat @ flat)) and not np.isfinite(flat).all():  # the dot product is the cheaper test
+        raise ValueError(f"{what} must be finite: {'it contains' if ndim == 1 else 'they contain'} NaN or Inf")
     return np.ascontiguousarray(x)

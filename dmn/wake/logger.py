@@ -39,16 +39,8 @@ class EpisodeLogger:
     buffered records are lost.
     """
 
-    def __init__(
-        self,
-        home: str | os.PathLike | Home | None = None,
-        *,
-        world: str,
-        encoder: str,
-        agent: str | None = None,
-        flush_records: int = 1000,
-        flush_seconds: float = 5.0,
-    ):
+    def __init__(self, home: str | os.PathLike | Home | None = None, *, world: str, encoder: str,
+                 agent: str | None = None, flush_records: int = 1000, flush_seconds: float = 5.0):
         if not isinstance(world, str) or not world or not isinstance(encoder, str) or not encoder:
             raise ValueError("world and encoder must be non-empty strings")
         self.home = home if isinstance(home, Home) else Home.resolve(home)
@@ -59,14 +51,8 @@ class EpisodeLogger:
         self._records = 0
         self._last_flush = time.monotonic()
         self._episode: str | None = None
-        self._prefix = f"{_slug(agent or world)}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._files = 0
         self._closed = False
-        self._queue: queue.Queue[tuple[Path, bytes] | None] = queue.Queue()
-        self._error: BaseException | None = None
-        self._unwritten: list[tuple[Path, bytes]] = []  # files a write failed for: retried at the next flush
-        self._writer = threading.Thread(target=self._write_loop, name="dmn-logger", daemon=True)
-        self._writer.start()
+        self._writer = _Writer(self.home.inbox, f"{_slug(agent or world)}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         _OPEN.add(self)
 
     # -- records -----------------------------------------------------------------------------------
@@ -74,12 +60,8 @@ class EpisodeLogger:
     def episode(self, episode_id: str | None = None, *, meta: dict[str, Any] | None = None) -> str:
         """Start an episode (it becomes the default for the calls that follow); returns its id."""
         episode_id = episode_id or uuid.uuid4().hex
-        record: dict[str, Any] = {"type": "episode", "episode_id": episode_id, "world": self.world,
-                                  "encoder": self.encoder, "started_at": _now()}
-        if self.agent:
-            record["agent"] = self.agent
-        if meta is not None:
-            record["meta"] = meta
+        record = {"type": "episode", "episode_id": episode_id, "world": self.world, "encoder": self.encoder,
+                  "started_at": _now(), **_given({"agent": self.agent or None, "meta": meta})}
         with self._lock:
             self._episode = episode_id
         self._add(record)
@@ -89,15 +71,10 @@ class EpisodeLogger:
                    vetoed: bool | None = None, cost_ms: float | None = None, episode_id: str | None = None) -> None:
         """One System 2 evaluation: in `state`, imagining `action` led to `predicted`, scored `score`."""
         record = {"type": "simulation", "episode_id": self._id(episode_id), "step": _step(step),
-                  "action": _action(action), "score": _number(score, "score"), "ts": _now()}
-        vectors = {"state": as_vector(state, "state")}
-        if predicted is not None:
-            vectors["predicted"] = as_vector(predicted, "predicted")
-        if vetoed is not None:
-            record["vetoed"] = bool(vetoed)
-        if cost_ms is not None:
-            record["cost_ms"] = _number(cost_ms, "cost_ms")
-        self._add(record, vectors)
+                  "action": _action(action), "score": _number(score, "score"), "ts": _now(),
+                  **_given({"vetoed": _maybe(bool, vetoed), "cost_ms": _maybe(_number, cost_ms, "cost_ms")})}
+        self._add(record, _given({"state": as_vector(state, "state"),
+                                  "predicted": _maybe(as_vector, predicted, "predicted")}))
 
     def decision(self, step: int, state: Any, action: int | str, *, source: str = "system2",
                  confidence: float | None = None, latency_ms: float | None = None, reflex: int | str | None = None,
@@ -110,36 +87,22 @@ class EpisodeLogger:
         if source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
         record = {"type": "decision", "episode_id": self._id(episode_id), "step": _step(step),
-                  "action": _action(action), "source": source, "ts": _now()}
-        vectors = {"state": as_vector(state, "state")}
-        if confidence is not None:
-            record["confidence"] = _number(confidence, "confidence")
-        if latency_ms is not None:
-            record["latency_ms"] = _number(latency_ms, "latency_ms")
-        if reflex is not None:
-            record["reflex"] = _action(reflex)
-        self._add(record, vectors)
+                  "action": _action(action), "source": source, "ts": _now(),
+                  **_given({"confidence": _maybe(_number, confidence, "confidence"),
+                            "latency_ms": _maybe(_number, latency_ms, "latency_ms"), "reflex": _maybe(_action, reflex)})}
+        self._add(record, {"state": as_vector(state, "state")})
 
     def outcome(self, step: int, *, reward: float | None = None, done: bool | None = None,
                 success: bool | None = None, episode_id: str | None = None) -> None:
         """What the world answered to the action taken at `step`."""
-        record: dict[str, Any] = {"type": "outcome", "episode_id": self._id(episode_id), "step": _step(step)}
-        if reward is not None:
-            record["reward"] = _number(reward, "reward")
-        if done is not None:
-            record["done"] = bool(done)
-        if success is not None:
-            record["success"] = bool(success)
-        self._add(record)
+        self._add({"type": "outcome", "episode_id": self._id(episode_id), "step": _step(step),
+                   **_given({"reward": _maybe(_number, reward, "reward"), "done": _maybe(bool, done),
+                             "success": _maybe(bool, success)})})
 
     def end(self, *, return_: float | None = None, success: bool | None = None, episode_id: str | None = None) -> None:
         """Close an episode and flush, so that a finished episode is on disk whole."""
-        record: dict[str, Any] = {"type": "episode_end", "episode_id": self._id(episode_id), "ended_at": _now()}
-        if return_ is not None:
-            record["return"] = _number(return_, "return")
-        if success is not None:
-            record["success"] = bool(success)
-        self._add(record)
+        self._add({"type": "episode_end", "episode_id": self._id(episode_id), "ended_at": _now(),
+                   **_given({"return": _maybe(_number, return_, "return"), "success": _maybe(bool, success)})})
         self.flush()
 
     # -- buffering ---------------------------------------------------------------------------------
@@ -168,19 +131,10 @@ class EpisodeLogger:
         with self._lock:
             parts, self._parts, self._records = self._parts, [], 0
             self._last_flush = time.monotonic()
-            retry, self._unwritten = self._unwritten, []
-            for item in retry:
-                self._queue.put(item)
-            path = None
-            if parts:
-                self._files += 1
-                path = self.home.inbox / f"{self._prefix}-{self._files:06d}.jsonl"
-                self._queue.put((path, b"".join(parts)))
+            path = self._writer.put(b"".join(parts) if parts else None)
         if wait:
-            self._queue.join()
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+            self._writer.wait()
+        self._writer.raise_failure()
         return path
 
     def close(self) -> None:
@@ -193,19 +147,7 @@ class EpisodeLogger:
         try:
             self.flush(wait=True)
         finally:
-            self._queue.put(None)
-
-    def _write_loop(self) -> None:
-        while (item := self._queue.get()) is not None:
-            try:
-                write_atomic(*item)
-            except BaseException as exc:  # noqa: BLE001 - raised on the agent's next flush
-                self._error = self._error or exc
-                with self._lock:
-                    self._unwritten.append(item)
-            finally:
-                self._queue.task_done()
-        self._queue.task_done()
+            self._writer.stop()
 
     def __enter__(self) -> "EpisodeLogger":
         return self
@@ -220,6 +162,58 @@ class EpisodeLogger:
         return episode_id
 
 
+class _Writer:
+    """The thread that writes a logger's files into the inbox (`<folder>/<prefix>-000001.jsonl`, ...), off the
+    agent's thread: each atomically (`write_atomic`); a file whose write failed is kept, and handed over
+    again with the next one."""
+
+    def __init__(self, folder: Path, prefix: str) -> None:
+        self.folder, self.prefix, self.files = folder, prefix, 0
+        self._queue: queue.Queue[tuple[Path, bytes] | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._failure: BaseException | None = None
+        self._unwritten: list[tuple[Path, bytes]] = []
+        threading.Thread(target=self._loop, name="dmn-logger", daemon=True).start()
+
+    def put(self, data: bytes | None) -> Path | None:
+        """Write `data` as the next file (None: only the files that failed before), in order; returns its path."""
+        with self._lock:
+            retry, self._unwritten = self._unwritten, []
+        for item in retry:
+            self._queue.put(item)
+        if data is None:
+            return None
+        self.files += 1
+        path = self.folder / f"{self.prefix}-{self.files:06d}.jsonl"
+        self._queue.put((path, data))
+        return path
+
+    def wait(self) -> None:
+        """Return once every file handed over so far is written (or has failed)."""
+        self._queue.join()
+
+    def raise_failure(self) -> None:
+        """Raise the first failure since the last call, if there was one."""
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+
+    def stop(self) -> None:
+        self._queue.put(None)
+
+    def _loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                write_atomic(*item)
+            except BaseException as exc:  # noqa: BLE001 - raised on the agent's next flush
+                self._failure = self._failure or exc
+                with self._lock:
+                    self._unwritten.append(item)
+            finally:
+                self._queue.task_done()
+        self._queue.task_done()
+
+
 _OPEN: "weakref.WeakSet[EpisodeLogger]" = weakref.WeakSet()
 
 
@@ -228,6 +222,16 @@ def _close_open_loggers() -> None:
     # A logger the agent forgot to close still gets its last records to disk at interpreter exit.
     for logger in list(_OPEN):
         logger.close()
+
+
+def _given(fields: dict[str, Any]) -> dict[str, Any]:
+    """The optional fields that were given (a field left out is None)."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _maybe(check: Any, value: Any, *args: Any) -> Any:
+    """`check(value, *args)`, or None for a field left out."""
+    return None if value is None else check(value, *args)
 
 
 def _now() -> float:

@@ -3,7 +3,7 @@
     python benchmarks/consolidate.py                 # N = 100,000 simulations (4 candidate actions per decision)
     python benchmarks/consolidate.py --simulations 20000
 
-For each size, on a fresh home: synthetic System 2 logs (`dmn.synthetic`: Gaussian situations with
+For each size, on a fresh home: synthetic System 2 logs (`dmn.worlds.synthetic`: Gaussian situations with
 known best actions) are written and ingested first (timed apart), then `consolidate` runs from the
 lake to a published bundle. Prints per-stage seconds, simulations per second, and the ratio
 time(2N) / time(N) measured in the same run (linear scaling gives 2.0).

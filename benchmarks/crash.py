@@ -6,7 +6,7 @@ and count what was lost.
 
 Each round drops a day of synthetic logs into the inbox and starts `dmn ingest` or `dmn consolidate`.
 Every other round it dies at a kill point (dmn.faults), all of them in turn in a seeded order; in the
-others it is SIGKILLed after a random delay. After every kill `dmn.status.check` must find the
+others it is SIGKILLed after a random delay. After every kill `dmn.ops.status.check` must find the
 home whole: its catalog opens, no record is there twice, the published pointer names a bundle whose
 checksums verify. At the end one `dmn consolidate` runs to completion, and the lake must hold exactly
 what was logged. The suite runs a short version of this (`tests/test_reliability.py`).

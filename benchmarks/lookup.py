@@ -4,7 +4,7 @@
     python benchmarks/lookup.py --clusters 4096 --queries 2000
 
 For each size, a bundle is published in a temporary home with the night's own index construction
-(`dmn.cluster.centroid_index`, the default `pca_dims`) over synthetic situations: centroids on a
+(`dmn.sleep.cluster.centroid_index`, the default `pca_dims`) over synthetic situations: centroids on a
 32-dimensional manifold in 768-d, as an encoder's latents are, with a table and a policy network of
 the night's default width. Then, on one thread and in the same run:
 

@@ -3,7 +3,7 @@
     python benchmarks/memory.py                          # 64 MiB to 2 GiB, memory_limit 128MB
     python benchmarks/memory.py --sizes 256 1024 --memory-limit 2GB
 
-For each size a fresh home gets one JSONL file (`dmn.synthetic.big_log`, 256-d states) and a fresh
+For each size a fresh home gets one JSONL file (`dmn.worlds.synthetic.big_log`, 256-d states) and a fresh
 process ingests it; the table gives the records, the process's peak resident memory (libraries
 included) and its ratio to the file's size. Memory that stays flat while the file grows is the target.
 """

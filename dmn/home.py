@@ -8,7 +8,7 @@
       tmp/            staging and DuckDB spill space (a crashed batch waits here for the next ingest to finish or undo it)
       locks/          advisory locks so that two writers never overlap
       worlds/         the reference world's trained world models (`dmn world`), one folder per env and settings
-      bundles/        published System 1 bundles, one folder per world (see dmn.publish)
+      bundles/        published System 1 bundles, one folder per world (see dmn.bundle.publish)
       runs/           one JSON record per consolidation run
 """
 

@@ -30,7 +30,7 @@ FAST_TOML = "[consolidate]\npolicy_hidden = 16\npolicy_epochs = 5\n"
 
 
 def check_home(home: Home, world: str) -> tuple[int, int]:
-    """The invariants that must hold after any kill (`dmn.status.check`): the catalog opens, no record is
+    """The invariants that must hold after any kill (`dmn.ops.status.check`): the catalog opens, no record is
     there twice, and the published pointer names a complete bundle whose checksums verify.
     Returns (decisions, simulations)."""
     result = check(home)

@@ -14,7 +14,7 @@ most every `check_every` seconds, and a new bundle is loaded and verified on a b
 the old one keeps serving; the swap is one assignment, so every answer comes from one whole bundle.
 A bundle that fails verification is not served; `problem` says why.
 
-Only numpy and FAISS run here: `import dmn.client` and a lookup never import torch.
+Only numpy and FAISS run here: `import dmn` and a lookup never import torch or DuckDB.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import operator
 import os
 import re
 import types
@@ -53,10 +54,15 @@ def size_bytes(text: str) -> int:
 # -- the mechanism ---------------------------------------------------------------------------------
 
 
+BOUNDS = {"ge": (operator.ge, "at least {:g}"), "gt": (operator.gt, "above {:g}"), "le": (operator.le, "at most {:g}"),
+          "lt": (operator.lt, "below {:g}")}
+
+
 def bounded(default: float, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
             lt: float | None = None) -> Any:
     """A numeric setting with the range it must lie in: at least `ge`, above `gt`, at most `le`, below `lt`."""
-    return field(default=default, metadata={"bounds": (ge, gt, le, lt)})
+    bounds = {name: bound for name, bound in {"ge": ge, "gt": gt, "le": le, "lt": lt}.items() if bound is not None}
+    return field(default=default, metadata={"bounds": bounds})
 
 
 def choice(default: str, options: tuple[str, ...]) -> Any:
@@ -94,12 +100,10 @@ def _checked(f: dataclasses.Field, kind: Any, value: Any) -> Any:
     if kind in (int, float):
         if "bounds" not in f.metadata:
             raise TypeError(f"setting {f.name} declares no bounds (use config.bounded)")
-        ge, gt, le, lt = f.metadata["bounds"]
-        if (ge is not None and value < ge) or (gt is not None and value <= gt) or (le is not None and value > le) \
-                or (lt is not None and value >= lt) or not math.isfinite(value):
-            said = [words.format(bound) for bound, words in ((ge, "at least {:g}"), (gt, "above {:g}"),
-                                                             (le, "at most {:g}"), (lt, "below {:g}")) if bound is not None]
-            said = ["positive" if words == "above 0" else words for words in said]
+        bounds = f.metadata["bounds"]
+        if not math.isfinite(value) or not all(BOUNDS[name][0](value, bound) for name, bound in bounds.items()):
+            said = ["positive" if (name, bound) == ("gt", 0) else BOUNDS[name][1].format(bound)
+                    for name, bound in bounds.items()]
             raise ValueError(f"{f.name} must be {' and '.join(said) or 'finite'}, got {value!r}")
     if "choices" in f.metadata and value not in f.metadata["choices"]:
         raise ValueError(f"{f.name} must be one of {', '.join(f.metadata['choices'])}, got {value!r}")

@@ -17,9 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dmn.bundle import publish
+from dmn.bundle.decide import POLICY_KEYS, Answers, Rule, table_columns
 from dmn.errors import DmnError
 from dmn.home import Home
-from dmn.bundle.decide import POLICY_KEYS, Answers, Rule, table_columns
 
 
 @dataclass

@@ -28,7 +28,6 @@ from dmn.home import write_atomic
 from dmn.lake.lar import lar_signature
 from dmn.tensors import as_vector
 
-
 # -- writing through Lár (needs lar-engine) ------------------------------------------------------------
 
 

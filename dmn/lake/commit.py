@@ -25,7 +25,7 @@ from dmn.lake.duck import quote, run
 from dmn.lake.plan import Entry
 from dmn.lake.rules import canonical_json
 from dmn.lake.store import Store
-from dmn.records import TABLES, columns
+from dmn.records import TABLES
 
 WRITE_BATCH_BYTES = 16 << 20
 """Arrow batches of about this much whatever the latent size, so that the writers' memory is bounded."""

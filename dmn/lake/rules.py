@@ -14,8 +14,7 @@ from __future__ import annotations
 import json
 
 from dmn.lake.duck import quote
-from dmn.records import (FIELDS, KINDS, RECORD_TYPES, RECORDS, SOURCES, TENSOR_DTYPES, TIMEZONE, WORLD_NAME_BYTES,
-                         owners)
+from dmn.records import FIELDS, KINDS, RECORD_TYPES, RECORDS, SOURCES, TENSOR_DTYPES, TIMEZONE, WORLD_NAME_BYTES, owners
 
 RAW_KEEP_BYTES = 1 << 20
 """Quarantine keeps at most this much of a bad line's text (the full line stays in the source file)."""

@@ -21,7 +21,6 @@ import re
 import shutil
 import time
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Callable
 
 import duckdb

@@ -12,7 +12,6 @@ import faiss
 import numpy as np
 from sklearn.cluster import kmeans_plusplus
 
-
 PCA_SAMPLE = 50_000
 """Rows the PCA is fitted on: plenty for a covariance in a few hundred dimensions."""
 REFINE_CANDIDATES = 8

@@ -20,7 +20,6 @@ from dmn.bundle.decide import Answers
 from dmn.config import ConsolidateSettings
 from dmn.sleep.experience import Experience
 
-
 Z95 = 1.959964  # two-sided 95% normal quantile, for Wilson bounds
 
 

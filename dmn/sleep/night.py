@@ -23,8 +23,8 @@ import json
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any, Callable
 
 import faiss

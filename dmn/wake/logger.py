@@ -20,9 +20,9 @@ import math
 import os
 import queue
 import threading
-import weakref
 import time
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any
 

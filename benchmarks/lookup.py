@@ -50,6 +50,7 @@ def bundle(home: Home, k: int, rng: np.random.Generator) -> np.ndarray:
         "cluster": pa.array(np.arange(k), pa.int32()), "support": np.full(k, 20.0),
         "best_action": pa.array([actions[a] for a in rng.integers(ACTIONS, size=k)]),
         "confidence": rng.uniform(0.9, 1.0, k), "radius": np.full(k, 1.5 * noise * np.sqrt(DIM)),
+        "core": np.full(k, 1.5 * noise * np.sqrt(DIM)),
         "demoted": np.zeros(k, bool), "avoid": pa.array([[] for _ in range(k)], pa.list_(pa.string())),
         "score_mean": pa.array(rng.standard_normal((k, ACTIONS)).tolist(), pa.list_(pa.float64())),
         "veto_rate": pa.array(rng.uniform(0, 1, (k, ACTIONS)).tolist(), pa.list_(pa.float64())),
@@ -60,7 +61,7 @@ def bundle(home: Home, k: int, rng: np.random.Generator) -> np.ndarray:
               "w1": rng.standard_normal((DIM, h)).astype(np.float32) / np.sqrt(DIM), "b1": np.zeros(h, np.float32),
               "w2": rng.standard_normal((h, h)).astype(np.float32) / np.sqrt(h), "b2": np.zeros(h, np.float32),
               "w3": rng.standard_normal((h, ACTIONS)).astype(np.float32), "b3": np.zeros(ACTIONS, np.float32),
-              "temperature": np.float32(1.0)}
+              "scale": np.float64(1.0), "distance": np.float64(0.0), "shift": np.float64(0.0)}
     outcomes = faiss.IndexFlatL2(DIM)
     outcomes.add(centroids[:1])
     files = {"table.parquet": parquet(table), "outcomes.parquet": parquet(pa.table({"outcome_type": [0]})),

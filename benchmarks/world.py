@@ -19,24 +19,8 @@ import time
 import numpy as np
 
 from dmn.home import Home
-from dmn.worlds.agent import run
+from dmn.worlds.agent import random_returns, run
 from dmn.worlds.train import make_env
-
-
-def random_returns(env_id: str, episodes: int, seed: int) -> list[float]:
-    env = make_env(env_id)
-    env.action_space.seed(seed)
-    returns = []
-    env.reset(seed=seed)
-    for _ in range(episodes):
-        total, done = 0.0, False
-        while not done:
-            _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-        env.reset()
-    return returns
 
 
 def main() -> None:

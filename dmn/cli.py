@@ -338,19 +338,25 @@ def demo(
     with _needs("worlds"):
         from dmn.worlds.demo import demo as run_demo
 
-    table = Table(title=f"dmn demo: {env}", caption="System 1: share of decisions it served; agreement: System 2 "
-                  "agreeing on audits; ms: mean decision latency; night: the bundle it published, or what it did")
-    for column in ("day", "episodes", "return", "decisions", "System 1", "agreement", "ms", "S1 ms", "S2 ms",
-                   "night s", "night"):
+    table = Table(title=f"dmn demo: {env}", caption=(
+        "normalised: (R - R_random) / (R_day0 - R_random), a random policy on the same episodes; System 1: share of "
+        "decisions it served; precision: its withheld answers as good as System 2's choice, on audits; held-out: "
+        "what its bundle's night measured; exact: System 2 chose that very action; faster: mean decision "
+        "latency against day 0's; night: the bundle it published, or what it did"))
+    for column in ("day", "return", "normalised", "System 1", "precision", "held-out", "exact", "ms", "faster",
+                   "night"):
         table.add_column(column, justify="left" if column == "night" else "right")
+    first: list[float] = []
 
     def row(day: Any) -> None:
         r = day.run
+        first.append(first[0] if first else r["latency_ms"])
         night = day.night.split(":")[0].replace("published ", "") if day.night else "-"
-        table.add_row(str(day.day), str(r["episodes"]), f"{r['mean_return']:.1f}", f"{r['decisions']:,}",
-                      f"{r['system1_share']:.1%}", _share(r["agreement"]), _ms(r["latency_ms"]),
-                      _ms(r["system1_latency_ms"]), _ms(r["system2_latency_ms"]),
-                      "-" if day.night_seconds is None else f"{day.night_seconds:.1f}", escape(night))
+        table.add_row(str(day.day), f"{r['mean_return']:.1f}",
+                      "-" if day.normalised_return is None else f"{day.normalised_return:.2f}",
+                      f"{r['system1_share']:.1%}", _share(r["precision"]),
+                      _share(day.held_out["precision"] if day.held_out else None), _share(r["agreement"]),
+                      _ms(r["latency_ms"]), f"{first[0] / r['latency_ms']:.1f}×", escape(night))
         err.print(f"day {day.day}: mean return {r['mean_return']:.1f}, System 1 served {r['system1_share']:.1%}"
                   + (f"; night: {day.night}" if day.night else ""), highlight=False)
 

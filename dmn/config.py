@@ -202,6 +202,10 @@ class ConsolidateSettings(Section):
     """A situation needs this much (age-weighted) experience before System 1 answers from it."""
     radius_quantile: float = bounded(0.95, gt=0, le=1)
     """A situation's novelty radius: this quantile of its members' distances to its centre."""
+    core_quantile: float = bounded(0.5, gt=0, le=1)
+    """The table answers for states within this quantile of a situation's members' distances to its centre
+    (its core), and its agreement is measured there: at a situation's edge, where it meets others, the
+    best action can be another's. Beyond the core, the policy answers."""
     policy_reach: float = bounded(2.0, ge=1)
     """The policy answers only within this many novelty radii of a known situation."""
     demote_audits: int = bounded(2, ge=1)
@@ -215,8 +219,13 @@ class ConsolidateSettings(Section):
     """Minibatch size of the policy network's training."""
     policy_epochs: int = bounded(30, ge=1)
     """Maximum training epochs of the policy network (it stops early on validation loss)."""
+    score_tolerance: float = bounded(0.25, ge=0)
+    """An answer is right where its action is as good as System 2's choice by System 2's own scores: a candidate
+    it did not veto that scored within this many stakes of its best (a stake: the world's median spread between
+    System 2's best and worst candidates). 0: only its choice and exact ties are right."""
     soft_weight: float = bounded(0.5, ge=0, le=1)
-    """Share of the policy's target that comes from System 2's scores (soft) rather than its choice (hard)."""
+    """Share of the policy's targets that comes from how far below System 2's best each action scored (soft)
+    rather than from which actions were acceptable (hard)."""
     precision_target: float = bounded(0.95, gt=0, le=1)
     """System 1 must agree with System 2 at least this often when it answers; thresholds are set for it."""
     precision_z: float = bounded(1.0, ge=0)

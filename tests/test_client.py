@@ -26,7 +26,7 @@ FAST = ConsolidateSettings(policy_hidden=32, policy_epochs=10)
 def world(tmp_path_factory):
     """A synthetic world in 64-d, consolidated once; tests that publish more copy it first."""
     home = Home.resolve(tmp_path_factory.mktemp("client") / "home")
-    truth = write_logs(home, situations=8, dim=64, episodes=30, steps=20)
+    truth = write_logs(home, situations=8, dim=64, episodes=60, steps=20)
     assert night(home, FAST)[0].status == "published"
     return home, truth
 
@@ -228,12 +228,13 @@ def test_the_one_state_path_and_the_batch_path_of_the_rule_agree_everywhere():
     index.add(centres)
     table = {"best": rng.integers(actions, size=k), "confidence": rng.uniform(0.5, 1.0, k),
              "radius": rng.uniform(0.5, 1.5, k), "support": rng.uniform(0, 10, k), "demoted": rng.random(k) < 0.2}
+    table["core"] = table["radius"] * rng.uniform(0.3, 0.9, k)
     hidden = 16
     policy = {"mean": np.zeros(d, np.float32), "std": np.ones(d, np.float32),
               "w1": rng.standard_normal((d, hidden)).astype(np.float32), "b1": np.zeros(hidden, np.float32),
               "w2": rng.standard_normal((hidden, hidden)).astype(np.float32), "b2": np.zeros(hidden, np.float32),
               "w3": rng.standard_normal((hidden, actions)).astype(np.float32), "b3": np.zeros(actions, np.float32),
-              "temperature": np.float32(3.0)}
+              "scale": np.float64(0.3), "distance": np.float64(-0.5), "shift": np.float64(0.5)}
     rule = Rule.prepare(index, table, policy, {"table": 0.7, "policy": 0.6}, min_support=3.0, policy_reach=2.0)
     states = (centres[rng.integers(k, size=3000)] + rng.standard_normal((3000, d)) * rng.uniform(0, 2, (3000, 1))
               ).astype(np.float32)

@@ -12,16 +12,17 @@ import numpy as np
 import pytest
 
 from conftest import decision, dmn, episode, night, simulation, write_jsonl
+from dmn import EpisodeLogger
 from dmn.bundle import publish
 from dmn.bundle.load import load
 from dmn.config import ConsolidateSettings
-from dmn.sleep.night import consolidate
 from dmn.errors import Busy, DmnError
-from dmn.sleep.evaluate import split
-from dmn.sleep.experience import select
 from dmn.lake.ingest import ingest
 from dmn.lake.store import Store
 from dmn.ops.sql import store
+from dmn.sleep.evaluate import split
+from dmn.sleep.experience import select
+from dmn.sleep.night import consolidate
 from dmn.worlds.synthetic import write_logs
 
 FAST = ConsolidateSettings(policy_hidden=64, policy_epochs=15)
@@ -79,10 +80,12 @@ def test_a_night_without_new_experience_publishes_nothing_and_says_so(consolidat
     assert artifacts == [("synthetic", "v000001", True, 768, True)]
 
 
-def test_the_gate_keeps_the_current_bundle_when_system1_would_guess(home):
+def test_the_gate_refuses_a_bundle_that_would_guess_and_says_so(home):
+    """A System 2 whose imagination is a coin flip cannot be recalled: nothing is published, and with no bundle
+    to keep the night says "refused", not "kept"."""
     write_logs(home, world="coin", situations=4, dim=16, episodes=30, steps=10, accuracy=0.5)
     nights = night(home, FAST)
-    assert nights[0].status == "kept" and publish.current(home, "coin") is None
+    assert nights[0].status == "refused" and publish.current(home, "coin") is None
     assert "precision" in nights[0].reason
 
 
@@ -131,8 +134,9 @@ def test_experience_is_labelled_by_system2_weighted_by_age_and_split_by_episode(
     assert exp.weight.max() == pytest.approx(1.0) and exp.weight.min() == pytest.approx(2.0**-5)
     parts = split(exp, ConsolidateSettings(validation_share=0.2, test_share=0.2))
     episodes = [set(exp.episode[p]) for p in (parts.train, parts.validation, parts.test)]
-    # Whole episodes; the newest holding 40% of the steps held out, dealt newest first to test, validation, test.
-    assert episodes == [{"e0", "e1", "e2"}, {"e4"}, {"e3", "e5"}]
+    # Whole episodes, newest first dealt in turn to test, training, validation, training, until 40% of the
+    # steps are held out; the older ones train.
+    assert episodes == [{"e4", "e2", "e0"}, {"e3"}, {"e5", "e1"}]
     windowed = select(Store(home), "w", "enc", ConsolidateSettings(window_days=2.5), now=now)
     assert set(windowed.episode) == {"e3", "e4", "e5"}
 
@@ -200,3 +204,92 @@ def test_pca_speeds_the_situation_index_and_lookups_still_take_raw_latents(home)
     exact.add(bundle.index.reconstruct_n(0, bundle.index.ntotal))
     assert np.allclose(bundle.index.search(states, 1)[0], exact.search(states, 1)[0], rtol=1e-3)  # full-space distances
     assert np.isnan(bundle.answer(truth.far(200)).confidence).mean() >= 0.95  # novelty judged in the full space
+
+
+def test_where_system2_is_indifferent_system1_answers_with_either_good_action(tmp_path):
+    """Half the situations have two equally good actions, and System 2 takes whichever it happened to score
+    higher. Judged by System 2's own scores (`score_tolerance`), System 1 answers there and is right; judged
+    by exact agreement alone (tolerance 0) it would stay silent there."""
+    from dmn.home import Home
+
+    def consolidated(tolerance: float):
+        home = Home.resolve(tmp_path / f"t{tolerance}")
+        truth = write_logs(home, situations=12, dim=64, episodes=60, steps=20, accuracy=1.0, ties=0.5,
+                           score_noise=0.05)
+        done = night(home, ConsolidateSettings(policy_hidden=64, policy_epochs=15, score_tolerance=tolerance))[0]
+        return home, truth, done
+
+    home, truth, done = consolidated(0.25)
+    assert done.status == "published" and done.metrics["combined"]["precision"] >= 0.97
+    states, which = truth.situations(4000)
+    tied = truth.second[which] >= 0
+    assert 0.3 < tied.mean() < 0.7
+    answers = load(home, "synthetic").answer(states)
+    answered = ~np.isnan(answers.confidence)
+    good = (answers.action == truth.best[which]) | (answers.action == truth.second[which])
+    assert answered[tied].mean() >= 0.9 and good[tied & answered].mean() >= 0.97
+    assert answered[~tied].mean() >= 0.9 and good[~tied & answered].mean() >= 0.97
+    assert done.metrics["combined"]["exact_precision"] < 0.9  # in the tied situations, often not System 2's very choice
+
+    exact_home, _, exact = consolidated(0.0)
+    silent = load(exact_home, "synthetic").answer(states) if exact.status == "published" else None
+    assert silent is None or (~np.isnan(silent.confidence[tied])).mean() <= 0.5
+
+
+def test_a_bundle_that_is_wrong_live_does_not_keep_serving(tmp_path):
+    """The world changes under a published bundle: System 2 now prefers other actions in some situations.
+    The live audits say System 1 is failing there. The new night's bundle is judged on those same steps;
+    whatever the gate says of it, the failing bundle stops answering where it failed."""
+    from dmn.home import Home
+
+    home = Home.resolve(tmp_path / "home")
+    write_logs(home, situations=6, dim=32, episodes=60, steps=20, accuracy=1.0)
+    first = night(home, FAST)[0]
+    assert first.status == "published"
+    bundle = load(home, "synthetic")
+    truth = write_logs(home, situations=6, dim=32, episodes=1, steps=1, accuracy=1.0)  # the same world
+    changed = [0, 1, 2]  # situations where System 2 now prefers another action than the bundle learned
+    states, which = truth.situations(600, seed=5)
+    answers = bundle.answer(states)
+    with EpisodeLogger(home, world="synthetic", encoder="synthetic@1") as log:
+        for e in range(30):
+            log.episode()
+            for step in range(20):
+                i = e * 20 + step
+                if np.isnan(answers.confidence[i]):
+                    continue
+                s = which[i]
+                best = (truth.best[s] + 1) % 3 if s in changed else truth.best[s]
+                if best == truth.vetoed[s]:
+                    best = (best + 1) % 3
+                withheld = int(bundle.actions[answers.action[i]])
+                log.decision(step, states[i], int(best), source="system2", reflex=withheld)
+                for a in range(3):
+                    log.simulation(step, states[i], a, float(a == best), vetoed=a == truth.vetoed[s] and a != best)
+            log.end()
+    later = night(home, ConsolidateSettings(policy_hidden=64, policy_epochs=15, coverage_tolerance=0.0,
+                                            precision_target=0.999))[0]  # the gate refuses any challenger
+    assert later.metrics["published"]["failing"] and later.status == "demoted", later.reason
+    served = load(home, "synthetic")
+    assert served.version == later.version != first.version and served.manifest["demoted_from"] == first.version
+    again = served.answer(states)
+    answered_changed = ~np.isnan(again.confidence) & np.isin(which, changed)
+    assert answered_changed.mean() < 0.1 * np.isin(which, changed).mean()  # silent where it failed
+    assert (~np.isnan(again.confidence) & ~np.isin(which, changed)).sum() > 0.5 * (~np.isin(which, changed)).sum()
+
+
+def test_thresholds_ask_each_answer_to_be_likely_right_until_system1_is_seen_live():
+    """Until validation holds audits, the policy answers only where its own calibrated chance reaches the
+    target; the average may then carry less sure answers. A state it cannot answer (NaN) is never counted."""
+    from dmn.bundle.decide import Answers
+    from dmn.sleep.evaluate import thresholds
+
+    n = 400
+    confidence = np.r_[np.full(300, 0.999), np.full(60, 0.9), np.full(40, np.nan)]
+    right = np.r_[np.ones(300, bool), np.arange(60) % 20 != 0, np.zeros(40, bool)]  # the 0.9s are 95% right
+    acceptable = np.c_[right, ~right]
+    policy = Answers(np.zeros(n, np.int64), confidence, np.where(np.isnan(confidence), "", "policy"), np.zeros(n))
+    table = Answers(np.zeros(n, np.int64), np.full(n, np.nan), np.full(n, ""), np.zeros(n))
+    weight = np.ones(n)
+    assert thresholds(table, policy, acceptable, weight, 0.95, 1.0, seen_live=False) == (np.inf, 0.999)
+    assert thresholds(table, policy, acceptable, weight, 0.95, 1.0, seen_live=True) == (np.inf, 0.9)

@@ -26,7 +26,7 @@ from dmn.ops.status import check
 from dmn.lake.store import Store
 from dmn.worlds.synthetic import big_log, write_logs
 
-FAST_TOML = "[consolidate]\npolicy_hidden = 16\npolicy_epochs = 5\n"
+FAST_TOML = "[consolidate]\npolicy_hidden = 16\npolicy_epochs = 20\n"
 
 
 def check_home(home: Home, world: str) -> tuple[int, int]:

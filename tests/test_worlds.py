@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from dmn.worlds.agent import run
 from dmn.worlds.model import WorldModel
 from dmn.worlds.plan import Planner
 from dmn.worlds.settings import PlannerSettings, ReferenceSettings, WorldSettings
-from dmn.worlds.train import Episode, collect, fit, load_world, make_env, windows
+from dmn.worlds.train import Episode, collect, fit, load_world, make_env, train, windows
 
 TINY = ReferenceSettings(world=WorldSettings(latent_dim=16, hidden=32, explore_steps=400, updates=30, round_steps=60,
                                     round_updates=10, batch=64),
@@ -84,14 +85,41 @@ def test_exploration_restarts_from_rare_states_and_reaches_further():
     starts = np.array([e.obs[0] for e in explored])
     assert (np.abs(starts).max(1) > 0.05).sum() > len(explored) // 4  # a reset starts within 0.05 of upright
 
-    class Uncopyable(gym.Wrapper):
-        def __init__(self, env):
-            super().__init__(env)
-            self.lock = threading.Lock()  # what deepcopy cannot copy: a simulator handle, say
-
-    episodes = collect(Uncopyable(make_env("CartPole-v1")), 200, sticky(np.random.default_rng(1)), seed=1,
-                       restarts=1.0)
+    episodes = collect(make_env("CartPole-v1"), 200, sticky(np.random.default_rng(1)), seed=1, restarts=1.0,
+                       frontier=None)  # an environment that cannot be copied
     assert all(np.abs(e.obs[0]).max() <= 0.05 for e in episodes)  # it only ever resets
+
+
+class Uncopyable(gym.Wrapper):
+    def __init__(self, env):
+        super().__init__(env)
+        self.lock = threading.Lock()  # what deepcopy cannot copy: a simulator handle, say
+
+
+class BrokenCopies(gym.Wrapper):
+    """Copies without error, then fails at its first step, as Box2D's environments do."""
+
+    broken = False
+
+    def __deepcopy__(self, memo):
+        clone = copy.copy(self)
+        clone.broken = True
+        return clone
+
+    def step(self, action):
+        assert not self.broken
+        return super().step(action)
+
+
+@pytest.mark.parametrize("wrapper", [Uncopyable, BrokenCopies])
+def test_an_environment_that_cannot_be_copied_trains_from_resets_and_says_so(wrapper):
+    env_id = f"{wrapper.__name__}CartPole-v0"
+    if env_id not in gym.registry:
+        gym.register(env_id, entry_point=lambda **kw: wrapper(gym.make("CartPole-v1")), max_episode_steps=500)
+    said = []
+    _, meta = train(env_id, TINY.world, say=said.append)
+    assert meta["restarts"].startswith("resets only") and meta["transitions"] >= TINY.world.explore_steps
+    assert len(said) == 1 and "cannot be restarted from copies" in said[0]
 
 
 def test_training_teaches_imagination_to_foresee_the_end_without_collapse():
@@ -196,6 +224,8 @@ def test_where_ending_is_the_goal_nothing_is_vetoed():
 class AlwaysLeft:
     """A System 1 stand-in: always answers action 0, but withholds every third answer for an audit."""
 
+    manifest = None  # no bundle: an answer is right only when it is System 2's choice
+
     def __init__(self):
         self.calls = 0
 
@@ -243,7 +273,11 @@ def test_reflexes_answer_first_and_audits_measure_agreement(home):
     assert store.sql("SELECT DISTINCT confidence FROM decisions WHERE source = 'system1'").fetchall() == [(0.875,)]
     audits = store.sql("SELECT count(*), avg((action = reflex)::INT) FROM decisions WHERE reflex IS NOT NULL"
                        ).fetchone()
-    assert audits[0] == s["audited"] and s["agreement"] == pytest.approx(audits[1])
+    assert audits[0] == s["audited"] and s["agreement"] == pytest.approx(audits[1]) == s["precision"]
+    lenient = AlwaysLeft()
+    lenient.manifest = {"stake": 1.0, "score_tolerance": 1e9}  # any action System 2 did not veto is right
+    judged = run(home, "CartPole-v1", 2, seed=2, reflexes=lenient, settings=TINY).to_dict()
+    assert judged["precision"] >= judged["agreement"] and judged["precision"] > 0
 
 
 def test_bad_arguments_are_refused(home):
@@ -310,15 +344,18 @@ def test_demo_sleeps_and_wakes(home):
 [consolidate]
 precision_target = 0.6
 policy_hidden = 16
-policy_epochs = 5
+policy_epochs = 20
 """)
-    done = dmn("demo", "--nights", "1", "--episodes-per-day", "6", "--audit-rate", "0.2", "--json",
+    done = dmn("demo", "--nights", "1", "--episodes-per-day", "10", "--audit-rate", "0.2", "--json",
                "--home", str(home.root))
     assert done.returncode == 0, done.stderr
     day0, day1 = json.loads(done.stdout)
     assert day0["run"]["system1_share"] == 0 and day0["version"] is None and day0["night"] == "published v000001"
     assert day1["version"] == "v000001" and day1["night"] is None and day1["run"]["system1_share"] > 0
-    assert day1["run"]["audited"] > 0 and 0 <= day1["run"]["agreement"] <= 1
+    assert day1["run"]["audited"] > 0 and 0 <= day1["run"]["agreement"] <= day1["run"]["precision"] <= 1
+    beats_random = day0["run"]["mean_return"] > day0["random_return"]  # a tiny world model need not
+    assert day0["normalised_return"] == (pytest.approx(1.0) if beats_random else None)
+    assert day1["held_out"]["precision"] >= 0.6  # the serving bundle's night measured it, at the home's target
     assert day1["run"]["system1_latency_ms"] < day1["run"]["system2_latency_ms"]
     table = dmn("demo", "--nights", "1", "--episodes-per-day", "6", "--home", str(home.root))
-    assert table.returncode == 0 and "System 1" in table.stdout and "agreement" in table.stdout, table.stderr
+    assert table.returncode == 0 and "System 1" in table.stdout and "normalised" in table.stdout, table.stderr

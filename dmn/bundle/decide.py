@@ -1,10 +1,10 @@
 """System 1's decision rule, written once: the night evaluates it, the client serves it.
 
 For each situation (a cluster of decision states) the rule is prepared once, when a bundle is loaded or
-a night tries thresholds: the table may answer within `table_reach2` of the situation's centre (its
-novelty radius squared, or -1 where the table may not answer at all: too little support, too little
-confidence, a demoted situation); the policy network may answer within `policy_reach2` (`policy_reach`
-radii, squared; -1 where demoted) when its calibrated probability reaches `policy_threshold`. A lookup
+a night tries thresholds: the table may answer within `table_reach2` of the situation's centre (its core
+radius squared, or -1 where the table may not answer at all: too little support, too little confidence,
+a demoted situation); the policy network may answer within `policy_reach2` (`policy_reach` novelty radii,
+squared; -1 where demoted) when its calibrated probability reaches `policy_threshold`. A lookup
 is then one nearest-centroid search and two comparisons, and the policy's network where it is asked.
 
     >>> rule = Rule.prepare(index, table_columns(table, actions), policy, thresholds, 3.0, 2.0)  # doctest: +SKIP
@@ -12,7 +12,7 @@ is then one nearest-centroid search and two comparisons, and the policy's networ
     >>> rule.decide_one(states[0])                     # (action, confidence, source, situation) or None  # doctest: +SKIP
 
 Numpy and FAISS only: the policy's weights are plain arrays (input normalisation, three linear
-layers with ReLU between them, a calibrated temperature).
+layers with ReLU between them, and the calibration of its top logit).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-POLICY_KEYS = ("mean", "std", "w1", "b1", "w2", "b2", "w3", "b3", "temperature")
+POLICY_KEYS = ("mean", "std", "w1", "b1", "w2", "b2", "w3", "b3", "scale", "distance", "shift")
 
 
 @dataclass
@@ -39,15 +39,19 @@ class Answers:
     """The nearest situation of each state."""
 
 
-def policy_probabilities(weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    """(n, actions) calibrated action probabilities of the (n, d) latents `x`."""
+def policy_answers(weights: dict[str, np.ndarray], x: np.ndarray, far: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The policy's action for each of the (n, d) latents `x` (its highest logit) and its calibrated chance
+    that the action is as good as System 2's choice there: sigmoid(scale * logit + distance * far + shift),
+    `far` being each state's distance to its situation in novelty radii (a network errs more far from its
+    data, and the calibration learns how much)."""
     h = (np.asarray(x, np.float32) - weights["mean"]) / weights["std"]
     h = np.maximum(h @ weights["w1"] + weights["b1"], 0)
     h = np.maximum(h @ weights["w2"] + weights["b2"], 0)
-    logits = (h @ weights["w3"] + weights["b3"]) / weights["temperature"]
-    logits -= logits.max(1, keepdims=True)
-    p = np.exp(logits)
-    return p / p.sum(1, keepdims=True)
+    logits = h @ weights["w3"] + weights["b3"]
+    action = logits.argmax(1)
+    top = logits[np.arange(len(action)), action].astype(np.float64)
+    z = weights["scale"] * top + weights["distance"] * far + weights["shift"]
+    return action, np.exp(-np.logaddexp(0, -z))  # the logistic function
 
 
 def table_columns(table: pa.Table, actions: list[str]) -> dict[str, np.ndarray]:
@@ -55,6 +59,7 @@ def table_columns(table: pa.Table, actions: list[str]) -> dict[str, np.ndarray]:
     position = {a: i for i, a in enumerate(actions)}
     return {"best": np.array([position[a] for a in table["best_action"].to_pylist()], np.int64),
             "confidence": table["confidence"].to_numpy(), "radius": table["radius"].to_numpy(),
+            "core": table["core"].to_numpy(),
             "support": table["support"].to_numpy(),
             "demoted": table["demoted"].to_numpy(zero_copy_only=False).astype(bool)}
 
@@ -85,9 +90,11 @@ class Rule:
     confidence: np.ndarray
     """(k,) the table's confidence per situation."""
     table_reach2: np.ndarray
-    """(k,) squared distance within which the table answers; -1 where it may not."""
+    """(k,) squared distance within which the table answers (its core); -1 where it may not."""
     policy_reach2: np.ndarray
     """(k,) squared distance within which the policy may answer; -1 where the situation is demoted."""
+    radius: np.ndarray
+    """(k,) the novelty radius, the unit of a state's distance in the policy's confidence."""
     policy: dict[str, np.ndarray]
     policy_threshold: float
 
@@ -97,15 +104,15 @@ class Rule:
         """The rule from a bundle's parts: `table` as `table_columns` gives it, `thresholds` for the table's
         confidence and the policy's probability (None or inf: that part never answers)."""
         trusted = ~table["demoted"]
-        radius2 = table["radius"].astype(np.float64) ** 2
         table_ok = (trusted & (table["support"] >= min_support)
                     & (table["confidence"] >= threshold(thresholds["table"])))
-        return cls(index, table["best"], table["confidence"], np.where(table_ok, radius2, -1.0),
-                   np.where(trusted, policy_reach**2 * radius2, -1.0), policy, threshold(thresholds["policy"]))
+        radius = np.maximum(table["radius"].astype(np.float64), 1e-12)
+        return cls(index, table["best"], table["confidence"], np.where(table_ok, table["core"].astype(np.float64) ** 2, -1.0),
+                   np.where(trusted, (policy_reach * radius) ** 2, -1.0), radius, policy, threshold(thresholds["policy"]))
 
     def __post_init__(self) -> None:  # the gates as Python lists, for decide_one
         object.__setattr__(self, "_gates", (self.table_reach2.tolist(), self.policy_reach2.tolist(),
-                                            self.best.tolist(), self.confidence.tolist()))
+                                            self.best.tolist(), self.confidence.tolist(), self.radius.tolist()))
 
     def decide(self, x: np.ndarray) -> Answers:
         """System 1's answers for (n, d) latent states: the table first, then the policy, else abstain."""
@@ -117,9 +124,8 @@ class Rule:
         confidence = np.where(by_table, self.confidence[situation], np.nan)
         asks = ~by_table & (d2 <= self.policy_reach2[situation])  # the network runs only where it may answer
         if asks.any():
-            probs = policy_probabilities(self.policy, x[asks])
-            sure = probs.max(1)
-            action[asks] = probs.argmax(1)
+            far = np.sqrt(np.maximum(d2[asks], 0)) / self.radius[situation[asks]]
+            action[asks], sure = policy_answers(self.policy, x[asks], far)
             confidence[asks] = np.where(sure >= self.policy_threshold, sure, np.nan)
         source = np.where(by_table, "table", np.where(asks & ~np.isnan(confidence), "policy", ""))
         return Answers(action, confidence, source, situation)
@@ -127,13 +133,12 @@ class Rule:
     def decide_one(self, x: np.ndarray) -> tuple[int, float, str, int] | None:
         """The answer for one latent state (a contiguous float32 vector): (action, confidence, source,
         situation), or None where System 1 abstains."""
-        table_reach2, policy_reach2, best, confidence = self._gates  # type: ignore[attr-defined]
+        table_reach2, policy_reach2, best, confidence, radius = self._gates  # type: ignore[attr-defined]
         d2, ids = self.index.search(x[None], 1)
         c, d2 = int(ids[0, 0]), float(d2[0, 0])
         if d2 <= table_reach2[c]:
             return best[c], confidence[c], "table", c
         if d2 > policy_reach2[c]:
             return None
-        probs = policy_probabilities(self.policy, x[None])[0]
-        j = int(probs.argmax())
-        return (j, float(probs[j]), "policy", c) if probs[j] >= self.policy_threshold else None
+        action, sure = policy_answers(self.policy, x[None], np.array([math.sqrt(max(d2, 0.0)) / radius[c]]))
+        return (int(action[0]), float(sure[0]), "policy", c) if sure[0] >= self.policy_threshold else None

@@ -59,6 +59,9 @@ def load(home: Home, world: str, version: str | None = None) -> Bundle:
 
 def load_path(path: Path) -> Bundle:
     manifest = publish.verify(path)
+    if manifest.get("format") != publish.BUNDLE_FORMAT:
+        raise DmnError(f"bundle {path} has format {manifest.get('format')}; this dmn serves format "
+                       f"{publish.BUNDLE_FORMAT} (the next night publishes one)")
     try:
         index = faiss.deserialize_index(np.frombuffer((path / "situations.faiss").read_bytes(), np.uint8))
         outcome_index = faiss.deserialize_index(np.frombuffer((path / "outcomes.faiss").read_bytes(), np.uint8))

@@ -28,7 +28,9 @@ from dmn import faults
 from dmn.errors import DmnError
 from dmn.home import Home, fsync, write_atomic
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2
+"""2: the policy gives each action its own chance of being right (logistic outputs), and the table answers
+within its situations' cores. A bundle of another format is refused when loaded."""
 VERSION = re.compile(r"v(\d{6})")
 STAGING_PREFIX = "bundle-"
 LOCK_WAIT = 60.0

@@ -1,9 +1,11 @@
 """Honest figures for System 1: split by episode and time, thresholds on validation, figures on test.
 
-The newest episodes are held out (dealt to test and validation), the rest is training: a reflex is
-judged on situations that came after everything it learned from, as it will be used. Coverage is the
-share of System 2's decisions System 1 answers; precision is how often its answer is System 2's; each
-held-out step counts for the steps of the agent's life it stands for (`Experience.represents`).
+The newest episodes are held out, dealt in turn with training (`split`): a reflex is judged on the most
+recent life, as it will be used, and half of that life still teaches it. Coverage is the
+share of System 2's decisions System 1 answers; precision is how often its answer is acceptable there (as
+good as System 2's choice by System 2's own scores, `Experience.acceptable`), exact precision how often it
+is System 2's choice itself; each held-out step counts for the steps of the agent's life it stands for
+(`Experience.represents`).
 Confidence thresholds are the ones that answer the most while validation precision, a Wilson bound
 below, still reaches the target.
 """
@@ -13,8 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import precision_recall_fscore_support
-from sklearn.model_selection import train_test_split
 
 from dmn.bundle.decide import Answers
 from dmn.config import ConsolidateSettings
@@ -40,32 +40,48 @@ class Split:
 
 
 def split(exp: Experience, settings: ConsolidateSettings) -> Split:
-    """Row indices of train / validation / test: whole episodes each, the newest held out.
+    """Row indices of train / validation / test: whole episodes each.
 
-    The newest episodes holding `validation_share + test_share` of the labelled steps are held out
-    (shares of steps, not of episodes: an episode System 1 mostly served leaves only a few labelled
-    steps), and dealt alternately to test and validation, newest first, so that thresholds are set on
-    the same recent life the test judges.
+    The newest episodes are dealt in turn to test, training, validation and training again, newest first,
+    until test and validation hold `validation_share + test_share` of the labelled steps (shares of steps,
+    not of episodes: an episode System 1 mostly served leaves only a few labelled steps); the older ones
+    are training. So the held-out steps are the most recent life, as tomorrow's will be, and half of
+    that recent life still teaches: the hard states of the last day, where System 1 was silent or
+    audited, are in the training set too, not only in the test.
     """
     order = np.argsort(exp.ts, kind="stable")
     episodes, first, steps = np.unique(exp.episode[order], return_index=True, return_counts=True)
-    newest_first = np.argsort(-first, kind="stable")  # episodes by when they first appear, newest first
     if len(episodes) < 3:
         raise ValueError(f"{len(episodes)} episode(s): at least 3 are needed to train, validate and test")
-    share = np.cumsum(steps[newest_first]) / len(exp.label)
-    n_held = int(np.clip(np.searchsorted(share, settings.validation_share + settings.test_share) + 1, 2,
-                         len(episodes) - 1))
-    train, held = train_test_split(episodes[newest_first[::-1]], test_size=n_held, shuffle=False)
-    newest = held[::-1]
-    return Split(*(np.flatnonzero(np.isin(exp.episode, part)) for part in (train, newest[1::2], newest[0::2])))
+    parts: dict[str, list] = {"train": [], "validation": [], "test": []}
+    held, wanted = 0, (settings.validation_share + settings.test_share) * len(exp.label)
+    for turn, e in enumerate(np.argsort(-first, kind="stable")):  # newest first
+        part = ("test", "train", "validation", "train")[turn % 4] if held < wanted or turn < 3 else "train"
+        parts[part].append(episodes[e])
+        held += steps[e] if part != "train" else 0
+    return Split(*(np.flatnonzero(np.isin(exp.episode, parts[p])) for p in ("train", "validation", "test")))
 
 
-def thresholds(table: Answers, policy: Answers, truth: np.ndarray, weight: np.ndarray, target: float,
-               z: float) -> tuple[float, float]:
+def right(answers: Answers, acceptable: np.ndarray) -> np.ndarray:
+    """(n,) whether each answer's action is acceptable at its step (`acceptable`: (n, actions); an action
+    index of -1, one the steps never saw, is never right)."""
+    action = answers.action
+    return (action >= 0) & acceptable[np.arange(len(action)), np.maximum(action, 0)]
+
+
+def thresholds(table: Answers, policy: Answers, acceptable: np.ndarray, weight: np.ndarray, target: float,
+               z: float, seen_live: bool) -> tuple[float, float]:
     """The (table, policy) confidence thresholds at which System 1 as a whole (table first, then the
     policy on what the table leaves) answers the most validation steps (weighted by `weight`) with
     `target` precision — by the Wilson lower bound `z` standard errors down, over the effective number
     of steps, so that a small validation set cannot pass by luck.
+
+    The table answers only from situations whose own confidence (a Wilson bound on their agreement) reaches
+    `target`: a situation answers all its states alike, and where the agent's own answers take it, the
+    states of one situation can weigh more than the held-out steps say. Until System 1 has been `seen_live`
+    (no validation step audited it), the policy too answers only where its calibrated chance reaches
+    `target`: held-out steps that System 2 alone chose cannot show where System 1's own answers take the
+    agent, and there it errs more; audited steps can (each stands for the reflex-served steps around it).
 
     `table` and `policy` are each part's answers on its own (confidence NaN where it cannot answer at
     any threshold). Every table threshold worth trying is tried; for each, the policy's is the lowest
@@ -73,17 +89,18 @@ def thresholds(table: Answers, policy: Answers, truth: np.ndarray, weight: np.nd
     """
     best = (0.0, np.inf, np.inf)
     t_conf = np.where(np.isnan(table.confidence), -np.inf, table.confidence)
-    for t in np.append(np.unique(t_conf[np.isfinite(t_conf)]), np.inf):
+    table_right, policy_right = right(table, acceptable), right(policy, acceptable)
+    for t in np.append(np.unique(t_conf[t_conf >= target]), np.inf):
         by_table = t_conf >= t
         w = weight[by_table]
-        right, answered, squares = (w * (table.action[by_table] == truth[by_table])).sum(), w.sum(), (w * w).sum()
-        if answered and wilson_lower(right / answered, answered**2 / squares, z) < target:
+        hits, answered, squares = (w * table_right[by_table]).sum(), w.sum(), (w * w).sum()
+        if answered and wilson_lower(hits / answered, answered**2 / squares, z) < target:
             continue
-        left = ~by_table & ~np.isnan(policy.confidence)
+        left = ~by_table & (np.nan_to_num(policy.confidence, nan=-np.inf) >= (-1.0 if seen_live else target))
         conf = policy.confidence[left]
         order = np.argsort(-conf, kind="stable")
         w = weight[left][order]
-        hits = right + np.cumsum(w * (policy.action[left][order] == truth[left][order]))
+        hits = hits + np.cumsum(w * policy_right[left][order])
         total, total_squares = answered + np.cumsum(w), squares + np.cumsum(w * w)
         ok = wilson_lower(hits / total, total**2 / total_squares, z) >= target
         ok &= np.append(conf[order][1:] < conf[order][:-1], True)  # cut only between distinct confidences
@@ -94,40 +111,41 @@ def thresholds(table: Answers, policy: Answers, truth: np.ndarray, weight: np.nd
     return best[1], best[2]
 
 
-def curve(answers: Answers, truth: np.ndarray, weight: np.ndarray, points: int = 50) -> list[dict[str, float]]:
+def curve(answers: Answers, acceptable: np.ndarray, weight: np.ndarray, points: int = 50) -> list[dict[str, float]]:
     """The trade-off behind the policy's threshold: coverage and precision of System 1 if the policy
     answered only at or above each confidence (at most `points`, by quantile), the table's answers as they are."""
     by_table = answers.source == "table"
     by_policy = answers.source == "policy"
-    right = answers.action == truth
+    good = right(answers, acceptable)
     out = []
     conf = answers.confidence[by_policy]
     for t in np.unique(np.quantile(conf, np.linspace(0, 1, points))) if len(conf) else []:
         keep = by_table | (by_policy & (np.nan_to_num(answers.confidence, nan=-1.0) >= t))
         out.append({"threshold": float(t), "coverage": float(weight[keep].sum() / weight.sum()),
-                    "precision": float((weight[keep] * right[keep]).sum() / weight[keep].sum())})
+                    "precision": float((weight[keep] * good[keep]).sum() / weight[keep].sum())})
     return out
 
 
-def metrics(answers: Answers, truth: np.ndarray, actions: list[str], weight: np.ndarray) -> dict:
-    """Coverage, precision, expected calibration error and per-action figures of `answers` against
-    `truth`, each step counted `weight` times (`Experience.represents`)."""
+def metrics(answers: Answers, acceptable: np.ndarray, label: np.ndarray, actions: list[str], weight: np.ndarray) -> dict:
+    """Coverage, precision (acceptable answers), exact precision (System 2's own choice), expected calibration
+    error and per-action figures of `answers`, each step counted `weight` times (`Experience.represents`)."""
     answered = ~np.isnan(answers.confidence)
-    n, m = len(truth), int(answered.sum())
+    n, m = len(label), int(answered.sum())
     w = weight[answered]
-    correct = answers.action[answered] == truth[answered]
+    good = right(answers, acceptable)[answered]
+    exact = answers.action[answered] == label[answered]
     out = {"decisions": n, "answered": m, "coverage": float(w.sum() / weight.sum()) if n else 0.0,
-           "precision": float((w * correct).sum() / w.sum()) if m else None, "calibration_error": None,
+           "precision": float((w * good).sum() / w.sum()) if m else None,
+           "exact_precision": float((w * exact).sum() / w.sum()) if m else None, "calibration_error": None,
            "per_action": {}}
     if m:
-        out["calibration_error"] = _ece(correct, answers.confidence[answered], w)
-        labels = list(range(len(actions)))
-        p, r, _, _ = precision_recall_fscore_support(truth[answered], answers.action[answered], labels=labels,
-                                                     sample_weight=w, zero_division=0)
-        decided = np.bincount(truth, minlength=len(actions))
-        out["per_action"] = {actions[i]: {"precision": float(p[i]), "recall": float(r[i]),
-                                          "answered": int((answers.action[answered] == i).sum()),
-                                          "decisions": int(decided[i])} for i in labels}
+        out["calibration_error"] = _ece(good, answers.confidence[answered], w)
+        decided = np.bincount(label, minlength=len(actions))
+        for i, action in enumerate(actions):
+            mine = answers.action[answered] == i
+            out["per_action"][action] = {
+                "precision": float((w[mine] * good[mine]).sum() / w[mine].sum()) if mine.any() else None,
+                "answered": int(mine.sum()), "decisions": int(decided[i])}
     return out
 
 

@@ -2,7 +2,10 @@
 
 A step is labelled when System 2 decided it (`source = 'system2'`), or when System 1 decided it and
 System 2 was asked too (logged as the step's simulations): System 2's answer is then its best-scoring
-candidate it did not veto. Unaudited System 1 steps teach nothing: learning from its own answers would
+candidate it did not veto. An answer is right at a step when it is *acceptable* there: System 2's own
+choice, or a candidate it did not veto that scored within `score_tolerance` stakes of its best (a stake:
+how much a typical decision of the world is worth by System 2's scores, `Experience.stake`). Where System 2
+was nearly indifferent, any of its near-best candidates would do, and System 1 may answer with either. Unaudited System 1 steps teach nothing: learning from its own answers would
 only make System 1 surer of itself. A step audits System 1 when both answers are known: a System 2
 decision carrying the answer System 1 withheld (`reflex`), or a System 1 step System 2 was asked about.
 """
@@ -36,6 +39,14 @@ class Experience:
     """(n, d) float32 latent states."""
     label: np.ndarray
     """(n,) System 2's action."""
+    acceptable: np.ndarray
+    """(n, actions) the actions as good as System 2's choice at each step, by its own scores (`acceptable`)."""
+    gap: np.ndarray
+    """(n, actions) how many stakes below System 2's best each action scored (0: its choice; inf: vetoed or
+    never imagined)."""
+    stake: float
+    """The world's typical stake of a decision: the median, over steps with two candidates or more it did not
+    veto, of System 2's best score less its worst (1.0 where there are none)."""
     weight: np.ndarray
     """(n,) age weight, exp(-ln 2 * age / half-life)."""
     reward: np.ndarray
@@ -117,20 +128,55 @@ def select(store: Store, world: str, encoder: str, settings: ConsolidateSettings
     index = {a: i for i, a in enumerate(actions)}
     states = _matrix(steps["state"])
     t = steps["t"].to_numpy().astype(np.float64)
+    label = np.array([index[a] for a in steps["label"].to_pylist()], np.int64)
+    sim_step, sim_action = sims["i"].to_numpy().astype(np.int64), np.array([index[a] for a in sims["action"].to_pylist()], np.int64)
+    sim_score = sims["score"].to_numpy().astype(np.float64)
+    sim_vetoed = sims["vetoed"].to_numpy(zero_copy_only=False).astype(bool)
+    right, gap, stake = acceptable(label, len(actions), sim_step, sim_action, sim_score, sim_vetoed,
+                                   settings.score_tolerance)
     return Experience(
         world=world, encoder=encoder, actions=actions,
         episode=np.asarray(steps["episode_id"].to_pylist(), dtype=object), ts=t, states=states,
-        label=np.array([index[a] for a in steps["label"].to_pylist()], np.int64),
+        label=label, acceptable=right, gap=gap, stake=stake,
         weight=np.exp(-math.log(2) * np.maximum(now - t, 0) / (settings.half_life_days * 86400)),
         reward=steps["reward"].to_numpy(zero_copy_only=False).astype(np.float64),
         reflex=np.array([-1 if a is None else index[a] for a in steps["reflex"].to_pylist()], np.int64),
         represents=steps["represents"].to_numpy().astype(np.float64),
-        sim_step=sims["i"].to_numpy().astype(np.int64),
-        sim_action=np.array([index[a] for a in sims["action"].to_pylist()], np.int64),
-        sim_score=sims["score"].to_numpy().astype(np.float64),
-        sim_vetoed=sims["vetoed"].to_numpy(zero_copy_only=False).astype(bool),
+        sim_step=sim_step, sim_action=sim_action, sim_score=sim_score, sim_vetoed=sim_vetoed,
         sim_predicted=_matrix(sims["predicted"], states.shape[1]),
     )
+
+
+def acceptable(label: np.ndarray, n_actions: int, sim_step: np.ndarray, sim_action: np.ndarray, sim_score: np.ndarray,
+               sim_vetoed: np.ndarray, tolerance: float, stake: float | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """Which actions were as good as System 2's choice at each of n steps, by its own scores: (acceptable
+    (n, actions), gap (n, actions), the world's stake).
+
+    `gap` is how many stakes below its best a candidate scored, over the candidates it did not veto (all,
+    where it vetoed every one); inf for an action vetoed or never imagined there, except System 2's choice
+    where it was never imagined (nothing says it was worse: 0). The stake (unless given: a bundle's, say) is
+    the median spread (best less worst) of those candidates, over the steps with two or more of them.
+    Acceptable: a gap of at most `tolerance`. For a planner that takes its best-scoring candidate, that
+    always includes its choice.
+    """
+    n = len(label)
+    gap = np.full((n, n_actions), np.inf)
+    imagined = np.zeros((n, n_actions), bool)
+    if len(sim_step):
+        imagined[sim_step, sim_action] = True
+        all_vetoed = np.ones(n, bool)
+        np.logical_and.at(all_vetoed, sim_step, sim_vetoed)
+        allowed = ~sim_vetoed | all_vetoed[sim_step]
+        best, worst = np.full(n, -np.inf), np.full(n, np.inf)
+        np.maximum.at(best, sim_step[allowed], sim_score[allowed])
+        np.minimum.at(worst, sim_step[allowed], sim_score[allowed])
+        if stake is None:
+            spread = (best - worst)[np.bincount(sim_step[allowed], minlength=n) >= 2]
+            stake = float(np.median(spread)) if len(spread) and np.median(spread) > 0 else 1.0
+        np.minimum.at(gap, (sim_step[allowed], sim_action[allowed]), (best[sim_step] - sim_score)[allowed] / stake)
+    unjudged = ~imagined[np.arange(n), label]
+    gap[np.flatnonzero(unjudged), label[unjudged]] = 0.0
+    return gap <= tolerance, gap, 1.0 if stake is None else stake
 
 
 def _matrix(column: pa.ChunkedArray, dim: int | None = None) -> np.ndarray:

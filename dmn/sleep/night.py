@@ -41,7 +41,7 @@ from dmn.errors import DmnError
 from dmn.home import Home, write_atomic
 from dmn.lake.store import Store
 from dmn.sleep.cluster import kmeans, situation_count, situation_index
-from dmn.sleep.evaluate import curve, metrics, split, thresholds
+from dmn.sleep.evaluate import curve, metrics, split, thresholds, wilson_lower
 from dmn.sleep.experience import Experience, pairs, select
 from dmn.sleep.table import heuristic_table, outcome_table
 from dmn.sleep.train import targets, train_policy
@@ -55,7 +55,9 @@ class Consolidation:
     world: str
     encoder: str
     status: str
-    """published, kept (the gate refused the new bundle), nothing new, or failed."""
+    """published; kept (the gate refused the new bundle, the current one serves on); demoted (the gate refused
+    it, and the current one, failing live, is published again with the situations it failed in demoted);
+    refused (the gate refused it, and no bundle serves); nothing new; or failed."""
     reason: str = ""
     version: str | None = None
     """The bundle published now (None when nothing was published)."""
@@ -161,7 +163,9 @@ def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateS
 
     say(f"{night.world}: distilling the policy")
     y = targets(exp, s.soft_weight)
-    weights = train_policy(exp.states[train], y[train], exp.weight[train], exp.states[val], exp.label[val], s)
+    near, away = nearest(index, exp.states[val])
+    far = away / np.maximum(table["radius"].to_numpy()[near], 1e-12)  # in novelty radii
+    weights = train_policy(exp.states[train], y[train], exp.weight[train], exp.states[val], exp.acceptable[val], far, s)
     clock.lap("policy")
 
     say(f"{night.world}: evaluating on {len(test):,} held-out steps")
@@ -173,24 +177,39 @@ def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateS
 
     # Thresholds and figures count each held-out step for the steps of the agent's life it stands for.
     t_table, t_policy = thresholds(system1(exp.states[val], -np.inf, np.inf), system1(exp.states[val], np.inf, -np.inf),
-                                   exp.label[val], exp.represents[val], s.precision_target, s.precision_z)
-    judge = partial(metrics, truth=exp.label[test], actions=exp.actions, weight=exp.represents[test])
+                                   exp.acceptable[val], exp.represents[val], s.precision_target, s.precision_z,
+                                   seen_live=bool((exp.reflex[val] >= 0).any()))
+    judge = partial(metrics, acceptable=exp.acceptable[test], label=exp.label[test], actions=exp.actions,
+                    weight=exp.represents[test])
     night.metrics = {
         "combined": judge(system1(exp.states[test], t_table, t_policy)),
         "table": judge(system1(exp.states[test], t_table, np.inf)),
         "policy": judge(system1(exp.states[test], np.inf, t_policy)),
         "thresholds": {"table": _finite(t_table), "policy": _finite(t_policy)},
         # The trade-off the policy's threshold picks from, on test.
-        "curve": curve(system1(exp.states[test], t_table, -np.inf), exp.label[test], exp.represents[test]),
+        "curve": curve(system1(exp.states[test], t_table, -np.inf), exp.acceptable[test], exp.represents[test]),
         "situations": int(index.ntotal), "outcome_types": int(outcome_index.ntotal), "live": _live(exp),
-        "published": _published_on(home, night, exp, test),
+        "published": _published_on(home, night, exp, test, s),
     }
     clock.lap("evaluate")
 
     reason = _gate(night, s)
-    if reason:
-        night.status, night.reason = "kept", reason
+    if reason and (night.metrics["published"] or {}).get("failing"):
+        live = night.metrics["published"]["live"]
+        night.version, demoted = _demote(home, night, exp, s)
+        night.current, night.status = night.version, "demoted"
+        night.reason = (f"{reason}; and {night.metrics['published']['version']} failed live (precision "
+                        f"{live['precision']:.3f} on {live['audited']} audits): published again as {night.version} "
+                        f"with the {demoted} situations where it fell short demoted")
+        clock.lap("publish")
         return
+    if reason:
+        night.status, night.reason = ("kept" if night.current else "refused"), reason
+        return
+    if (night.metrics["published"] or {}).get("failing"):
+        live = night.metrics["published"]["live"]
+        night.reason = (f"replaces {night.current}, which failed live: precision {live['precision']:.3f} on "
+                        f"{live['audited']} audits, below the target {s.precision_target}")
     files = {
         "table.parquet": _parquet(table), "outcomes.parquet": _parquet(outcomes),
         "situations.faiss": faiss.serialize_index(index).tobytes(),
@@ -200,7 +219,7 @@ def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateS
     manifest = {
         "encoder": night.encoder, "dim": exp.dim, "actions": exp.actions, "created_at": _iso(),
         "code_version": __version__, "run_id": night.run_id, "min_support": s.min_support,
-        "policy_reach": s.policy_reach,
+        "policy_reach": s.policy_reach, "stake": exp.stake, "score_tolerance": s.score_tolerance,
         "thresholds": night.metrics["thresholds"], "metrics": {k: night.metrics[k] for k in
                                                                ("combined", "table", "policy", "curve")},
         "window": {"from": _iso(float(exp.ts.min())), "to": _iso(float(exp.ts.max())), "steps": len(exp.label)},
@@ -213,22 +232,26 @@ def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateS
 
 def _gate(night: Consolidation, s: ConsolidateSettings) -> str:
     """Why the new bundle must not replace the current one ("" when it may). The published bundle's
-    coverage is the standard only while it is precise enough on the same held-out steps."""
+    coverage is the standard only while it is precise enough, on the same held-out steps and live."""
     combined, published = night.metrics["combined"], night.metrics["published"]
     if combined["precision"] is None:
         return "System 1 would answer none of the held-out decisions at the precision target"
     if combined["precision"] < s.precision_target:
         return f"test precision {combined['precision']:.3f} is below the target {s.precision_target}"
-    if (published and (published["precision"] or 0) >= s.precision_target
+    if (published and (published["precision"] or 0) >= s.precision_target and not published["failing"]
             and combined["coverage"] < published["coverage"] - s.coverage_tolerance):
         return (f"test coverage {combined['coverage']:.3f} is worse than the published {published['version']}'s "
                 f"{published['coverage']:.3f} on the same held-out steps by more than {s.coverage_tolerance}")
     return ""
 
 
-def _published_on(home: Home, night: Consolidation, exp: Experience, rows: np.ndarray) -> dict[str, Any] | None:
-    """How the published bundle does on the new held-out steps: the standard a new bundle is held to
-    (None when there is none for this encoder, or it is damaged: no standard at all)."""
+def _published_on(home: Home, night: Consolidation, exp: Experience, rows: np.ndarray,
+                  s: ConsolidateSettings) -> dict[str, Any] | None:
+    """How the published bundle does on the new held-out steps, and live since it was published: the
+    standard a new bundle is held to (None when there is none for this encoder, or it is damaged).
+
+    It is failing when its live precision is below the target by more than chance: the Wilson bound
+    `precision_z` standard errors up is below it."""
     if not night.current:
         return None
     try:
@@ -240,15 +263,44 @@ def _published_on(home: Home, night: Consolidation, exp: Experience, rows: np.nd
     answers = bundle.answer(exp.states[rows])
     position = {a: i for i, a in enumerate(exp.actions)}
     answers.action = np.array([position.get(a, -1) for a in bundle.actions])[answers.action]
-    figures = metrics(answers, exp.label[rows], exp.actions, exp.represents[rows])
-    return {"version": night.current, "coverage": figures["coverage"], "precision": figures["precision"]}
+    figures = metrics(answers, exp.acceptable[rows], exp.label[rows], exp.actions, exp.represents[rows])
+    live = _live(exp, since=datetime.fromisoformat(bundle.manifest["created_at"]).timestamp())
+    failing = bool(live["audited"]) and bool(1 - wilson_lower(1 - live["precision"], live["audited"], s.precision_z)
+                                             < s.precision_target)
+    return {"version": night.current, "coverage": figures["coverage"], "precision": figures["precision"],
+            "live": live, "failing": failing}
 
 
-def _live(exp: Experience) -> dict[str, Any]:
-    """How System 1 did in the world: agreement with System 2 on the steps that audited it."""
-    audited = exp.reflex >= 0
-    agreed = int((exp.reflex[audited] == exp.label[audited]).sum())
-    return {"audited": int(audited.sum()), "precision": agreed / int(audited.sum()) if audited.any() else None}
+def _demote(home: Home, night: Consolidation, exp: Experience, s: ConsolidateSettings) -> tuple[str, int]:
+    """Publish the current bundle again with the situations it failed in live demoted: those whose audits
+    since it was published were acceptable less often than the precision target. Returns the new version
+    and how many situations it demoted."""
+    bundle = load(home, night.world, night.current)
+    audited = np.flatnonzero((exp.reflex >= 0) & (exp.ts >= datetime.fromisoformat(bundle.manifest["created_at"]).timestamp()))
+    situation = nearest(bundle.index, exp.states[audited])[0]
+    right = exp.acceptable[audited, exp.reflex[audited]]
+    k = bundle.index.ntotal
+    audits, agreed = np.bincount(situation, minlength=k), np.bincount(situation[right], minlength=k)
+    failed = (audits > 0) & (agreed < s.precision_target * audits)
+    before = bundle.table["demoted"].to_numpy(zero_copy_only=False).astype(bool)
+    table = bundle.table.set_column(bundle.table.schema.get_field_index("demoted"), "demoted", pa.array(before | failed))
+    folder = publish.folder(home, night.world) / night.current
+    files = {name: (folder / name).read_bytes() for name in bundle.manifest["files"]}
+    files["table.parquet"] = _parquet(table)
+    manifest = {k: v for k, v in bundle.manifest.items() if k not in ("files", "version", "format", "world", "signature")}
+    manifest.update(created_at=_iso(), run_id=night.run_id, demoted_from=night.current)
+    return publish.publish(home, night.world, files, manifest, s.keep), int((failed & ~before).sum())
+
+
+def _live(exp: Experience, since: float = -np.inf) -> dict[str, Any]:
+    """How System 1 did in the world (since `since`, Unix seconds): on the steps that audited it, how often
+    its answer was acceptable (precision) and System 2's own choice (exact precision)."""
+    audited = np.flatnonzero((exp.reflex >= 0) & (exp.ts >= since))
+    if not len(audited):
+        return {"audited": 0, "precision": None, "exact_precision": None}
+    answer = exp.reflex[audited]
+    return {"audited": len(audited), "precision": float(exp.acceptable[audited, answer].mean()),
+            "exact_precision": float((answer == exp.label[audited]).mean())}
 
 
 def runs(home: Home) -> list[dict[str, Any]]:

@@ -1,5 +1,5 @@
 """The policy network System 1 falls back on between situations: its definition, and its export to the
-plain arrays that `dmn.bundle.decide.policy_probabilities` runs in numpy at lookup time.
+plain arrays that `dmn.bundle.decide.policy_answers` runs in numpy at lookup time.
 
 It is trained by `dmn.sleep.train`; torch is needed in the night only.
 """
@@ -23,12 +23,14 @@ class Policy(nn.Module):
         return self.net(x)
 
 
-def export(model: Policy, mean: np.ndarray, std: np.ndarray, temperature: float) -> dict[str, np.ndarray]:
+def export(model: Policy, mean: np.ndarray, std: np.ndarray, calibration: tuple[float, float, float]
+           ) -> dict[str, np.ndarray]:
     """The network as arrays (`dmn.bundle.decide.POLICY_KEYS`): input mean and std, each layer's weight
-    (transposed, for x @ w) and bias, and the calibrated temperature of its logits."""
+    (transposed, for x @ w) and bias, and the calibration of its confidence, (scale, distance, shift):
+    sigmoid(scale * top logit + distance * novelty-radii away + shift)."""
     weights = {"mean": mean.astype(np.float32), "std": std.astype(np.float32)}
     for i, layer in enumerate((m for m in model.net if isinstance(m, nn.Linear)), 1):
         weights[f"w{i}"] = layer.weight.detach().numpy().T.copy()
         weights[f"b{i}"] = layer.bias.detach().numpy().copy()
-    weights["temperature"] = np.float32(temperature)
+    weights["scale"], weights["distance"], weights["shift"] = (np.float64(v) for v in calibration)
     return weights

@@ -24,14 +24,33 @@ def heuristic_table(exp: Experience, rows: np.ndarray, cluster: np.ndarray, dist
     `outcome` is the outcome type of every simulation (-1 where nothing was imagined).
     """
     a = len(exp.actions)
-    w, label = exp.weight[rows], exp.label[rows]
+    w, label, right = exp.weight[rows], exp.label[rows], exp.acceptable[rows]
+    radius, core, last_seen, reward_mean = np.zeros(k), np.zeros(k), np.zeros(k), np.full(k, np.nan)
+    order = np.argsort(cluster, kind="stable")
+    bounds = np.searchsorted(cluster[order], np.arange(k + 1))
+    reward = exp.reward[rows]
+    for c in range(k):
+        members = order[bounds[c]:bounds[c + 1]]
+        if len(members):
+            radius[c], core[c] = np.quantile(distance[members], [settings.radius_quantile, settings.core_quantile])
+            last_seen[c] = exp.ts[rows][members].max()
+            known = reward[members][~np.isnan(reward[members])]
+            reward_mean[c] = known.mean() if len(known) else np.nan
     support = np.bincount(cluster, weights=w, minlength=k)
     count = np.bincount(cluster, minlength=k)
-    hist = np.zeros((k, a))
-    np.add.at(hist, (cluster, label), w)
-    best = hist.argmax(1)
-    agreement = hist.max(1) / np.maximum(support, 1e-12)
-    n_eff = support**2 / np.maximum(np.bincount(cluster, weights=w * w, minlength=k), 1e-12)
+    chosen = np.zeros((k, a))  # what System 2 chose
+    np.add.at(chosen, (cluster, label), w)
+    # How often each action was as good as System 2's choice, in the core where the table answers: at a
+    # situation's edge, where it meets others, its best action can be another.
+    inner = distance <= core[cluster]
+    held = np.bincount(cluster[inner], weights=w[inner], minlength=k)
+    good = np.zeros((k, a))
+    np.add.at(good, cluster[inner], w[inner, None] * right[inner])
+    best = good.argmax(1)
+    agreement = good.max(1) / np.maximum(held, 1e-12)
+    exact = np.bincount(cluster[inner], weights=w[inner] * (label[inner] == best[cluster[inner]]), minlength=k) \
+        / np.maximum(held, 1e-12)
+    n_eff = held**2 / np.maximum(np.bincount(cluster[inner], weights=w[inner] ** 2, minlength=k), 1e-12)
 
     # Simulations of the training steps: per (situation, action) mean score, veto rate, outcome types.
     step_cluster = np.full(len(exp.label), -1)
@@ -52,23 +71,10 @@ def heuristic_table(exp: Experience, rows: np.ndarray, cluster: np.ndarray, dist
     np.add.at(kinds, (sc[typed], sa[typed], outcome[keep][typed]), sw[typed])
     kinds /= np.maximum(kinds.sum(2, keepdims=True), 1e-12)
 
-    radius = np.zeros(k)
-    last_seen = np.zeros(k)
-    order = np.argsort(cluster, kind="stable")
-    bounds = np.searchsorted(cluster[order], np.arange(k + 1))
-    reward = exp.reward[rows]
-    reward_mean = np.full(k, np.nan)
-    for c in range(k):
-        members = order[bounds[c]:bounds[c + 1]]
-        if len(members):
-            radius[c] = np.quantile(distance[members], settings.radius_quantile)
-            last_seen[c] = exp.ts[rows][members].max()
-            known = reward[members][~np.isnan(reward[members])]
-            reward_mean[c] = known.mean() if len(known) else np.nan
     avoid = [[exp.actions[j] for j in range(a) if veto_rate[c, j] >= settings.avoid_veto_rate] for c in range(k)]
     audited = exp.reflex[rows] >= 0  # live feedback: where System 1 was checked against System 2
     audits = np.bincount(cluster[audited], minlength=k)
-    agreed = np.bincount(cluster[audited & (exp.reflex[rows] == label)], minlength=k)
+    agreed = np.bincount(cluster[audited][right[audited, exp.reflex[rows][audited]]], minlength=k)
     with np.errstate(invalid="ignore", divide="ignore"):
         live = agreed / audits
     demoted = (audits >= settings.demote_audits) & (live < settings.precision_target)
@@ -76,13 +82,13 @@ def heuristic_table(exp: Experience, rows: np.ndarray, cluster: np.ndarray, dist
         "cluster": pa.array(np.arange(k), pa.int32()),
         "support": support, "count": pa.array(count, pa.int64()),
         "best_action": pa.array([exp.actions[j] for j in best], pa.string()),
-        "agreement": agreement, "confidence": wilson_lower(agreement, n_eff),
-        "action_weights": pa.array(hist.tolist(), pa.list_(pa.float64())),
+        "agreement": agreement, "confidence": wilson_lower(agreement, n_eff), "exact_agreement": exact,
+        "action_weights": pa.array(chosen.tolist(), pa.list_(pa.float64())),
         "score_mean": pa.array(_nulls(score_mean), pa.list_(pa.float64())),
         "veto_rate": pa.array(_nulls(veto_rate), pa.list_(pa.float64())),
         "avoid": pa.array(avoid, pa.list_(pa.string())),
         "outcome_types": pa.array(kinds.tolist(), pa.list_(pa.list_(pa.float64()))),
-        "radius": radius,
+        "radius": radius, "core": core,
         "last_seen": pa.array((last_seen * 1e6).astype(np.int64), pa.timestamp("us", tz="UTC")),
         "reward_mean": pa.array(reward_mean, pa.float64(), from_pandas=True),  # NaN (no outcomes) -> NULL
         "audits": pa.array(audits, pa.int64()),

@@ -41,7 +41,8 @@ class Reflex:
     action: str
     """The action, as the agent logged it (actions are labels: an integer action 1 comes back as "1")."""
     confidence: float
-    """The table's Wilson lower bound on System 2's agreement, or the policy's calibrated probability."""
+    """How likely the action is as good as System 2's choice here: the table's Wilson lower bound on its
+    situation's agreement, or the policy's calibrated chance."""
     source: str
     """'table' or 'policy'."""
     cluster: int
@@ -140,6 +141,12 @@ class Reflexes:
         """The bundle version being served, or None."""
         serving = self._serving
         return serving.bundle.version if serving else None
+
+    @property
+    def manifest(self) -> dict[str, Any] | None:
+        """The manifest of the bundle being served (its figures, thresholds, settings), or None."""
+        serving = self._serving
+        return serving.bundle.manifest if serving else None
 
     def refresh(self) -> bool:
         """Load the published bundle now if it is not the one serving (trying again one that failed to

@@ -19,18 +19,23 @@ import numpy as np
 from dmn.home import Home
 from dmn.wake.client import Reflexes
 from dmn.wake.logger import EpisodeLogger
-from dmn.worlds.plan import Planner, one_thread
+from dmn.sleep.experience import acceptable
+from dmn.worlds.plan import Plan, Planner, one_thread
 from dmn.worlds.settings import ReferenceSettings
 from dmn.worlds.train import load_world, make_env
 
 
 class ReflexSource(Protocol):
     """What the agent asks first (a `dmn.Reflexes`): `lookup(z)` returns an answer with `.action` and
-    `.confidence`, or None; `withheld()` the answer that None held back for an audit, if it did."""
+    `.confidence`, or None; `withheld()` the answer that None held back for an audit, if it did;
+    `manifest` the serving bundle's manifest (its `stake` and `score_tolerance` say which answers are right)."""
 
     def lookup(self, z: np.ndarray) -> Any: ...
 
     def withheld(self) -> Any: ...
+
+    @property
+    def manifest(self) -> dict[str, Any] | None: ...
 
 
 @dataclass
@@ -43,8 +48,11 @@ class RunReport:
     """Decisions a reflex served."""
     audited: int = 0
     """Steps where System 1 withheld its answer for an audit, so System 2 decided."""
+    right: int = 0
+    """Audited steps where System 1's withheld action was acceptable: as good as System 2's choice, by its
+    scores and the serving bundle's tolerance (`dmn.sleep.experience.acceptable`)."""
     agreed: int = 0
-    """Audited steps where System 2 chose System 1's withheld action."""
+    """Audited steps where System 2 chose System 1's withheld action itself."""
     system1_ms: float = 0.0
     """Total latency of System 1 decisions."""
     system2_ms: float = 0.0
@@ -59,7 +67,8 @@ class RunReport:
             "mean_return": float(np.mean(self.returns)) if self.returns else None,
             "min_return": min(self.returns, default=None), "max_return": max(self.returns, default=None),
             "decisions": self.decisions, "system1_share": self.system1 / self.decisions if self.decisions else None,
-            "audited": self.audited, "agreement": self.agreed / self.audited if self.audited else None,
+            "audited": self.audited, "precision": self.right / self.audited if self.audited else None,
+            "agreement": self.agreed / self.audited if self.audited else None,
             "latency_ms": (self.system1_ms + self.system2_ms) / self.decisions if self.decisions else None,
             "system1_latency_ms": self.system1_ms / self.system1 if self.system1 else None,
             "system2_latency_ms": self.system2_ms / system2 if system2 else None,
@@ -139,8 +148,40 @@ def _decide(z: np.ndarray, step: int, planner: Planner, reflexes: ReflexSource |
     if withheld is not None:
         report.audited += 1
         report.agreed += str(plan.action) == str(withheld.action)
+        report.right += _acceptable(plan, int(withheld.action), reflexes.manifest)
     cost = plan.ms / len(plan.candidates)
     for c in plan.candidates:
         log.simulation(step, z, c.action, c.score, predicted=c.predicted, vetoed=c.vetoed, cost_ms=cost)
     report.simulations += len(plan.candidates)
     return plan.action
+
+
+def _acceptable(plan: Plan, action: int, manifest: dict[str, Any] | None) -> bool:
+    """Whether `action` was as good as System 2's choice in `plan`, as the night judges it."""
+    if manifest is None:
+        return action == plan.action
+    c = plan.candidates
+    right, _, _ = acceptable(np.array([plan.action]), max(x.action for x in c) + 1, np.zeros(len(c), np.int64),
+                             np.array([x.action for x in c]), np.array([x.score for x in c]),
+                             np.array([x.vetoed for x in c]), manifest["score_tolerance"], stake=manifest["stake"])
+    return bool(right[0, action])
+
+
+def random_returns(env_id: str, episodes: int, seed: int = 0) -> list[float]:
+    """The returns of a uniformly random policy on the episodes `run` plays with the same `seed`: the floor
+    that normalised returns are measured from."""
+    env = make_env(env_id)
+    env.action_space.seed(seed)
+    returns = []
+    try:
+        for episode in range(episodes):
+            env.reset(seed=seed + episode)
+            total, done = 0.0, False
+            while not done:
+                _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+                total += float(reward)
+                done = terminated or truncated
+            returns.append(total)
+    finally:
+        env.close()
+    return returns

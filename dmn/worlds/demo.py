@@ -2,7 +2,9 @@
 
 Day 0 the agent has only System 2. Each night consolidates the day's logs into a bundle; each later
 day the agent asks System 1 first (with a share of its answers withheld for audits) and deliberates
-when it abstains. One row per day says how much System 1 took over and what it cost.
+when it abstains. One row per day says how much System 1 took over, what it cost, and what the agent
+kept: its return normalised between a random policy on the same episodes (0) and day 0's System 2 (1),
+`(R - R_random) / (R_day0 - R_random)`.
 
     >>> for day in demo(Home.resolve(), "CartPole-v1", nights=3):  # doctest: +SKIP
     ...     print(day.day, day.run["system1_share"], day.version)
@@ -14,9 +16,11 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
+import numpy as np
+
 from dmn.home import Home
 from dmn.ops import jobs
-from dmn.worlds.agent import reflexes_for, run
+from dmn.worlds.agent import random_returns, reflexes_for, run
 from dmn.worlds.settings import ReferenceSettings
 
 
@@ -27,6 +31,14 @@ class Day:
     """The day's `RunReport.to_dict()`."""
     version: str | None
     """The bundle System 1 served from during the day (None on day 0)."""
+    random_return: float
+    """A random policy's mean return on the day's episodes (the same seeds)."""
+    normalised_return: float | None
+    """The day's mean return normalised: (R - R_random) / (R_day0 - R_random) (None when day 0 did no
+    better than random, so there is nothing to normalise by)."""
+    held_out: dict[str, Any] | None
+    """The serving bundle's held-out figures (test coverage, precision, exact precision), as its night
+    measured them: what the day's live figures are held against."""
     night_seconds: float | None = None
     """Wall time of the night after the day (ingest included); None after the last day."""
     night: str | None = None
@@ -48,11 +60,18 @@ def demo(home: Home, env_id: str = "CartPole-v1", *, nights: int = 3, episodes_p
         raise ValueError(f"episodes_per_day must be at least 1, got {episodes_per_day}")
     settings = settings or ReferenceSettings.load(home)
     reflexes = None
-    days = []
+    days: list[Day] = []
     for day in range(nights + 1):
-        report = run(home, env_id, episodes_per_day, seed=seed + day * episodes_per_day, reflexes=reflexes,
-                     settings=settings, on_progress=on_progress)
-        days.append(Day(day, report.to_dict(), reflexes.version if reflexes else None))
+        seeds = seed + day * episodes_per_day
+        report = run(home, env_id, episodes_per_day, seed=seeds, reflexes=reflexes, settings=settings,
+                     on_progress=on_progress).to_dict()
+        floor = float(np.mean(random_returns(env_id, episodes_per_day, seeds)))
+        scale = (days[0].run["mean_return"] - days[0].random_return) if days else report["mean_return"] - floor
+        manifest = reflexes.manifest if reflexes else None
+        days.append(Day(day, report, reflexes.version if reflexes else None, floor,
+                        (report["mean_return"] - floor) / scale if scale > 0 else None,
+                        {k: manifest["metrics"]["combined"][k] for k in ("coverage", "precision", "exact_precision")}
+                        if manifest else None))
         if day < nights:
             started = time.perf_counter()
             night = jobs.run(home, jobs.nightly(env_id), on_progress=on_progress)[0]

@@ -1,9 +1,10 @@
 """Synthetic System 2 logs with a known ground truth, for tests, benchmarks and trying dmn without an agent.
 
 States come from well-separated Gaussian "situations" in latent space; each situation has a true best
-action, which System 2 picks with probability `accuracy` (else another at random), after imagining every
-action: the true best scores about 1, the others about 0, and one other action per situation is
-imagined to end badly and is vetoed.
+action (in a `ties` share of them, two equally good ones), and one other action imagined to end badly and
+vetoed. System 2 imagines every action and acts on what it imagined, as a planner does: it takes its best-
+scoring action it did not veto. Its imagination is right with probability `accuracy` (the good actions
+score about 1, the others about 0, give or take `score_noise`); else it believes another action is the one.
 
     >>> truth = write_logs(Home.resolve(), situations=16, episodes=60)  # doctest: +SKIP
     >>> states, best = truth.sample(1000)  # fresh states and their true best actions
@@ -31,15 +32,22 @@ class Truth:
     """(situations,) each situation's true best action."""
     vetoed: np.ndarray
     """(situations,) the action System 2 vetoes there."""
+    second: np.ndarray
+    """(situations,) the action as good as the best, in the tied situations; -1 elsewhere."""
     noise: float
     seed: int
 
-    def sample(self, n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """n fresh states from the situations and their true best actions."""
+    def situations(self, n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """n fresh states from the situations, and the situation each came from."""
         rng = np.random.default_rng(self.seed + 10_000 + seed)
         which = rng.integers(len(self.centres), size=n)
         states = self.centres[which] + self.noise * rng.standard_normal((n, self.centres.shape[1]))
-        return states.astype(np.float32), self.best[which]
+        return states.astype(np.float32), which
+
+    def sample(self, n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """n fresh states from the situations and their true best actions."""
+        states, which = self.situations(n, seed)
+        return states, self.best[which]
 
     def far(self, n: int, seed: int = 2) -> np.ndarray:
         """n states far from every situation."""
@@ -49,16 +57,19 @@ class Truth:
 
 def write_logs(home: Home, *, world: str = "synthetic", encoder: str = "synthetic@1", situations: int = 16,
                actions: int = 3, dim: int = 768, episodes: int = 60, steps: int = 20, accuracy: float = 0.97,
-               noise: float = 0.05, seed: int = 0, day: int = 0) -> Truth:
+               noise: float = 0.05, ties: float = 0.0, score_noise: float = 0.1, seed: int = 0, day: int = 0) -> Truth:
     """Log `episodes` x `steps` System 2 decisions (each with one simulation per action) into the home's inbox.
 
-    `seed` makes the world (its situations and their best actions); `day` the episodes lived in it.
+    `seed` makes the world (its situations, their best actions, which are tied); `day` the episodes lived in it.
     """
     world_rng = np.random.default_rng(seed)
     centres = world_rng.standard_normal((situations, dim)).astype(np.float32)
     best = world_rng.integers(actions, size=situations)
     vetoed = (best + 1 + world_rng.integers(max(actions - 1, 1), size=situations)) % actions
-    truth = Truth(centres, best, vetoed, noise, seed)
+    spare = [[a for a in range(actions) if a not in (best[s], vetoed[s])] for s in range(situations)]
+    second = np.array([world_rng.choice(spare[s]) if spare[s] and world_rng.random() < ties else -1
+                       for s in range(situations)])
+    truth = Truth(centres, best, vetoed, second, noise, seed)
     rng = np.random.default_rng([seed, day])
     with EpisodeLogger(home, world=world, encoder=encoder, agent="synthetic", flush_records=5000) as log:
         for _ in range(episodes):
@@ -67,14 +78,17 @@ def write_logs(home: Home, *, world: str = "synthetic", encoder: str = "syntheti
             for step in range(steps):
                 s = rng.integers(situations)
                 state = (centres[s] + noise * rng.standard_normal(dim)).astype(np.float32)
+                good = {int(best[s]), int(second[s])} - {-1}
+                allowed = [a for a in range(actions) if actions == 1 or a != vetoed[s] or a in good]
+                wrong = [a for a in allowed if a not in good]
+                believed = good if rng.random() < accuracy or not wrong else {int(rng.choice(wrong))}
+                scores = [float(a in believed) + score_noise * rng.standard_normal() for a in range(actions)]
                 for a in range(actions):
-                    score = float(a == best[s]) + 0.1 * rng.standard_normal()
-                    log.simulation(step, state, a, score, predicted=state + 0.5 * centres[(s + a) % situations],
-                                   vetoed=bool(actions > 1 and a == vetoed[s] and a != best[s]), cost_ms=5.0)
-                chosen = best[s] if rng.random() < accuracy else rng.choice([a for a in range(actions) if a != best[s]]
-                                                                            or [best[s]])
+                    log.simulation(step, state, a, scores[a], predicted=state + 0.5 * centres[(s + a) % situations],
+                                   vetoed=a not in allowed, cost_ms=5.0)
+                chosen = max(allowed, key=lambda a: scores[a])
                 log.decision(step, state, int(chosen), source="system2", latency_ms=15.0)
-                reward = float(chosen == best[s])
+                reward = float(chosen in good)
                 total += reward
                 log.outcome(step, reward=reward, done=step == steps - 1)
             log.end(return_=total)

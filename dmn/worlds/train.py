@@ -101,11 +101,11 @@ def load_world(home: Home, env_id: str, settings: WorldSettings,
         if not (folder / "meta.json").exists():
             if on_train:
                 on_train(f"training the {env_id} world model (once; cached in {folder})")
-            _save(folder, *train(env_id, settings))
+            _save(folder, *train(env_id, settings, on_train))
         return _load(folder)
 
 
-def train(env_id: str, settings: WorldSettings) -> tuple[WorldModel, dict]:
+def train(env_id: str, settings: WorldSettings, say: Callable[[str], None] | None = None) -> tuple[WorldModel, dict]:
     """Explore, train, then let the planner collect and train on; returns the model and its training facts.
 
     The planner that collects is `COLLECT`, whatever `[planner]` says.
@@ -115,12 +115,16 @@ def train(env_id: str, settings: WorldSettings) -> tuple[WorldModel, dict]:
     rng = np.random.default_rng(settings.seed)
     env = make_env(env_id)
     n_actions = int(env.action_space.n)
+    env.reset(seed=settings.seed)
+    uncopyable = _uncopyable(env)
+    frontier: list | None = None if uncopyable else []
+    if uncopyable and say:
+        say(f"{env_id} cannot be restarted from copies of itself ({uncopyable}): every episode starts from a reset")
 
     def sticky_random(obs: np.ndarray, previous: int | None) -> int:
         keep = previous is not None and rng.random() >= 1 / settings.sticky
         return previous if keep else int(rng.integers(n_actions))
 
-    frontier: list = []
     episodes = collect(env, settings.explore_steps, sticky_random, settings.seed, settings.restarts, frontier, rng)
     model = WorldModel(env.observation_space.shape[0], n_actions, settings.latent_dim, settings.hidden)
     _fit_scales(model, episodes, settings.gamma)
@@ -151,6 +155,7 @@ def train(env_id: str, settings: WorldSettings) -> tuple[WorldModel, dict]:
     meta = {"env": env_id, "settings": dataclasses.asdict(settings),
             "transitions": int(sum(len(ep.actions) for ep in episodes)), "episodes": len(episodes),
             "round_returns": returns, "losses": losses, "failure": bool(model.failure),
+            "restarts": f"resets only: {uncopyable}" if uncopyable else "from snapshots",
             "train_seconds": round(time.perf_counter() - started, 1)}
     return model, meta
 
@@ -164,10 +169,11 @@ def collect(env: gym.Env, steps: int, choose: Callable[[np.ndarray, int | None],
     instead of a reset (Go-Explore's trick): exploration pushes out, a little further each time, to
     states that play from a reset never reaches, such as a cart near the end of its track. Snapshots
     are deep copies of the environment, taken every few steps into `frontier` (pass one list to several
-    calls to share them); an environment that cannot be copied is only ever reset.
+    calls to share them; None: an environment that cannot be copied, only ever reset).
     """
     rng = rng or np.random.default_rng(seed)
-    frontier = [] if frontier is None else frontier  # (observation, snapshot) pairs
+    if frontier is None:
+        restarts = 0.0
     episodes, total = [], 0
     obs, _ = env.reset(seed=seed)
     while total < steps:
@@ -177,8 +183,8 @@ def collect(env: gym.Env, steps: int, choose: Callable[[np.ndarray, int | None],
             playing = copy.deepcopy(snapshot)
         observations, actions, rewards, previous = [obs], [], [], None
         while True:
-            if len(actions) % SNAPSHOT_EVERY == 0 and not _snapshot(playing, obs, frontier):
-                restarts = 0.0
+            if frontier is not None and len(actions) % SNAPSHOT_EVERY == 0:
+                frontier.append((obs, copy.deepcopy(playing)))
             previous = choose(obs, previous)
             obs, reward, terminated, truncated, _ = playing.step(previous)
             observations.append(obs)
@@ -193,12 +199,15 @@ def collect(env: gym.Env, steps: int, choose: Callable[[np.ndarray, int | None],
     return episodes
 
 
-def _snapshot(env: gym.Env, obs: np.ndarray, frontier: list) -> bool:
+def _uncopyable(env: gym.Env) -> str | None:
+    """Why copies of `env` (just reset) cannot stand in for it, or None when they can: some environments hold
+    what cannot be copied (a simulator handle), and some copy without error and then fail at their first
+    step (Box2D's). One copy takes a step to find out; `env` itself is untouched."""
     try:
-        frontier.append((obs, copy.deepcopy(env)))
-    except Exception:  # noqa: BLE001 - an environment holding what cannot be copied (a simulator handle)
-        return False
-    return True
+        copy.deepcopy(env).step(0)
+    except Exception as exc:  # noqa: BLE001 - whatever the environment raises
+        return f"{type(exc).__name__} {exc}".strip()
+    return None
 
 
 def _rare(frontier: list, rng: np.random.Generator) -> tuple[np.ndarray, gym.Env]:

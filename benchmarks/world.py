@@ -20,7 +20,6 @@ import numpy as np
 
 from dmn.home import Home
 from dmn.worlds.agent import random_returns, run
-from dmn.worlds.train import make_env
 
 
 def main() -> None:

@@ -17,9 +17,9 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from dmn.home import Home
+from dmn.sleep.experience import acceptable
 from dmn.wake.client import Reflexes
 from dmn.wake.logger import EpisodeLogger
-from dmn.sleep.experience import acceptable
 from dmn.worlds.plan import Plan, Planner, one_thread
 from dmn.worlds.settings import ReferenceSettings
 from dmn.worlds.train import load_world, make_env

@@ -15,9 +15,9 @@ import argparse
 import tempfile
 import time
 
-from dmn.sleep.night import consolidate
 from dmn.home import Home
 from dmn.lake.ingest import ingest
+from dmn.sleep.night import consolidate
 from dmn.worlds.synthetic import write_logs
 
 STEPS, ACTIONS = 50, 4

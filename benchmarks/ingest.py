@@ -5,6 +5,10 @@
 
 Prints records/s for each and the ratio (target: dmn / read_json >= 0.8). Each figure is the best of
 --repeat runs on a fresh home; the file is made by DuckDB, so making it costs little.
+
+Then a V-JEPA 2-AC-sized planner's log, as `dmn.EpisodeLogger` writes it: per step a decision with a
+1408-d latent and its chosen 7-D action, and 400 candidate actions with their scores (simulations
+without a state of their own), ingested by dmn and by DuckDB's read_json on the same file.
 """
 
 from __future__ import annotations
@@ -43,6 +47,27 @@ def make_file(path: Path, records: int, dim: int, tensors: bool) -> None:
     body.unlink()
 
 
+def make_planner_file(path: Path, steps: int, dim: int = 1408, candidates: int = 400, action_dim: int = 7) -> int:
+    """A planner's log of `steps` steps (episodes of 50), as the logger writes it; returns its record count."""
+    import numpy as np
+
+    from dmn import EpisodeLogger
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        with EpisodeLogger(tmp, world="arm", encoder="vjepa2-ac", flush_records=50_000) as log:
+            for step in range(steps):
+                if step % 50 == 0:
+                    log.episode()
+                actions = rng.uniform(-1, 1, (candidates, action_dim)).astype(np.float32)
+                log.candidates(step % 50, actions, rng.standard_normal(candidates), cost_ms=40.0)
+                log.decision(step % 50, rng.standard_normal(dim).astype(np.float32), actions[0], latency_ms=16_000.0)
+        with open(path, "wb") as out:
+            for part in sorted(Path(tmp, "inbox").glob("*.jsonl")):
+                out.write(part.read_bytes())
+    return steps * (candidates + 1) + -(-steps // 50)
+
+
 def time_dmn(path: Path, work: Path) -> float:
     home = Path(tempfile.mkdtemp(dir=work))
     started = time.perf_counter()
@@ -75,6 +100,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=50_000, help="simulation records in the file")
     parser.add_argument("--dim", type=int, default=768, help="latent dimension")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each; the best counts")
+    parser.add_argument("--steps", type=int, default=2000, help="planner steps in the V-JEPA 2-sized log")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -94,11 +120,23 @@ def main() -> None:
                 ("DuckDB read_json -> Parquet (default)", auto, dmn),
                 ("DuckDB read_json -> Parquet (columns given, FLOAT[])", typed, dmn),
             ]
+        path = work / "planner.jsonl"
+        records = make_planner_file(path, args.steps)
+        dmn = min(time_dmn(path, work) for _ in range(args.repeat))
+        auto = min(time_duckdb(path, work, columns=False) for _ in range(args.repeat))
+        planner = [(f"dmn ingest, {path.stat().st_size / 2**20:.0f} MiB", dmn, None),
+                   ("DuckDB read_json -> Parquet (default)", auto, dmn)]
     n = args.records
     print(f"{n:,} simulation records, d={args.dim}, best of {args.repeat}, {os.cpu_count()} cores, duckdb {duckdb.__version__}")
     for label, seconds, dmn in rows:
         ratio = f"   dmn/this = {seconds / dmn:.2f}" if dmn else ""
         print(f"  {label:<58} {seconds:7.2f} s  {n / seconds:10,.0f} records/s{ratio}")
+    print(f"{args.steps} steps of a V-JEPA 2-sized planner ({records:,} records: d=1408 decisions, 400 candidates of "
+          f"7-D actions per step), best of {args.repeat}")
+    for label, seconds, dmn in planner:
+        ratio = f"   dmn/this = {seconds / dmn:.2f}" if dmn else ""
+        print(f"  {label:<58} {seconds:7.2f} s  {args.steps / seconds:10,.0f} steps/s  "
+              f"{records / seconds:10,.0f} records/s{ratio}")
 
 
 if __name__ == "__main__":

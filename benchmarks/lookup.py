@@ -30,9 +30,9 @@ import pyarrow.parquet as pq
 from dmn import Reflexes
 from dmn.bundle import publish
 from dmn.bundle.load import load
-from dmn.sleep.cluster import centroid_index
 from dmn.config import ConsolidateSettings
 from dmn.home import Home
+from dmn.sleep.cluster import centroid_index
 
 DIM, ACTIONS, MANIFOLD = 768, 4, 32
 
@@ -61,7 +61,8 @@ def bundle(home: Home, k: int, rng: np.random.Generator) -> np.ndarray:
               "w1": rng.standard_normal((DIM, h)).astype(np.float32) / np.sqrt(DIM), "b1": np.zeros(h, np.float32),
               "w2": rng.standard_normal((h, h)).astype(np.float32) / np.sqrt(h), "b2": np.zeros(h, np.float32),
               "w3": rng.standard_normal((h, ACTIONS)).astype(np.float32), "b3": np.zeros(ACTIONS, np.float32),
-              "scale": np.float64(1.0), "distance": np.float64(0.0), "shift": np.float64(0.0)}
+              "scale": np.float64(1.0), "distance": np.float64(0.0), "shift": np.float64(0.0),
+              "low": np.zeros(0, np.float32), "high": np.zeros(0, np.float32)}
     outcomes = faiss.IndexFlatL2(DIM)
     outcomes.add(centroids[:1])
     files = {"table.parquet": parquet(table), "outcomes.parquet": parquet(pa.table({"outcome_type": [0]})),

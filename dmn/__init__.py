@@ -10,7 +10,7 @@ ARCHITECTURE.md draws the whole house.
 from dmn.errors import DmnError
 from dmn.home import Home
 from dmn.version import __version__
-from dmn.wake.client import Imagined, Reflex, Reflexes
+from dmn.wake.client import Imagined, Proposal, Reflex, Reflexes
 from dmn.wake.logger import EpisodeLogger
 
-__all__ = ["DmnError", "EpisodeLogger", "Home", "Imagined", "Reflex", "Reflexes", "__version__"]
+__all__ = ["DmnError", "EpisodeLogger", "Home", "Imagined", "Proposal", "Reflex", "Reflexes", "__version__"]

@@ -183,7 +183,7 @@ app.add_typer(world_app, name="world")
 
 @world_app.command("run")
 def world_run(
-    env: str = typer.Option("CartPole-v1", "--env", help="A Gymnasium environment with vector observations and discrete actions."),
+    env: str = typer.Option("CartPole-v1", "--env", help="A Gymnasium environment with vector observations, and discrete or bounded vector (Box) actions."),
     episodes: int = typer.Option(20, "--episodes", "-n", min=1, help="Episodes to run."),
     seed: int = typer.Option(0, "--seed", help="Seed of the environment's episodes (System 2's own seed is the [planner] setting)."),
     reflexes: bool = typer.Option(False, "--reflexes", help="Ask System 1 first; System 2 plans when it abstains."),
@@ -322,7 +322,7 @@ def daemon(
 
 @app.command()
 def demo(
-    env: str = typer.Option("CartPole-v1", "--env", help="A Gymnasium environment with vector observations and discrete actions."),
+    env: str = typer.Option("CartPole-v1", "--env", help="A Gymnasium environment with vector observations, and discrete or bounded vector (Box) actions."),
     nights: int = typer.Option(3, "--nights", min=1, help="Nights of consolidation, each followed by a day with reflexes."),
     episodes_per_day: int = typer.Option(20, "--episodes-per-day", min=1, help="Episodes the agent plays each day."),
     audit_rate: float = typer.Option(0.03, "--audit-rate", min=0.0, max=1.0,
@@ -341,10 +341,11 @@ def demo(
     table = Table(title=f"dmn demo: {env}", caption=(
         "normalised: (R - R_random) / (R_day0 - R_random), a random policy on the same episodes; System 1: share of "
         "decisions it served; precision: its withheld answers as good as System 2's choice, on audits; held-out: "
-        "what its bundle's night measured; exact: System 2 chose that very action; faster: mean decision "
-        "latency against day 0's; night: the bundle it published, or what it did"))
+        "what its bundle's night measured; exact: System 2 chose that very action (discrete actions); faster: mean "
+        "decision latency against day 0's; imagined: action sequences per System 2 decision, from a cold start / "
+        "from System 1's proposal (continuous actions); night: the bundle it published, or what it did"))
     for column in ("day", "return", "normalised", "System 1", "precision", "held-out", "exact", "ms", "faster",
-                   "night"):
+                   "imagined", "night"):
         table.add_column(column, justify="left" if column == "night" else "right")
     first: list[float] = []
 
@@ -356,7 +357,8 @@ def demo(
                       "-" if day.normalised_return is None else f"{day.normalised_return:.2f}",
                       f"{r['system1_share']:.1%}", _share(r["precision"]),
                       _share(day.held_out["precision"] if day.held_out else None), _share(r["agreement"]),
-                      _ms(r["latency_ms"]), f"{first[0] / r['latency_ms']:.1f}×", escape(night))
+                      _ms(r["latency_ms"]), f"{first[0] / r['latency_ms']:.1f}×",
+                      _imagined(r["sequences_per_plan"], r["sequences_per_seeded_plan"]), escape(night))
         err.print(f"day {day.day}: mean return {r['mean_return']:.1f}, System 1 served {r['system1_share']:.1%}"
                   + (f"; night: {day.night}" if day.night else ""), highlight=False)
 
@@ -394,6 +396,11 @@ def _needs(extra: str) -> Iterator[None]:
             raise
         raise DmnError(f"this command needs the `{extra}` extra ({exc.name} is not installed): "
                        f"pip install 'dmn[{extra}]'") from None
+
+
+def _imagined(cold: float | None, seeded: float | None) -> str:
+    """Sequences per System 2 plan: cold, then (where any were) those started from System 1's proposal."""
+    return (f"{cold:,.0f}" if cold else "-") + (f" / {seeded:,.0f}" if seeded else "")
 
 
 def _share(value: float | None) -> str:

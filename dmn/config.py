@@ -223,6 +223,9 @@ class ConsolidateSettings(Section):
     """An answer is right where its action is as good as System 2's choice by System 2's own scores: a candidate
     it did not veto that scored within this many stakes of its best (a stake: the world's median spread between
     System 2's best and worst candidates). 0: only its choice and exact ties are right."""
+    action_tolerance: float = bounded(0.1, gt=0)
+    """In a continuous world, an answer is right within this distance of System 2's action: the root mean
+    square of their differences, each dimension in units of the range its actions were seen to span."""
     soft_weight: float = bounded(0.5, ge=0, le=1)
     """Share of the policy's targets that comes from how far below System 2's best each action scored (soft)
     rather than from which actions were acceptable (hard)."""
@@ -259,6 +262,9 @@ class Settings:
     """How Lár audit files map onto episodes."""
     dims: dict[str, int] = field(default_factory=dict)
     """Latent dimension per world, when known up front; otherwise the first ingested batch sets it."""
+    actions: dict[str, int] = field(default_factory=dict)
+    """Action kind per world, when known up front ("discrete" in dmn.toml, 0 here: labels; a number d: vectors
+    of d values); otherwise the first ingested batch sets it."""
     consolidate: ConsolidateSettings = field(default_factory=ConsolidateSettings)
     """How the night distils System 2's simulations into System 1's reflexes."""
 
@@ -274,12 +280,13 @@ class Settings:
             ingest=section(IngestSettings, data.pop("ingest", {}), path, "ingest"),
             lar=section(LarSettings, data.pop("lar", {}), path, "lar"),
             dims=_dims(data.pop("dims", {}), path),
+            actions=_actions(data.pop("actions", {}), path),
             consolidate=section(ConsolidateSettings, data.pop("consolidate", {}), path, "consolidate"),
         )
         unknown = sorted(set(data) - set(cls.ELSEWHERE))
         if unknown:
             raise DmnError(f"{path}: unknown section(s) {unknown}; "
-                           f"known: ingest, lar, dims, consolidate, {', '.join(cls.ELSEWHERE)}")
+                           f"known: ingest, lar, dims, actions, consolidate, {', '.join(cls.ELSEWHERE)}")
         if settings.lar.hmac_secret is None:
             settings.lar.hmac_secret = os.environ.get("DMN_LAR_HMAC_SECRET") or None
         return settings
@@ -292,3 +299,17 @@ def _dims(values: Any, path: Path) -> dict[str, int]:
         if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
             raise DmnError(f"{path}: [dims] {world!r} must be a positive integer, got {dim!r}")
     return dict(values)
+
+
+def _actions(values: Any, path: Path) -> dict[str, int]:
+    if not isinstance(values, dict):
+        raise DmnError(f"{path}: [actions] must be a table of world = \"discrete\" or a dimension")
+    out = {}
+    for world, kind in values.items():
+        if kind == "discrete":
+            out[world] = 0
+        elif isinstance(kind, int) and not isinstance(kind, bool) and kind > 0:
+            out[world] = kind
+        else:
+            raise DmnError(f"{path}: [actions] {world!r} must be \"discrete\" or a positive integer, got {kind!r}")
+    return out

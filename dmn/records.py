@@ -7,13 +7,12 @@ checked exactly by the suite), and the fields the logger's methods take (checked
     >>> RECORDS["decision"].required                     # doctest: +SKIP
     ('episode_id', 'step', 'state', 'action', 'source')
 
-After a change here, write the schemas again: `python -m dmn.records schemas`.
+After a change here, write the schemas again: `python -c "from dmn.records import write_schemas; write_schemas()"`.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,11 @@ class Kind:
     """What it must be, for a quarantine hint: '"step" must be <what>'."""
     schema: dict[str, Any]
     """Its JSON Schema."""
+    vector_column: bool = False
+    """Its values may also be vectors, kept in a second lake column, `<name>_vector` (FLOAT[])."""
 
+
+VECTOR_SUFFIX = "_vector"
 
 _TIMESTAMP = {"oneOf": [{"type": "string", "pattern": TIMEZONE, "description": "ISO 8601 with a time zone"},
                         {"type": "number", "description": "Unix seconds"}]}
@@ -61,11 +64,14 @@ KINDS = {
     "number": Kind("DOUBLE", "jnum", "a number", {"type": "number"}),
     "boolean": Kind("BOOLEAN", "jbool", "true or false", {"type": "boolean"}),
     "timestamp": Kind("TIMESTAMPTZ", "jts", "a timestamp", _TIMESTAMP),
-    "action": Kind("VARCHAR", "jaction", "an integer or a string", {"type": ["integer", "string"]}),
+    "action": Kind("VARCHAR", "jaction", "an integer or a string, or a vector",
+                   {"oneOf": [{"type": ["integer", "string"]}, *_VECTOR["oneOf"]]}, vector_column=True),
     "vector": Kind("FLOAT[]", None, "an array of numbers or a tensor object", _VECTOR),
     "json": Kind("JSON", None, "any JSON", {}),
 }
-"""name: a non-empty string; source: system1 or system2; index: a non-negative integer; vector: a latent."""
+"""name: a non-empty string; source: system1 or system2; index: a non-negative integer; vector: a latent;
+action: a label (discrete worlds: an integer or a string, kept as text in `action`) or a vector (continuous
+worlds: an array of numbers or a tensor object, kept in `action_vector`)."""
 
 
 @dataclass(frozen=True)
@@ -134,9 +140,11 @@ RECORDS = {
     "simulation": Record("Simulation", "One System 2 evaluation: in latent state `state`, the world model imagined "
                          "`action`, predicted `predicted` and scored it `score`.", (
         _EPISODE_ID, _STEP,
-        Field("action", "action", "an action label; integers and strings are both kept as text", required=True),
+        Field("action", "action", "the action imagined: a label (integers and strings are both kept as text), "
+              "or a vector in a continuous world", required=True),
         Field("score", "number", "higher is better", required=True),
-        Field("state", "vector", required=True),
+        Field("state", "vector", "the latent it was imagined from; left out, it is its step's decision's (so that "
+              "a search over hundreds of candidates logs the latent once)"),
         Field("predicted", "vector"),
         Field("vetoed", "boolean", "true when the System 2 router rejected the action"),
         Field("cost_ms", "number", "what the simulation cost", minimum=0),
@@ -144,7 +152,8 @@ RECORDS = {
     ), "simulations", ()),
     "decision": Record("Decision", "What the agent actually did at `step`, and who chose it.", (
         _EPISODE_ID, _STEP,
-        Field("action", "action", "an action label; integers and strings are both kept as text", required=True),
+        Field("action", "action", "the action taken: a label (integers and strings are both kept as text), "
+              "or a vector in a continuous world", required=True),
         Field("source", "source", "system2: deliberation; system1: a reflex", required=True),
         Field("state", "vector", required=True),
         Field("confidence", "number", minimum=0, maximum=1),
@@ -185,10 +194,25 @@ PROVENANCE = {
 """Columns every lake table carries besides its record's fields; `world` and `date` are the partition keys."""
 
 
+def lake_fields(rtype: str) -> dict[str, str]:
+    """A record's fields as lake columns and their DuckDB types: an action's vector form beside it."""
+    cols = {}
+    for f in RECORDS[rtype].fields:
+        cols[f.name] = KINDS[f.kind].duck
+        if KINDS[f.kind].vector_column:
+            cols[f.name + VECTOR_SUFFIX] = "FLOAT[]"
+    return cols
+
+
+VECTOR_COLUMNS = [name for rtype in RECORDS for name, duck in lake_fields(rtype).items() if duck == "FLOAT[]"]
+VECTOR_COLUMNS = list(dict.fromkeys(VECTOR_COLUMNS))
+"""Every lake column that holds vectors: latents and actions."""
+
+
 def _table_columns(rtype: str) -> dict[str, str]:
     """A record's lake columns: its fields, the world and encoder of its episode, and its fingerprint (DuckDB's
     hash of its content, by which ingest drops exact repeats)."""
-    cols = {f.name: KINDS[f.kind].duck for f in RECORDS[rtype].fields}
+    cols = lake_fields(rtype)
     if rtype == "episode":
         return {"episode_id": cols.pop("episode_id"), "world": cols.pop("world"), "encoder": cols.pop("encoder"), **cols}
     return {"episode_id": cols.pop("episode_id"), "world": "VARCHAR", "encoder": "VARCHAR", **cols,
@@ -251,7 +275,7 @@ def schema_text(schema: dict[str, Any]) -> str:
     return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
 
 
-if __name__ == "__main__":  # python -m dmn.records schemas: write the JSON Schemas into that folder
-    folder = Path(sys.argv[1] if len(sys.argv) > 1 else "schemas")
+def write_schemas(folder: str | Path = "schemas") -> None:
+    """Write the JSON Schemas into `folder` (the repository's `schemas/`), after a change to the contract."""
     for name, schema in json_schemas().items():
-        (folder / name).write_text(schema_text(schema), encoding="utf-8")
+        (Path(folder) / name).write_text(schema_text(schema), encoding="utf-8")

@@ -40,11 +40,11 @@ def night(home: Home, settings: ConsolidateSettings | None = None) -> list[Conso
     return consolidate(home, settings=settings)
 
 
-def republish(home: Home, **manifest_changes) -> str:
-    """Publish world "synthetic"'s current bundle again as a new version, with some manifest fields changed."""
+def republish(home: Home, files_changed: dict[str, bytes] | None = None, **manifest_changes) -> str:
+    """Publish world "synthetic"'s current bundle again as a new version, with some files and manifest fields changed."""
     path = publish.folder(home, "synthetic") / publish.current(home, "synthetic")
     manifest = json.loads((path / "manifest.json").read_text())
-    files = {name: (path / name).read_bytes() for name in manifest["files"]}
+    files = {**{name: (path / name).read_bytes() for name in manifest["files"]}, **(files_changed or {})}
     kept = {k: v for k, v in manifest.items() if k not in ("files", "version", "format", "world", "signature")}
     return publish.publish(home, "synthetic", files, {**kept, **manifest_changes}, keep=100)
 

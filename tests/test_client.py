@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import subprocess
 import sys
@@ -136,6 +137,22 @@ def test_bad_batches_and_settings_raise_a_clear_value_error(world):
         Reflexes.open(home, "synthetic", audit_rate=1.5)
 
 
+def test_a_bundle_from_before_vector_actions_still_serves(own):
+    home, truth = own
+    states = truth.sample(200)[0]
+    before = load(home, "synthetic").answer(states)
+    with np.load(publish.folder(home, "synthetic") / "v000001" / "policy.npz") as npz:
+        weights = {k: npz[k] for k in npz.files if k not in ("low", "high")}  # what such a bundle holds
+    buffer = io.BytesIO()
+    np.savez(buffer, **weights)
+    assert republish(home, {"policy.npz": buffer.getvalue()}) == "v000002"
+    bundle = load(home, "synthetic")
+    after = bundle.answer(states)
+    assert bundle.version == "v000002" and bundle.action_dim == 0
+    np.testing.assert_array_equal(after.action, before.action)
+    np.testing.assert_allclose(after.confidence, before.confidence)
+
+
 def test_a_tampered_bundle_is_never_served(own, monkeypatch):
     home, truth = own
     z = truth.sample(1)[0][0]
@@ -234,7 +251,8 @@ def test_the_one_state_path_and_the_batch_path_of_the_rule_agree_everywhere():
               "w1": rng.standard_normal((d, hidden)).astype(np.float32), "b1": np.zeros(hidden, np.float32),
               "w2": rng.standard_normal((hidden, hidden)).astype(np.float32), "b2": np.zeros(hidden, np.float32),
               "w3": rng.standard_normal((hidden, actions)).astype(np.float32), "b3": np.zeros(actions, np.float32),
-              "scale": np.float64(0.3), "distance": np.float64(-0.5), "shift": np.float64(0.5)}
+              "scale": np.float64(0.3), "distance": np.float64(-0.5), "shift": np.float64(0.5),
+              "low": np.zeros(0, np.float32), "high": np.zeros(0, np.float32)}
     rule = Rule.prepare(index, table, policy, {"table": 0.7, "policy": 0.6}, min_support=3.0, policy_reach=2.0)
     states = (centres[rng.integers(k, size=3000)] + rng.standard_normal((3000, d)) * rng.uniform(0, 2, (3000, 1))
               ).astype(np.float32)

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import faiss
 import numpy as np
@@ -287,9 +288,13 @@ def test_thresholds_ask_each_answer_to_be_likely_right_until_system1_is_seen_liv
     n = 400
     confidence = np.r_[np.full(300, 0.999), np.full(60, 0.9), np.full(40, np.nan)]
     right = np.r_[np.ones(300, bool), np.arange(60) % 20 != 0, np.zeros(40, bool)]  # the 0.9s are 95% right
-    acceptable = np.c_[right, ~right]
     policy = Answers(np.zeros(n, np.int64), confidence, np.where(np.isnan(confidence), "", "policy"), np.zeros(n))
     table = Answers(np.zeros(n, np.int64), np.full(n, np.nan), np.full(n, ""), np.zeros(n))
-    weight = np.ones(n)
-    assert thresholds(table, policy, acceptable, weight, 0.95, 1.0, seen_live=False) == (np.inf, 0.999)
-    assert thresholds(table, policy, acceptable, weight, 0.95, 1.0, seen_live=True) == (np.inf, 0.9)
+    rows = np.arange(n)
+
+    def steps(audited: bool):  # what thresholds reads of an Experience
+        return SimpleNamespace(represents=np.ones(n), reflex=np.where(rows < audited, 0, -1),
+                               right=lambda actions, at: right[at])
+
+    assert thresholds(table, policy, steps(False), rows, 0.95, 1.0) == (np.inf, 0.999)
+    assert thresholds(table, policy, steps(True), rows, 0.95, 1.0) == (np.inf, 0.9)

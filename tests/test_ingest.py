@@ -113,13 +113,15 @@ BAD = [
     ({"type": "dream", "episode_id": "e1"}, "unknown record type"),
     ({"type": 7, "episode_id": "e1"}, "unknown record type"),
     ({"type": "simulation", "step": 0, "state": [1, 2, 3, 4], "action": 1, "score": 1}, "missing field"),
-    ({"type": "simulation", "episode_id": "e1", "step": 0, "action": 1, "score": 1}, "missing field"),
+    ({"type": "simulation", "episode_id": "e1", "step": 0, "state": [1, 2, 3, 4], "action": 1}, "missing field"),
     ({"type": "decision", "episode_id": "e1", "step": 0, "state": [1, 2, 3, 4], "action": 1}, "missing field"),
     (simulation(step="3"), "wrong field type"),
     (simulation(step=1.5), "wrong field type"),
     (simulation(step=-1), "wrong field type"),
     (simulation(score="high"), "wrong field type"),
-    (simulation(action=[1]), "wrong field type"),
+    (simulation(action=[1]), "wrong action kind"),  # a vector, in a world of labels
+    (simulation(action=[0.5, float("nan")]), "NaN or Inf"),
+    (simulation(action={"__type__": "Tensor", "shape": [2], "dtype": "float32"}), "latent lost"),
     (simulation(action=1.5), "wrong field type"),
     (simulation(vetoed="yes"), "wrong field type"),
     (simulation(state="0.1,0.2"), "wrong field type"),
@@ -533,3 +535,44 @@ def test_a_failed_ingest_leaves_no_reading_thread_behind(home, monkeypatch):
     assert not any(t.name == "dmn-ingest-read" for t in threading.enumerate())
     monkeypatch.undo()
     assert run(home).records == {"episode": 1, "simulation": 5000}  # and nothing was half-committed
+
+
+def test_vector_actions_land_in_their_own_column_and_one_world_has_one_kind(home):
+    """A continuous world's actions are vectors (arrays or tensor objects), stored as fixed-size float32 lists in
+    `action_vector`; a label where vectors go, a vector of another length, or a reflex of another kind is
+    quarantined with its reason, and the good records of the same file land."""
+    z = [0.1, 0.2, 0.3, 0.4]
+    arm = base64.b64encode(np.array([0.5, -0.5, 0.25], "<f4").tobytes()).decode()
+    write_jsonl(home.inbox / "a.jsonl", [
+        episode(world="arm"),
+        decision(step=0, action=[0.5, -0.5, 0.25], state=z, reflex=[0.5, -0.5, 0.0]),
+        simulation(step=0, action={"__type__": "Tensor", "shape": [3], "dtype": "float32", "b64": arm}, state=None),
+        {"type": "simulation", "episode_id": "e1", "step": 0, "action": [0.4, -0.5, 0.25], "score": 0.7},  # no state
+        decision(step=1, action=2, state=z),
+        decision(step=2, action=[0.5, -0.5], state=z),
+        decision(step=3, action=[0.5, -0.5, 0.25], state=z, reflex=1),
+    ])
+    report = run(home)
+    assert report.records == {"episode": 1, "decision": 1, "simulation": 2}
+    assert report.quarantined == {"wrong action kind": 2, "wrong action length": 1}
+    store = Store(home)
+    assert store.sql("SELECT action, action_vector, reflex_vector FROM decisions").fetchall() == [
+        (None, [0.5, -0.5, 0.25], [0.5, -0.5, 0.0])]
+    assert sorted(store.sql("SELECT action_vector, state IS NULL FROM simulations").fetchall()) == [
+        ([0.4000000059604645, -0.5, 0.25], True), ([0.5, -0.5, 0.25], True)]
+    import pyarrow.parquet as pq
+
+    field = pq.read_table(store.files("decisions")[0]).schema.field("action_vector")
+    assert str(field.type) == "fixed_size_list<element: float>[3]"
+    write_jsonl(home.inbox / "b.jsonl", [episode("e2", world="arm"), decision("e2", 0, action=[1.0, 2.0], state=z)])
+    assert run(home).quarantined == {"wrong action length": 1}  # fixed by the first batch
+
+
+def test_the_settings_can_fix_a_worlds_action_kind_before_any_log(home):
+    (home.root / "dmn.toml").write_text('[actions]\n"arm" = 2\n"cart" = "discrete"\n')
+    write_jsonl(home.inbox / "a.jsonl", [episode("a", world="arm"), decision("a", 0, action=[1.0, 2.0, 3.0]),
+                                         episode("b", world="cart"), decision("b", 0, action=[1.0])])
+    assert run(home).quarantined == {"wrong action length": 1, "wrong action kind": 1}
+    (home.root / "dmn.toml").write_text('[actions]\n"arm" = "continuous"\n')
+    with pytest.raises(DmnError, match=r"\[actions\] 'arm' must be \"discrete\" or a positive integer"):
+        run(home)

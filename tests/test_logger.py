@@ -70,7 +70,39 @@ def test_files_appear_whole(home):
         assert len(names) == 3 and all(n.endswith(".jsonl") and not n.startswith(".") for n in names)
 
 
+def test_a_search_logs_its_candidates_in_one_call_and_vectors_round_trip(home):
+    rng = np.random.default_rng(0)
+    z, elites, predicted = rng.standard_normal(8), rng.uniform(-2, 2, (5, 3)), rng.standard_normal((5, 8))
+    scores = 1e6 + np.arange(5) / 100  # close scores stay apart (float64, as simulation() keeps them)
+    with EpisodeLogger(home, world="arm", encoder="e") as log:
+        log.episode()
+        log.candidates(0, elites, scores, predicted=predicted, vetoed=[False, True, False, False, False], cost_ms=2.0)
+        log.decision(0, z, elites.mean(0), source="system2", latency_ms=40.0)
+    with EpisodeLogger(home, world="cart", encoder="e") as log:
+        log.episode()
+        log.candidates(0, [0, 1], [0.5, 0.25])  # labels too
+        log.decision(0, z, np.array([1]))  # a one-element integer array is a label, as it always was
+    report = run(home)
+    assert report.quarantined == {} and report.records["simulation"] == 7
+    store = Store(home)
+    sims = store.sql("SELECT action_vector, score, predicted, vetoed, cost_ms, state FROM simulations "
+                     "WHERE world = 'arm' AND action_vector IS NOT NULL ORDER BY score").fetchall()
+    assert [s[1] for s in sims] == list(scores) and [s[3] for s in sims] == [False, True, False, False, False]
+    np.testing.assert_allclose(np.array([s[0] for s in sims]), elites.astype(np.float32))
+    np.testing.assert_allclose(np.array([s[2] for s in sims]), predicted.astype(np.float32))
+    assert {(s[4], s[5]) for s in sims} == {(2.0, None)}  # the latent is the decision's, logged once
+    decisions = store.sql("SELECT action, action_vector FROM decisions ORDER BY action NULLS FIRST").fetchall()
+    np.testing.assert_allclose(decisions[0][1], elites.mean(0).astype(np.float32))
+    assert decisions[1] == ("1", None)
+
+
 @pytest.mark.parametrize("call,message", [
+    (lambda log: log.candidates(0, [[0.1], [0.2]], [1.0]), "actions must have .* shape for k = 1"),
+    (lambda log: log.candidates(0, [[0.1, float("nan")]], [1.0]), "actions contains NaN"),
+    (lambda log: log.candidates(0, [[0.1]], [float("inf")]), "scores contains NaN"),
+    (lambda log: log.candidates(0, [], []), "one action, one score"),
+    (lambda log: log.candidates(0, [[0.1]], [1.0], predicted=np.zeros((2, 4))), "predicted must have"),
+    (lambda log: log.decision(0, [1.0], [0.5, float("inf")]), "NaN"),
     (lambda log: log.decision(0, [1.0, float("nan")], 0), "NaN"),
     (lambda log: log.decision(0, [], 0), "non-empty"),
     (lambda log: log.decision(0, "abc", 0), "numbers"),

@@ -21,12 +21,13 @@ def test_readme_queries_run(home):
     from conftest import decision, episode, run, simulation, write_jsonl
 
     write_jsonl(home.inbox / "a.jsonl", [episode(), simulation(vetoed=False, cost_ms=2.0), decision(),
-                                         {"type": "episode_end", "episode_id": "e1", "return": 1.0, "success": True}])
+                                         {"type": "episode_end", "episode_id": "e1", "return": 1.0, "success": True},
+                                         episode("e2", world="arm"), decision("e2", action=[0.5, -1.0])])
     run(home)
     queries = [q.strip() for block in re.findall(r"```sql\n(.+?)```", README, re.S) for q in block.split(";") if q.strip()]
-    assert len(queries) == 6
-    for query in queries:
-        Store(home).sql(query).fetchall()
+    assert len(queries) == 7
+    answers = [Store(home).sql(query).fetchall() for query in queries]
+    assert [row[2:] for row in answers[-1]] == [(1, 1, 0.5, None), (2, 1, -1.0, None)]  # continuous worlds only
 
 
 def test_readme_settings_are_the_defaults(tmp_path):

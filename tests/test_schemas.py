@@ -31,7 +31,7 @@ def validator() -> jsonschema.Draft202012Validator:
 def test_the_schema_files_are_exactly_what_the_contract_generates():
     generated = json_schemas()
     assert sorted(p.name for p in SCHEMAS.glob("*.json")) == sorted(generated)
-    for name, schema in generated.items():  # after a change to dmn.records: python -m dmn.records schemas
+    for name, schema in generated.items():  # after a change to dmn.records: write_schemas()
         assert (SCHEMAS / name).read_text(encoding="utf-8") == schema_text(schema), name
 
 

@@ -26,7 +26,8 @@ from dmn.worlds.train import Episode, collect, fit, load_world, make_env, train,
 
 TINY = ReferenceSettings(world=WorldSettings(latent_dim=16, hidden=32, explore_steps=400, updates=30, round_steps=60,
                                     round_updates=10, batch=64),
-                planner=PlannerSettings(horizon=4, samples=16, iterations=2, elites=4))
+                planner=PlannerSettings(horizon=4, samples=16, iterations=2, elites=4, continuous_samples=16,
+                                        continuous_iterations=2, continuous_elites=4))
 TINY_TOML = """
 [world]
 latent_dim = 16
@@ -137,7 +138,7 @@ def test_training_teaches_imagination_to_foresee_the_end_without_collapse():
             z = model.encode(data["obs"][whole])
             for k in range(3):
                 z = model.step(z, data["actions"][whole][:, k])
-            return roc_auc_score(data["done"][whole][:, 2].numpy(), model.heads(z)[1].numpy())
+            return roc_auc_score(data["done"][whole][:, 2].numpy(), model.heads(z, data["actions"][whole][:, 2])[1])
 
     untrained = foresight()
     before = fit(model, opt, data, WorldSettings(latent_dim=16, hidden=32, batch=128), updates=1)
@@ -174,7 +175,7 @@ def test_a_trained_world_is_cached_and_checked(home):
 @pytest.mark.parametrize("env_id, message", [
     ("NoSuchWorld-v0", "cannot make Gymnasium environment"),
     ("no_such_module:World-v0", "cannot make Gymnasium environment"),
-    ("Pendulum-v1", "needs a vector .* and Discrete actions"),
+    ("FrozenLake-v1", "needs a vector .* and Discrete actions from 0 or a bounded 1-D Box"),
 ])
 def test_unsuitable_environments_are_refused(env_id, message):
     with pytest.raises(DmnError, match=message):
@@ -190,11 +191,12 @@ class LineWorld:
 
     n_actions: int = 3
     failure: bool = True
+    action_dim: int = 0
 
     def step(self, z, action):
         return z + (action.to(z.dtype)[:, None] - 1)
 
-    def heads(self, z):
+    def heads(self, z, action):
         outside = z[:, 0].abs() > 3
         return torch.ones(len(z)), torch.where(outside, 20.0, -20.0), torch.zeros(len(z))
 
@@ -217,6 +219,35 @@ def test_where_ending_is_the_goal_nothing_is_vetoed():
     world = LineWorld(failure=False)
     plan = Planner(world, PlannerSettings(horizon=2, samples=9, elites=3)).plan(np.array([3.0], np.float32))
     assert not any(c.vetoed for c in plan.candidates)
+
+
+class SlideWorld:
+    """A continuous world written by hand: z is a position, an action in [-1, 1] moves it by that much, and a
+    step earns minus its distance from 0.5, less a little effort: the best first action is 0.5."""
+
+    n_actions, action_dim, failure = 0, 1, torch.tensor(False)
+    action_low, action_high = torch.tensor([-1.0]), torch.tensor([1.0])
+
+    def step(self, z, action):
+        return z + action
+
+    def heads(self, z, action):
+        return -(z[:, 0] - 0.5).abs() - 0.01 * (action ** 2).sum(-1), torch.full((len(z),), -20.0), torch.zeros(len(z))
+
+
+def test_a_continuous_search_finds_the_best_action_and_a_good_proposal_ends_it_sooner():
+    settings = PlannerSettings(horizon=3, continuous_samples=64, continuous_elites=8, continuous_iterations=8,
+                               value_weight=0)
+    planner = Planner(SlideWorld(), settings)
+    cold = planner.plan(np.zeros(1, np.float32))
+    assert cold.action.shape == (1,) and abs(cold.action[0] - 0.5) < 0.1 and not cold.seeded
+    assert len(cold.candidates) == 8 and all(c.action.shape == (1,) and -1 <= c.action[0] <= 1 for c in cold.candidates)
+    assert cold.action == pytest.approx(np.mean([c.action for c in cold.candidates], 0))  # the elites' mean
+    assert 64 < cold.sequences < 64 * 8  # it converged before its last iteration
+    seeded = planner.plan(np.zeros(1, np.float32), (np.array([0.5]), np.array([0.05])))
+    assert seeded.seeded and abs(seeded.action[0] - 0.5) < 0.1 and seeded.sequences < cold.sequences
+    misled = planner.plan(np.zeros(1, np.float32), (np.array([-0.9]), np.array([0.05])))
+    assert abs(misled.action[0] - 0.5) < 0.1  # the cold half of the samples outvotes a wrong proposal
 
 
 # -- the agent ------------------------------------------------------------------------------------
@@ -280,6 +311,46 @@ def test_reflexes_answer_first_and_audits_measure_agreement(home):
     assert judged["precision"] >= judged["agreement"] and judged["precision"] > 0
 
 
+class Proposing:
+    """A System 1 stand-in for a continuous world that never answers, only proposes a start for the planner."""
+
+    manifest = None
+
+    def lookup(self, z):
+        return None
+
+    def withheld(self):
+        return None
+
+    def propose(self, z):
+        return SimpleNamespace(action=np.zeros(1, np.float32), spread=np.full(1, 0.1, np.float32))
+
+
+def test_a_continuous_agent_logs_vectors_and_its_candidates_once_per_step(home):
+    report = run(home, "Pendulum-v1", 1, seed=0, settings=TINY)
+    s = report.to_dict()
+    assert s["decisions"] == 200 and s["simulations"] == 4 * 200 and s["agreement"] is None
+    assert s["seeded_plans"] == 0 and 16 <= s["sequences_per_plan"] <= 32
+    seeded = run(home, "Pendulum-v1", 1, seed=0, reflexes=Proposing(), settings=TINY).to_dict()
+    assert seeded["seeded_plans"] == 200 and seeded["sequences_per_seeded_plan"] >= 16
+    ingest(home)
+    store = Store(home)
+    decisions = store.sql("SELECT count(*), min(len(action_vector)), count(action), max(abs(action_vector[1]) <= 2) "
+                          "FROM decisions WHERE world = 'Pendulum-v1'").fetchone()
+    assert decisions == (400, 1, 0, True)  # one torque each, within its bounds, and no label
+    sims = store.sql("SELECT count(*), count(state), count(predicted) FROM simulations").fetchone()
+    assert sims == (1600, 0, 1600)  # the latent is logged once, with the decision
+
+
+def test_a_7d_arm_plans_in_mujoco(home):
+    pytest.importorskip("mujoco", reason="the arm extra: pip install 'dmn[arm]'")
+    s = run(home, "Pusher-v5", 1, seed=0, settings=TINY).to_dict()
+    assert s["decisions"] == 100 and s["simulations"] == 4 * 100  # an episode is 100 steps
+    ingest(home)
+    lengths = Store(home).sql("SELECT DISTINCT len(action_vector) FROM decisions").fetchall()
+    assert lengths == [(7,)]
+
+
 def test_bad_arguments_are_refused(home):
     with pytest.raises(ValueError, match="episodes"):
         run(home, "CartPole-v1", 0, settings=TINY)
@@ -314,7 +385,7 @@ def test_world_run_then_ingest_then_sql_show_the_numbers_it_printed(home):
 
 
 def test_world_run_says_clearly_what_it_cannot_do(home):
-    bad_env = dmn("world", "run", "--env", "Pendulum-v1", "--home", str(home.root))
+    bad_env = dmn("world", "run", "--env", "FrozenLake-v1", "--home", str(home.root))
     assert bad_env.returncode == 1 and "Discrete actions" in bad_env.stderr and "Traceback" not in bad_env.stderr
     (home.root / "dmn.toml").write_text("[planner]\nveto = 1.5\n")
     bad_setting = dmn("world", "run", "--home", str(home.root))

@@ -12,19 +12,21 @@ is then one nearest-centroid search and two comparisons, and the policy's networ
     >>> rule.decide_one(states[0])                     # (action, confidence, source, situation) or None  # doctest: +SKIP
 
 Numpy and FAISS only: the policy's weights are plain arrays (input normalisation, three linear
-layers with ReLU between them, and the calibration of its top logit).
+layers with ReLU between them, and the calibration of its confidence; in a continuous world also the
+range of each action dimension, which its Gaussian head's means are in units of).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import faiss
 import numpy as np
 import pyarrow as pa
 
-POLICY_KEYS = ("mean", "std", "w1", "b1", "w2", "b2", "w3", "b3", "scale", "distance", "shift")
+POLICY_KEYS = ("mean", "std", "w1", "b1", "w2", "b2", "w3", "b3", "scale", "distance", "shift", "low", "high")
 
 
 @dataclass
@@ -32,6 +34,7 @@ class Answers:
     """System 1's answers on some states: action index, confidence (NaN where it abstains), and source."""
 
     action: np.ndarray
+    """(n,) action indices, or in a continuous world (n, a) action vectors."""
     confidence: np.ndarray
     source: np.ndarray
     """'table', 'policy', or '' where it abstains."""
@@ -39,25 +42,63 @@ class Answers:
     """The nearest situation of each state."""
 
 
-def policy_answers(weights: dict[str, np.ndarray], x: np.ndarray, far: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The policy's action for each of the (n, d) latents `x` (its highest logit) and its calibrated chance
-    that the action is as good as System 2's choice there: sigmoid(scale * logit + distance * far + shift),
-    `far` being each state's distance to its situation in novelty radii (a network errs more far from its
-    data, and the calibration learns how much)."""
+def action_span(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """The range of each action dimension, `low` to `high`, that distances between actions are measured in
+    (a range of 0 counts as 1)."""
+    return np.where(high > low, np.asarray(high, np.float64) - low, 1.0)
+
+
+def action_distance(a: np.ndarray, b: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """(n,) how far apart the rows of two (n, k) arrays of action vectors are: the root mean square of their
+    differences, each dimension in units of its range (`action_span`). An answer within a bundle's
+    `action_tolerance` of System 2's action is right."""
+    return np.sqrt((((np.asarray(a, np.float64) - np.asarray(b, np.float64)) / action_span(low, high)) ** 2).mean(1))
+
+
+def policy_head(weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """The policy network's outputs for the (n, d) latents `x`: a logit per action, or in a continuous world
+    each dimension's mean (in units of its range) then each one's log standard deviation."""
     h = (np.asarray(x, np.float32) - weights["mean"]) / weights["std"]
     h = np.maximum(h @ weights["w1"] + weights["b1"], 0)
     h = np.maximum(h @ weights["w2"] + weights["b2"], 0)
-    logits = h @ weights["w3"] + weights["b3"]
-    action = logits.argmax(1)
-    top = logits[np.arange(len(action)), action].astype(np.float64)
+    return (h @ weights["w3"] + weights["b3"]).astype(np.float64)
+
+
+def policy_gaussian(weights: dict[str, np.ndarray], out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A continuous world's Gaussian head read in the action's own units: (mean, standard deviation), (n, a) each."""
+    a, low, span = weights["low"].size, weights["low"], action_span(weights["low"], weights["high"])
+    return (low + np.clip(out[:, :a], 0, 1) * span).astype(np.float32), np.exp(np.clip(out[:, a:], -7, 2)) * span
+
+
+def policy_outputs(weights: dict[str, np.ndarray], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The policy's action for each of the (n, d) latents `x`, and how sure its network is of it (`top`): in a
+    discrete world its highest logit's action and that logit; in a continuous world the mean of its Gaussian
+    head and minus the mean of its log standard deviation (in units of the range)."""
+    out = policy_head(weights, x)
+    if weights["low"].size:  # continuous
+        return policy_gaussian(weights, out)[0], -np.clip(out[:, weights["low"].size:], -7, 2).mean(1)
+    action = out.argmax(1)
+    return action, out[np.arange(len(action)), action]
+
+
+def policy_answers(weights: dict[str, np.ndarray], x: np.ndarray, far: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The policy's action for each of the (n, d) latents `x` (`policy_outputs`) and its calibrated chance that
+    the action is as good as System 2's choice there: sigmoid(scale * top + distance * far + shift), `far`
+    being each state's distance to its situation in novelty radii (a network errs more far from its data,
+    and the calibration learns how much)."""
+    action, top = policy_outputs(weights, x)
     z = weights["scale"] * top + weights["distance"] * far + weights["shift"]
     return action, np.exp(-np.logaddexp(0, -z))  # the logistic function
 
 
 def table_columns(table: pa.Table, actions: list[str]) -> dict[str, np.ndarray]:
-    """The heuristic table's columns the rule needs, as arrays (the best action as its index in `actions`)."""
+    """The heuristic table's columns the rule needs, as arrays (the best action as its index in `actions`, or
+    in a continuous world, whose `actions` are none, as an (k, a) matrix of vectors)."""
     position = {a: i for i, a in enumerate(actions)}
-    return {"best": np.array([position[a] for a in table["best_action"].to_pylist()], np.int64),
+    best = (np.array([position[a] for a in table["best_action"].to_pylist()], np.int64) if actions
+            else np.array(table["best_action"].to_pylist(), np.float32).reshape(table.num_rows, -1))
+    best.setflags(write=False)  # a reflex's action vector is a row of it: a caller may not change the bundle
+    return {"best": best,
             "confidence": table["confidence"].to_numpy(), "radius": table["radius"].to_numpy(),
             "core": table["core"].to_numpy(),
             "support": table["support"].to_numpy(),
@@ -86,7 +127,7 @@ class Rule:
     index: faiss.Index
     """The situations' search index (raw latents in, squared distances out)."""
     best: np.ndarray
-    """(k,) the table's action per situation."""
+    """(k,) the table's action per situation (its index), or in a continuous world (k, a) its vector."""
     confidence: np.ndarray
     """(k,) the table's confidence per situation."""
     table_reach2: np.ndarray
@@ -112,7 +153,8 @@ class Rule:
 
     def __post_init__(self) -> None:  # the gates as Python lists, for decide_one
         object.__setattr__(self, "_gates", (self.table_reach2.tolist(), self.policy_reach2.tolist(),
-                                            self.best.tolist(), self.confidence.tolist(), self.radius.tolist()))
+                                            list(self.best) if self.best.ndim > 1 else self.best.tolist(),
+                                            self.confidence.tolist(), self.radius.tolist()))
 
     def decide(self, x: np.ndarray) -> Answers:
         """System 1's answers for (n, d) latent states: the table first, then the policy, else abstain."""
@@ -130,9 +172,9 @@ class Rule:
         source = np.where(by_table, "table", np.where(asks & ~np.isnan(confidence), "policy", ""))
         return Answers(action, confidence, source, situation)
 
-    def decide_one(self, x: np.ndarray) -> tuple[int, float, str, int] | None:
-        """The answer for one latent state (a contiguous float32 vector): (action, confidence, source,
-        situation), or None where System 1 abstains."""
+    def decide_one(self, x: np.ndarray) -> tuple[Any, float, str, int] | None:
+        """The answer for one latent state (a contiguous float32 vector): (action: an index, or a vector;
+        confidence, source, situation), or None where System 1 abstains."""
         table_reach2, policy_reach2, best, confidence, radius = self._gates  # type: ignore[attr-defined]
         d2, ids = self.index.search(x[None], 1)
         c, d2 = int(ids[0, 0]), float(d2[0, 0])
@@ -141,4 +183,6 @@ class Rule:
         if d2 > policy_reach2[c]:
             return None
         action, sure = policy_answers(self.policy, x[None], np.array([math.sqrt(max(d2, 0.0)) / radius[c]]))
-        return (int(action[0]), float(sure[0]), "policy", c) if sure[0] >= self.policy_threshold else None
+        if sure[0] < self.policy_threshold:
+            return None
+        return (action[0] if action.ndim > 1 else int(action[0])), float(sure[0]), "policy", c

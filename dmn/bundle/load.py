@@ -31,6 +31,9 @@ class Bundle:
     outcomes: pa.Table
     outcome_index: faiss.Index
     policy: dict[str, np.ndarray]
+    candidates: pa.Table | None
+    """A continuous world's recorded candidates per situation (cluster, action, score, vetoed, outcome), for
+    `Reflexes.imagine`; None in a discrete world, whose table holds them per action."""
     rule: Rule
     """The decision rule, prepared with the manifest's thresholds: what the night measured."""
 
@@ -40,7 +43,13 @@ class Bundle:
 
     @property
     def actions(self) -> list[str]:
+        """The action labels of a discrete world; empty in a continuous one."""
         return self.manifest["actions"]
+
+    @property
+    def action_dim(self) -> int:
+        """The length of a continuous world's action vectors; 0 in a discrete world."""
+        return self.manifest.get("action_dim", 0)
 
     def answer(self, states: np.ndarray) -> Answers:
         """System 1's answers for (n, d) latent states, exactly as the night evaluated them."""
@@ -67,10 +76,13 @@ def load_path(path: Path) -> Bundle:
         outcome_index = faiss.deserialize_index(np.frombuffer((path / "outcomes.faiss").read_bytes(), np.uint8))
         table = pq.read_table(path / "table.parquet")
         with np.load(io.BytesIO((path / "policy.npz").read_bytes()), allow_pickle=False) as npz:
-            policy = {k: npz[k] for k in POLICY_KEYS}
+            stored = {"low": np.zeros(0, np.float32), "high": np.zeros(0, np.float32),  # bundles from before
+                      **{k: npz[k] for k in npz.files}}                              # vector actions: none
+        policy = {k: stored[k] for k in POLICY_KEYS}
         rule = Rule.prepare(index, table_columns(table, manifest["actions"]), policy, manifest["thresholds"],
                             manifest["min_support"], manifest["policy_reach"])
         outcomes = pq.read_table(path / "outcomes.parquet")
+        candidates = pq.read_table(path / "candidates.parquet") if "candidates.parquet" in manifest["files"] else None
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
         raise DmnError(f"bundle {path} cannot be loaded ({exc})") from None
-    return Bundle(manifest, index, table, outcomes, outcome_index, policy, rule)
+    return Bundle(manifest, index, table, outcomes, outcome_index, policy, candidates, rule)

@@ -31,7 +31,7 @@ WRITE_BATCH_BYTES = 16 << 20
 """Arrow batches of about this much whatever the latent size, so that the writers' memory is bounded."""
 SPLIT_ROWS = 10_000
 """A partition of this many rows or more is written as two files, at once."""
-VECTORS = [name for name, f in records.FIELDS.items() if f.kind == "vector"]
+VECTORS = records.VECTOR_COLUMNS
 FILE_PROBLEM = pa.schema([("source_file", pa.string()), ("source_line", pa.int64()), ("type", pa.string()),
                           ("episode_id", pa.string()), ("reason", pa.string()), ("hint", pa.string()),
                           ("raw", pa.string()), ("raw_bytes", pa.int64())])
@@ -48,9 +48,10 @@ class Committed:
 
 
 def commit(con: duckdb.DuckDBPyConnection, home: Home, store: Store, batch: str, now: datetime,
-           entries: list[Entry], problems: list[dict[str, Any]], dims: list[dict[str, Any]]) -> Committed:
+           entries: list[Entry], problems: list[dict[str, Any]], fixes: dict[str, list[dict[str, Any]]]) -> Committed:
     """Stage the batch's files, then commit them with its manifest. `problems` are quarantine rows
-    (`FILE_PROBLEM`) found while reading; `dims` the latent dimensions the batch fixes."""
+    (`FILE_PROBLEM`) found while reading; `fixes` what the batch fixes for its worlds ("dims": latent
+    dimensions, "action_kinds": kinds of action)."""
     staging = home.tmp / batch
     staging.mkdir(parents=True)
     con.register("files_arrow", pa.Table.from_pylist([{"file_index": i, "source_file": e.path} for i, e in enumerate(entries)]))
@@ -85,7 +86,7 @@ def commit(con: duckdb.DuckDBPyConnection, home: Home, store: Store, batch: str,
     faults.point("ingest.commit")
     store.commit({
         "batch": batch, "committed_at": datetime.now(timezone.utc).isoformat(), "schema_version": records.SCHEMA_VERSION,
-        "files": files, "ledger": [asdict(e) for e in entries], "dims": dims, "records": counts,
+        "files": files, "ledger": [asdict(e) for e in entries], **fixes, "records": counts,
         "quarantined": quarantined,
     })
     return Committed(counts, quarantined, duplicates)

@@ -134,9 +134,9 @@ def _batch(home: Home, settings: Settings, store: Store, parser: Parser, paths: 
     parser.flush()
     if not entries:
         return
-    dims = resolve(parser.con, store, manifests, settings.dims)
+    dims, kinds = resolve(parser.con, store, manifests, settings)
     batch = "b" + now.strftime("%Y%m%dT%H%M%S%fZ") + secrets.token_hex(3)  # dmn.lake.store.BATCH_ID
-    done = commit(parser.con, home, store, batch, now, entries, problems, dims)
+    done = commit(parser.con, home, store, batch, now, entries, problems, {"dims": dims, "action_kinds": kinds})
     report.batch, report.records, report.quarantined, report.duplicates = (
         batch, done.records, done.quarantined, done.duplicates)
 

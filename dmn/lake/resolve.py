@@ -5,6 +5,8 @@
                  its world, encoder and date
     dimensions   each (world, encoder) has one latent dimension: fixed by `[dims]`, by earlier batches, or
                  by this one's most common; vectors of another length are quarantined
+    actions      each (world, encoder) has one kind of action, labels or vectors of one length: fixed by
+                 `[actions]`, by earlier batches, or by this one's most common; other actions are quarantined
     repeats      a record repeated with the same content (its fingerprint) is a duplicate and dropped;
                  with the same key (`dmn.records.Record.key`) but other content, a conflict
 """
@@ -16,9 +18,10 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from dmn.config import Settings
 from dmn.lake.duck import quote, run
 from dmn.lake.store import Store
-from dmn.records import FIELDS, RECORDS, TABLES
+from dmn.records import FIELDS, KINDS, RECORDS, TABLES, VECTOR_SUFFIX
 
 EPISODES = [
     """CREATE TABLE batch_episodes AS SELECT seq, episode_id, world, encoder, started_at,
@@ -50,25 +53,38 @@ EPISODES = [
 VECTORS = [name for name, f in FIELDS.items() if f.kind == "vector"]
 
 
-def resolve(con: duckdb.DuckDBPyConnection, store: Store, manifests: list[dict[str, Any]],
-            fixed_dims: dict[str, int]) -> list[dict[str, Any]]:
-    """Apply the rules across records to `parsed`; returns the (world, encoder) dimensions this batch fixes."""
+def resolve(con: duckdb.DuckDBPyConnection, store: Store, manifests: list[dict[str, Any]], settings: Settings
+            ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Apply the rules across records to `parsed`; returns the (world, encoder) latent dimensions and the
+    action kinds this batch fixes."""
     run(con, "CREATE TABLE lake_episodes AS SELECT episode_id, world, encoder, started_at "
              f"FROM ({store.table_sql('episode_starts', manifests)})")
     for sql in EPISODES:
         run(con, sql)
-    new_dims = _dimensions(con, store.known_dims(manifests), fixed_dims)
+    new_dims = _dimensions(con, store.known("dims", manifests), settings.dims)
+    new_kinds = _action_kinds(con, store.known("action_kinds", manifests), settings.actions)
     for rtype, record in RECORDS.items():
         if rtype == "episode":
             continue  # repeats of episodes were resolved with them
-        content = ", ".join(quote(f.name) for f in record.fields)
-        run(con, f"UPDATE parsed SET fingerprint = hash({content}) WHERE reason IS NULL AND rtype = '{rtype}'")
+        run(con, f"UPDATE parsed SET fingerprint = {_fingerprint(rtype)} WHERE reason IS NULL AND rtype = '{rtype}'")
         lake = store.table_sql(TABLES[rtype][0], manifests)
         if record.key:
             _repeats(con, rtype, ", ".join(record.key), lake)
         else:
             _resent(con, lake)
-    return new_dims
+    return new_dims, new_kinds
+
+
+def _fingerprint(rtype: str) -> str:
+    """DuckDB's hash of a record's content, its fields in contract order. An action's vector form joins the
+    hash only where a record has one, so that labels hash as they did before actions could be vectors."""
+    fields = [f.name for f in RECORDS[rtype].fields]
+    vectors = [name + VECTOR_SUFFIX for name in fields if KINDS[FIELDS[name].kind].vector_column]
+    if not vectors:
+        return f"hash({', '.join(map(quote, fields))})"
+    absent = " AND ".join(f"{quote(v)} IS NULL" for v in vectors)
+    return (f"CASE WHEN {absent} THEN hash({', '.join(map(quote, fields))}) "
+            f"ELSE hash({', '.join(map(quote, fields + vectors))}) END")
 
 
 def _dimensions(con: duckdb.DuckDBPyConnection, known: dict[tuple[str, str], int],
@@ -95,6 +111,41 @@ def _dimensions(con: duckdb.DuckDBPyConnection, known: dict[tuple[str, str], int
             FROM dims_arrow d WHERE parsed.reason IS NULL AND parsed.world = d.world AND parsed.encoder = d.encoder
               AND parsed.{vec} IS NOT NULL AND len(parsed.{vec}) <> d.dim""")
     con.unregister("dims_arrow")
+    return new
+
+
+def _action_kinds(con: duckdb.DuckDBPyConnection, known: dict[tuple[str, str], int],
+                  fixed: dict[str, int]) -> list[dict[str, Any]]:
+    """Fix each (world, encoder)'s action kind (0: labels; d: vectors of d values) and quarantine the
+    simulations and decisions whose action, or withheld reflex, is of another kind or length."""
+    rows = run(con, """
+        SELECT world, encoder, coalesce(len(action_vector), 0) AS dim, count(*) AS n FROM parsed
+        WHERE reason IS NULL AND rtype IN ('simulation', 'decision') GROUP BY ALL ORDER BY n DESC, dim""")
+    kinds: dict[tuple[str, str], int] = {}
+    new = []
+    for world, encoder, dim, _ in rows:
+        if (world, encoder) in kinds:
+            continue
+        kinds[(world, encoder)] = fixed.get(world, known.get((world, encoder), dim))
+        if (world, encoder) not in known:
+            new.append({"world": world, "encoder": encoder, "dim": kinds[(world, encoder)]})
+    if not kinds:
+        return new
+    con.register("kinds_arrow", pa.Table.from_pylist([{"world": w, "encoder": e, "dim": d} for (w, e), d in kinds.items()]))
+    where = "WHERE parsed.reason IS NULL AND parsed.world = k.world AND parsed.encoder = k.encoder"
+    for field in ("action", "reflex"):
+        label, vector = quote(field), quote(field + VECTOR_SUFFIX)
+        run(con, f"""UPDATE parsed SET reason = 'wrong action kind',
+            hint = 'world "' || parsed.world || '" (encoder "' || parsed.encoder || '") has '
+                   || CASE WHEN k.dim = 0 THEN 'discrete actions (labels), and this {field} is a vector'
+                           ELSE k.dim || '-dimensional actions (vectors), and this {field} is a label' END
+            FROM kinds_arrow k {where} AND ((k.dim = 0 AND parsed.{vector} IS NOT NULL)
+                                            OR (k.dim > 0 AND parsed.{label} IS NOT NULL))""")
+        run(con, f"""UPDATE parsed SET reason = 'wrong action length',
+            hint = '"{field}" has ' || len(parsed.{vector}) || ' values, but world "' || parsed.world || '" (encoder "'
+                   || parsed.encoder || '") has ' || k.dim || '-dimensional actions'
+            FROM kinds_arrow k {where} AND k.dim > 0 AND len(parsed.{vector}) <> k.dim""")
+    con.unregister("kinds_arrow")
     return new
 
 

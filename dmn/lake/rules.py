@@ -14,7 +14,18 @@ from __future__ import annotations
 import json
 
 from dmn.lake.duck import quote
-from dmn.records import FIELDS, KINDS, RECORD_TYPES, RECORDS, SOURCES, TENSOR_DTYPES, TIMEZONE, WORLD_NAME_BYTES, owners
+from dmn.records import (
+    FIELDS,
+    KINDS,
+    RECORD_TYPES,
+    RECORDS,
+    SOURCES,
+    TENSOR_DTYPES,
+    TIMEZONE,
+    VECTOR_SUFFIX,
+    WORLD_NAME_BYTES,
+    owners,
+)
 
 RAW_KEEP_BYTES = 1 << 20
 """Quarantine keeps at most this much of a bad line's text (the full line stays in the source file)."""
@@ -39,6 +50,10 @@ _SCALARS = {name: f for name, f in FIELDS.items() if KINDS[f.kind].reader}
 """The fields read with a macro of their kind; vectors are read apart (arrays or tensor objects), meta as it is."""
 _VECTORS = [name for name, f in FIELDS.items() if f.kind == "vector"]
 _STRUCT = json.dumps({"type": "JSON", **{name: "FLOAT[]" if name in _VECTORS else "JSON" for name in FIELDS}})
+_SLOTS = {**{name: name for name in _VECTORS},
+          **{name + VECTOR_SUFFIX: name for name, f in FIELDS.items() if KINDS[f.kind].vector_column}}
+"""Every column of vectors, and the field it is read from: a latent from its own field, an action's vector
+form from the action field, when that holds an array or a tensor object."""
 _TS_HINT = "use ISO 8601 with a time zone (2026-11-22T03:00:00Z) or Unix seconds"
 
 
@@ -55,16 +70,18 @@ def _rules(future_skew: float) -> list[tuple[str, str, str]]:
     for rtype, record in RECORDS.items():
         for name in record.required:
             present = f"{name}_arr IS NOT NULL OR given({name}_json)" if name in _VECTORS else f"given(r.{quote(name)})"
+            # (an action given as a vector is given: its vector form is checked below)
             rules.append((f"rtype = '{rtype}' AND NOT ({present})", "'missing field'", f"'{rtype} has no \"{name}\"'"))
     for name, f in _SCALARS.items():
         what = KINDS[f.kind].what
         hint = f"'\"{name}\" must be {what}, got ' || left(r.{quote(name)}::VARCHAR, 80)"
         if f.kind == "timestamp":
             hint += f" || '; {_TS_HINT}'"
-        rules.append((f"{_in('rtype', owners(name))} AND given(r.{quote(name)}) AND {quote(name)} IS NULL",
+        vector = f" AND json_type(r.{quote(name)}) NOT IN ('ARRAY', 'OBJECT')" if KINDS[f.kind].vector_column else ""
+        rules.append((f"{_in('rtype', owners(name))} AND given(r.{quote(name)}) AND {quote(name)} IS NULL{vector}",
                       "'wrong field type'", hint))
-    for vec in _VECTORS:
-        rules += _vector_rules(vec, owners(vec))
+    for column, source in _SLOTS.items():
+        rules += _vector_rules(column, source, owners(source))
     for name, f in FIELDS.items():  # what a value of the right type must also be
         column, scope = quote(name), _in("rtype", owners(name))
         if name == "world":
@@ -94,11 +111,12 @@ def _rules(future_skew: float) -> list[tuple[str, str, str]]:
     return rules
 
 
-def _vector_rules(vec: str, types: tuple[str, ...]) -> list[tuple[str, str, str]]:
+def _vector_rules(vec: str, field: str, types: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """The rules of the vectors in column `vec`, read from the record's `field` (named so in the hints)."""
     is_type = _in("rtype", types)
     dtype_ok = _in(f"coalesce({vec}_obj.dtype, 'float32')", tuple(TENSOR_DTYPES))
     obj = f"{vec}_obj"
-    return [(f"{is_type} AND {cond}", reason, hint) for cond, reason, hint in [
+    return [(f"{is_type} AND {cond}", reason, hint.replace(f'"{vec}"', f'"{field}"')) for cond, reason, hint in [
         (f"{vec}_arr IS NULL AND given({vec}_json) AND json_type({vec}_json) <> 'OBJECT'", "'wrong field type'",
          f"'\"{vec}\" must be an array of numbers or a tensor object, got ' || lower(json_type({vec}_json))"),
         (f"{vec}_arr IS NULL AND given({vec}_json) AND {obj}.b64 IS NULL", "'latent lost'",
@@ -129,6 +147,7 @@ def _in(expr: str, items: tuple[str, ...]) -> str:
 PARSED_COLUMNS = ", ".join([
     "file_index INTEGER", "source_line BIGINT", "seq BIGINT", "rtype VARCHAR",
     *[f"{quote(name)} {KINDS[f.kind].duck}" for name, f in FIELDS.items()],
+    *[f"{quote(column)} FLOAT[]" for column in _SLOTS if column not in FIELDS],
     "date DATE", "fingerprint UBIGINT", "reason VARCHAR", "hint VARCHAR", "raw VARCHAR", "raw_bytes BIGINT",
     "part INTEGER",
 ])
@@ -143,15 +162,12 @@ def parse_sql(future_skew: float) -> str:
     # A field is read only for the record types that own it: any other field is ignored, as the schemas allow.
     scalars = ", ".join(f"CASE WHEN {_in('rtype', owners(name))} THEN {KINDS[f.kind].reader}(r.{quote(name)}) END AS {quote(name)}"
                         for name, f in _SCALARS.items())
-    vectors = [f"""
-            CASE WHEN {_in('rtype', owners(v))} THEN r.{v} END AS {v}_arr,
-            CASE WHEN r.{v} IS NULL AND {_in('rtype', owners(v))} THEN json_extract(text, '$.{v}') END AS {v}_json"""
-               for v in _VECTORS]
+    vectors = [_vector_source(column, source) for column, source in _SLOTS.items()]
     decode = [f"CASE WHEN json_type({v}_json) = 'OBJECT' THEN json_transform({v}_json, '{_TENSOR}') END AS {v}_obj"
-              for v in _VECTORS]
-    blobs = [f"try(from_base64({v}_obj.b64)) AS {v}_blob" for v in _VECTORS]
+              for v in _SLOTS]
+    blobs = [f"try(from_base64({v}_obj.b64)) AS {v}_blob" for v in _SLOTS]
     finals = [f"coalesce({v}_arr, CASE WHEN {v}_blob IS NOT NULL THEN dmn_tensor({v}_blob, {v}_obj.dtype) END) AS {v}"
-              for v in _VECTORS]
+              for v in _SLOTS]
     columns = [c.split()[0] for c in PARSED_COLUMNS.split(", ")]
     out = {c: c for c in columns}
     out.update({
@@ -177,7 +193,25 @@ def parse_sql(future_skew: float) -> str:
                   WHERE text IS NULL OR NOT contains(' \t\r\n', left(text, 1)) OR trim(text) <> ''))))))))"""
 
 
+def _vector_source(column: str, field: str) -> str:
+    """`<column>_arr`, the vector when the record gave an array of numbers, and `<column>_json`, what it gave
+    when that is not so (a tensor object, or something to quarantine)."""
+    scope = _in("rtype", owners(field))
+    if column == field:  # a latent: json_transform read it as FLOAT[] already
+        return f"""
+            CASE WHEN {scope} THEN r.{field} END AS {column}_arr,
+            CASE WHEN r.{field} IS NULL AND {scope} THEN json_extract(text, '$.{field}') END AS {column}_json"""
+    return f"""
+            CASE WHEN {scope} AND json_type(r.{field}) = 'ARRAY' THEN try_cast(r.{field} AS FLOAT[]) END AS {column}_arr,
+            CASE WHEN {scope} AND json_type(r.{field}) IN ('ARRAY', 'OBJECT') THEN r.{field} END AS {column}_json"""
+
+
 def canonical_json() -> str:
     """A bad record rebuilt from its parsed fields, for rules that ran after the raw text was dropped."""
-    fields = sorted(FIELDS)
-    return "to_json(struct_pack(type := p.rtype, " + ", ".join(f"{quote(f)} := p.{quote(f)}" for f in fields) + "))::VARCHAR"
+    def value(name: str) -> str:  # an action as it was given: its label, or its vector
+        if KINDS[FIELDS[name].kind].vector_column:
+            return f"coalesce(to_json(p.{quote(name)}), to_json(p.{quote(name + VECTOR_SUFFIX)}))"
+        return f"p.{quote(name)}"
+
+    return ("to_json(struct_pack(type := p.rtype, " + ", ".join(f"{quote(f)} := {value(f)}" for f in sorted(FIELDS))
+            + "))::VARCHAR")

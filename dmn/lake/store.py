@@ -144,13 +144,14 @@ class Store:
                 raise DmnError(str(exc).strip()) from None
         raise AssertionError("unreachable")
 
-    def known_dims(self, manifests: list[dict[str, Any]] | None = None) -> dict[tuple[str, str], int]:
-        """Latent dimension per (world, encoder), as fixed by earlier batches."""
-        dims: dict[tuple[str, str], int] = {}
+    def known(self, key: str, manifests: list[dict[str, Any]] | None = None) -> dict[tuple[str, str], int]:
+        """What earlier batches fixed per (world, encoder), the first to say it winning: `key` "dims", the latent
+        dimension; "action_kinds", the kind of action (0: labels; d: vectors of d values)."""
+        fixed: dict[tuple[str, str], int] = {}
         for m in self.manifests() if manifests is None else manifests:
-            for row in m.get("dims", []):
-                dims.setdefault((row["world"], row["encoder"]), row["dim"])
-        return dims
+            for row in m.get(key, []):
+                fixed.setdefault((row["world"], row["encoder"]), row["dim"])
+        return fixed
 
     # -- writing (callers hold the home's "ingest" lock) -------------------------------------
 

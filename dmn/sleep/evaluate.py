@@ -62,23 +62,17 @@ def split(exp: Experience, settings: ConsolidateSettings) -> Split:
     return Split(*(np.flatnonzero(np.isin(exp.episode, parts[p])) for p in ("train", "validation", "test")))
 
 
-def right(answers: Answers, acceptable: np.ndarray) -> np.ndarray:
-    """(n,) whether each answer's action is acceptable at its step (`acceptable`: (n, actions); an action
-    index of -1, one the steps never saw, is never right)."""
-    action = answers.action
-    return (action >= 0) & acceptable[np.arange(len(action)), np.maximum(action, 0)]
-
-
-def thresholds(table: Answers, policy: Answers, acceptable: np.ndarray, weight: np.ndarray, target: float,
-               z: float, seen_live: bool) -> tuple[float, float]:
+def thresholds(table: Answers, policy: Answers, exp: Experience, rows: np.ndarray, target: float,
+               z: float) -> tuple[float, float]:
     """The (table, policy) confidence thresholds at which System 1 as a whole (table first, then the
-    policy on what the table leaves) answers the most validation steps (weighted by `weight`) with
+    policy on what the table leaves) answers the most of the validation steps `rows` (each weighted by the
+    steps it stands for, `Experience.represents`) with
     `target` precision — by the Wilson lower bound `z` standard errors down, over the effective number
     of steps, so that a small validation set cannot pass by luck.
 
     The table answers only from situations whose own confidence (a Wilson bound on their agreement) reaches
     `target`: a situation answers all its states alike, and where the agent's own answers take it, the
-    states of one situation can weigh more than the held-out steps say. Until System 1 has been `seen_live`
+    states of one situation can weigh more than the held-out steps say. Until System 1 has been seen live
     (no validation step audited it), the policy too answers only where its calibrated chance reaches
     `target`: held-out steps that System 2 alone chose cannot show where System 1's own answers take the
     agent, and there it errs more; audited steps can (each stands for the reflex-served steps around it).
@@ -88,8 +82,9 @@ def thresholds(table: Answers, policy: Answers, acceptable: np.ndarray, weight: 
     at which the combined precision still meets the target. (inf: that part never answers.)
     """
     best = (0.0, np.inf, np.inf)
+    weight, seen_live = exp.represents[rows], bool((exp.reflex[rows] >= 0).any())
     t_conf = np.where(np.isnan(table.confidence), -np.inf, table.confidence)
-    table_right, policy_right = right(table, acceptable), right(policy, acceptable)
+    table_right, policy_right = exp.right(table.action, rows), exp.right(policy.action, rows)
     for t in np.append(np.unique(t_conf[t_conf >= target]), np.inf):
         by_table = t_conf >= t
         w = weight[by_table]
@@ -111,12 +106,13 @@ def thresholds(table: Answers, policy: Answers, acceptable: np.ndarray, weight: 
     return best[1], best[2]
 
 
-def curve(answers: Answers, acceptable: np.ndarray, weight: np.ndarray, points: int = 50) -> list[dict[str, float]]:
-    """The trade-off behind the policy's threshold: coverage and precision of System 1 if the policy
-    answered only at or above each confidence (at most `points`, by quantile), the table's answers as they are."""
+def curve(answers: Answers, exp: Experience, rows: np.ndarray, points: int = 50) -> list[dict[str, float]]:
+    """The trade-off behind the policy's threshold: coverage and precision of System 1 on the steps `rows` if
+    the policy answered only at or above each confidence (at most `points`, by quantile), the table's
+    answers as they are."""
     by_table = answers.source == "table"
     by_policy = answers.source == "policy"
-    good = right(answers, acceptable)
+    good, weight = exp.right(answers.action, rows), exp.represents[rows]
     out = []
     conf = answers.confidence[by_policy]
     for t in np.unique(np.quantile(conf, np.linspace(0, 1, points))) if len(conf) else []:
@@ -126,26 +122,31 @@ def curve(answers: Answers, acceptable: np.ndarray, weight: np.ndarray, points: 
     return out
 
 
-def metrics(answers: Answers, acceptable: np.ndarray, label: np.ndarray, actions: list[str], weight: np.ndarray) -> dict:
-    """Coverage, precision (acceptable answers), exact precision (System 2's own choice), expected calibration
-    error and per-action figures of `answers`, each step counted `weight` times (`Experience.represents`)."""
+def metrics(answers: Answers, exp: Experience, rows: np.ndarray) -> dict:
+    """Coverage, precision (answers as good as System 2's choice), expected calibration error of `answers` on
+    the steps `rows`, each counted for the steps it stands for (`Experience.represents`); and beside them, in
+    a discrete world exact precision (System 2's own choice) and per-action figures, in a continuous one the
+    mean distance of the answers from System 2's actions (`Experience.distance`)."""
+    weight = exp.represents[rows]
     answered = ~np.isnan(answers.confidence)
-    n, m = len(label), int(answered.sum())
+    n, m = len(rows), int(answered.sum())
     w = weight[answered]
-    good = right(answers, acceptable)[answered]
-    exact = answers.action[answered] == label[answered]
+    good = exp.right(answers.action, rows)[answered]
     out = {"decisions": n, "answered": m, "coverage": float(w.sum() / weight.sum()) if n else 0.0,
-           "precision": float((w * good).sum() / w.sum()) if m else None,
-           "exact_precision": float((w * exact).sum() / w.sum()) if m else None, "calibration_error": None,
-           "per_action": {}}
+           "precision": float((w * good).sum() / w.sum()) if m else None, "calibration_error": None}
     if m:
         out["calibration_error"] = _ece(good, answers.confidence[answered], w)
-        decided = np.bincount(label, minlength=len(actions))
-        for i, action in enumerate(actions):
-            mine = answers.action[answered] == i
-            out["per_action"][action] = {
-                "precision": float((w[mine] * good[mine]).sum() / w[mine].sum()) if mine.any() else None,
-                "answered": int(mine.sum()), "decisions": int(decided[i])}
+    if exp.action_dim:
+        error = exp.distance(answers.action[answered], rows[answered])
+        out["action_error"] = float((w * error).sum() / w.sum()) if m else None
+        return out
+    label, action = exp.label[rows], answers.action[answered]
+    out["exact_precision"] = float((w * (action == label[answered])).sum() / w.sum()) if m else None
+    decided = np.bincount(label, minlength=len(exp.actions))
+    out["per_action"] = {a: {"precision": float((w[action == i] * good[action == i]).sum() / w[action == i].sum())
+                             if (action == i).any() else None,
+                             "answered": int((action == i).sum()), "decisions": int(decided[i])}
+                         for i, a in enumerate(exp.actions)} if m else {}
     return out
 
 

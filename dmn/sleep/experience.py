@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from dmn.bundle.decide import action_distance
 from dmn.config import ConsolidateSettings
 from dmn.errors import DmnError
 from dmn.lake.duck import run
@@ -38,9 +39,10 @@ class Experience:
     states: np.ndarray
     """(n, d) float32 latent states."""
     label: np.ndarray
-    """(n,) System 2's action."""
+    """(n,) System 2's action, as its index in `actions` (0 in a continuous world: its vector is `target`)."""
     acceptable: np.ndarray
-    """(n, actions) the actions as good as System 2's choice at each step, by its own scores (`acceptable`)."""
+    """(n, actions) the actions as good as System 2's choice at each step, by its own scores (`acceptable`);
+    (n, 0) in a continuous world, where `right` measures distance instead."""
     gap: np.ndarray
     """(n, actions) how many stakes below System 2's best each action scored (0: its choice; inf: vetoed or
     never imagined)."""
@@ -52,7 +54,8 @@ class Experience:
     reward: np.ndarray
     """(n,) reward the step earned in the world (NaN when no outcome was logged)."""
     reflex: np.ndarray
-    """(n,) System 1's answer on the steps that audited it, -1 elsewhere."""
+    """(n,) System 1's answer on the steps that audited it, -1 elsewhere (0 in a continuous world, whose answers
+    are `reflex_vector`)."""
     represents: np.ndarray
     """(n,) how many steps of the agent's life each labelled step stands for: an audit stands for itself
     and its share of the reflex-served steps of its episode that nobody checked (1 + served / audits);
@@ -65,10 +68,45 @@ class Experience:
     sim_vetoed: np.ndarray
     sim_predicted: np.ndarray
     """(m, d) imagined consequences; rows of NaN where none was logged."""
+    # A continuous world's actions (empty in a discrete world, whose actions are the indices above):
+    target: np.ndarray
+    """(n, a) System 2's action at each step."""
+    reflex_vector: np.ndarray
+    """(n, a) System 1's answer on the steps that audited it (`reflex` is 0 there), NaN elsewhere."""
+    sim_vector: np.ndarray
+    """(m, a) each simulation's action."""
+    low: np.ndarray
+    """(a,) the least value of each action dimension seen (candidates and choices)."""
+    high: np.ndarray
+    """(a,) the greatest: with `low`, the range distances between actions are measured in."""
+    tolerance: float
+    """An answer within this distance of System 2's action is right (`distance`)."""
 
     @property
     def dim(self) -> int:
         return self.states.shape[1]
+
+    @property
+    def action_dim(self) -> int:
+        """The length of a continuous world's action vectors; 0 in a discrete world."""
+        return self.target.shape[1] if len(self.target) else 0
+
+    def distance(self, actions: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """(len(rows),) how far each action vector is from System 2's at steps `rows` (`action_distance`)."""
+        return action_distance(actions, self.target[rows], self.low, self.high)
+
+    def right(self, actions: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """(len(rows),) whether each answer is as good as System 2's choice at steps `rows`: an acceptable
+        action (a discrete world's actions are indices; -1, one these steps never saw, is never right), or a
+        vector within `tolerance` of System 2's."""
+        if self.action_dim:
+            return self.distance(actions, rows) <= self.tolerance
+        actions = np.asarray(actions)
+        return (actions >= 0) & self.acceptable[rows, np.maximum(actions, 0)]
+
+    def reflexes(self, rows: np.ndarray) -> np.ndarray:
+        """System 1's answers on the audited steps among `rows`: indices, or vectors."""
+        return self.reflex_vector[rows] if self.action_dim else self.reflex[rows]
 
 
 def pairs(store: Store) -> list[tuple[str, str, str]]:
@@ -87,63 +125,84 @@ def select(store: Store, world: str, encoder: str, settings: ConsolidateSettings
               "limit": settings.max_decisions}
     run(con, """
         CREATE TEMP TABLE sims AS
-        SELECT episode_id, step, action, score, coalesce(vetoed, false) AS vetoed, predicted
+        SELECT episode_id, step, action, action_vector, score, coalesce(vetoed, false) AS vetoed, predicted
         FROM simulations WHERE world = $world AND encoder = $encoder""", {"world": world, "encoder": encoder})
     run(con, """
         CREATE TEMP TABLE steps AS
         WITH d AS (
-            SELECT episode_id, step, state, action, source, reflex, epoch(coalesce(ts, ingested_at)) AS t
+            SELECT episode_id, step, state, action, action_vector, source, reflex, reflex_vector,
+                   epoch(coalesce(ts, ingested_at)) AS t
             FROM decisions
             WHERE world = $world AND encoder = $encoder AND epoch(coalesce(ts, ingested_at)) >= $since),
         best AS (
             SELECT episode_id, step,
-                   coalesce(arg_max(action, score) FILTER (WHERE NOT vetoed), arg_max(action, score)) AS best
+                   coalesce(arg_max(action, score) FILTER (WHERE NOT vetoed), arg_max(action, score)) AS best,
+                   coalesce(arg_max(action_vector, score) FILTER (WHERE NOT vetoed), arg_max(action_vector, score))
+                       AS best_vector
             FROM sims GROUP BY ALL),
         j AS (
-            SELECT d.*, best.best,
-                   (d.source = 'system2' AND d.reflex IS NOT NULL) OR (d.source = 'system1' AND best.best IS NOT NULL)
-                       AS audit
+            SELECT d.*, best.best, best.best_vector, (best.best IS NOT NULL OR best.best_vector IS NOT NULL) AS imagined,
+                   (d.source = 'system2' AND (d.reflex IS NOT NULL OR d.reflex_vector IS NOT NULL))
+                   OR (d.source = 'system1' AND (best.best IS NOT NULL OR best.best_vector IS NOT NULL)) AS audit
             FROM d LEFT JOIN best USING (episode_id, step)),
         w AS (
-            SELECT *, sum((source = 'system1' AND best IS NULL)::INT) OVER e AS served,
+            SELECT *, sum((source = 'system1' AND NOT imagined)::INT) OVER e AS served,
                       sum(audit::INT) OVER e AS audits
             FROM j WINDOW e AS (PARTITION BY episode_id))
         SELECT row_number() OVER (ORDER BY w.t DESC, w.episode_id, w.step) - 1 AS i, w.episode_id, w.step, w.t,
                w.state, CASE WHEN w.source = 'system2' THEN w.action ELSE w.best END AS label,
+               CASE WHEN w.source = 'system2' THEN w.action_vector ELSE w.best_vector END AS label_vector,
                CASE WHEN w.source = 'system1' THEN w.action ELSE w.reflex END AS reflex,
+               CASE WHEN w.source = 'system1' THEN w.action_vector ELSE w.reflex_vector END AS reflex_vector,
                CASE WHEN w.audit THEN 1 + w.served / w.audits ELSE 1 END AS represents, o.reward
         FROM w LEFT JOIN outcomes o ON o.episode_id = w.episode_id AND o.step = w.step
-        WHERE w.source = 'system2' OR w.best IS NOT NULL
+        WHERE w.source = 'system2' OR w.imagined
         ORDER BY i LIMIT $limit""", params)
-    steps = con.sql("SELECT episode_id, t, state, label, reflex, represents, reward FROM steps ORDER BY i"
-                        ).to_arrow_table()
+    steps = con.sql("""SELECT episode_id, t, state, label, label_vector, reflex, reflex_vector, represents, reward
+                       FROM steps ORDER BY i""").to_arrow_table()
     if steps.num_rows == 0:
         raise DmnError(f"no System 2 decisions for world {world!r}, encoder {encoder!r} in the last "
                        f"{settings.window_days:g} days")
     sims = con.sql("""
-        SELECT s.i, m.action, m.score, m.vetoed, m.predicted
+        SELECT s.i, m.action, m.action_vector, m.score, m.vetoed, m.predicted
         FROM sims m JOIN steps s USING (episode_id, step) ORDER BY s.i""").to_arrow_table()
-    actions = sorted(set(steps["label"].to_pylist()) | set(steps["reflex"].drop_null().to_pylist())
-                     | set(sims["action"].to_pylist()), key=_action_order)
+    action_dim = next((len(v) for v in steps["label_vector"].to_pylist() if v is not None), 0)
+    actions = [] if action_dim else sorted(set(steps["label"].to_pylist()) | set(steps["reflex"].drop_null().to_pylist())
+                                           | set(sims["action"].to_pylist()), key=_action_order)
     index = {a: i for i, a in enumerate(actions)}
     states = _matrix(steps["state"])
     t = steps["t"].to_numpy().astype(np.float64)
-    label = np.array([index[a] for a in steps["label"].to_pylist()], np.int64)
-    sim_step, sim_action = sims["i"].to_numpy().astype(np.int64), np.array([index[a] for a in sims["action"].to_pylist()], np.int64)
+    n = steps.num_rows
+    sim_step = sims["i"].to_numpy().astype(np.int64)
     sim_score = sims["score"].to_numpy().astype(np.float64)
     sim_vetoed = sims["vetoed"].to_numpy(zero_copy_only=False).astype(bool)
-    right, gap, stake = acceptable(label, len(actions), sim_step, sim_action, sim_score, sim_vetoed,
-                                   settings.score_tolerance)
+    if action_dim:  # a continuous world: System 2's actions are vectors, right is near them
+        label, sim_action = np.zeros(n, np.int64), np.zeros(len(sim_step), np.int64)
+        target, sim_vector = _matrix(steps["label_vector"], action_dim), _matrix(sims["action_vector"], action_dim)
+        reflex, reflex_vector = np.full(n, -1), _matrix(steps["reflex_vector"], action_dim)
+        reflex[~np.isnan(reflex_vector[:, 0])] = 0
+        seen = np.concatenate([target, sim_vector])
+        low, high = np.nanmin(seen, 0), np.nanmax(seen, 0)
+        right, gap, stake = np.zeros((n, 0), bool), np.zeros((n, 0)), 1.0
+    else:
+        label = np.array([index[a] for a in steps["label"].to_pylist()], np.int64)
+        sim_action = np.array([index[a] for a in sims["action"].to_pylist()], np.int64)
+        reflex = np.array([-1 if a is None else index[a] for a in steps["reflex"].to_pylist()], np.int64)
+        target = sim_vector = reflex_vector = np.zeros((0, 0), np.float32)
+        low = high = np.zeros(0, np.float32)
+        right, gap, stake = acceptable(label, len(actions), sim_step, sim_action, sim_score, sim_vetoed,
+                                       settings.score_tolerance)
     return Experience(
         world=world, encoder=encoder, actions=actions,
         episode=np.asarray(steps["episode_id"].to_pylist(), dtype=object), ts=t, states=states,
         label=label, acceptable=right, gap=gap, stake=stake,
         weight=np.exp(-math.log(2) * np.maximum(now - t, 0) / (settings.half_life_days * 86400)),
         reward=steps["reward"].to_numpy(zero_copy_only=False).astype(np.float64),
-        reflex=np.array([-1 if a is None else index[a] for a in steps["reflex"].to_pylist()], np.int64),
-        represents=steps["represents"].to_numpy().astype(np.float64),
+        reflex=reflex, represents=steps["represents"].to_numpy().astype(np.float64),
         sim_step=sim_step, sim_action=sim_action, sim_score=sim_score, sim_vetoed=sim_vetoed,
         sim_predicted=_matrix(sims["predicted"], states.shape[1]),
+        target=target, reflex_vector=reflex_vector, sim_vector=sim_vector, low=low, high=high,
+        tolerance=settings.action_tolerance,
     )
 
 

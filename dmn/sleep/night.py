@@ -43,8 +43,8 @@ from dmn.lake.store import Store
 from dmn.sleep.cluster import kmeans, situation_count, situation_index
 from dmn.sleep.evaluate import curve, metrics, split, thresholds, wilson_lower
 from dmn.sleep.experience import Experience, pairs, select
-from dmn.sleep.table import heuristic_table, outcome_table
-from dmn.sleep.train import targets, train_policy
+from dmn.sleep.table import candidate_table, heuristic_table, outcome_table
+from dmn.sleep.train import train_policy
 from dmn.version import __version__
 
 
@@ -162,10 +162,9 @@ def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateS
     clock.lap("table")
 
     say(f"{night.world}: distilling the policy")
-    y = targets(exp, s.soft_weight)
     near, away = nearest(index, exp.states[val])
     far = away / np.maximum(table["radius"].to_numpy()[near], 1e-12)  # in novelty radii
-    weights = train_policy(exp.states[train], y[train], exp.weight[train], exp.states[val], exp.acceptable[val], far, s)
+    weights = train_policy(exp, train, val, far, s)
     clock.lap("policy")
 
     say(f"{night.world}: evaluating on {len(test):,} held-out steps")
@@ -177,17 +176,15 @@ def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateS
 
     # Thresholds and figures count each held-out step for the steps of the agent's life it stands for.
     t_table, t_policy = thresholds(system1(exp.states[val], -np.inf, np.inf), system1(exp.states[val], np.inf, -np.inf),
-                                   exp.acceptable[val], exp.represents[val], s.precision_target, s.precision_z,
-                                   seen_live=bool((exp.reflex[val] >= 0).any()))
-    judge = partial(metrics, acceptable=exp.acceptable[test], label=exp.label[test], actions=exp.actions,
-                    weight=exp.represents[test])
+                                   exp, val, s.precision_target, s.precision_z)
+    judge = partial(metrics, exp=exp, rows=test)
     night.metrics = {
         "combined": judge(system1(exp.states[test], t_table, t_policy)),
         "table": judge(system1(exp.states[test], t_table, np.inf)),
         "policy": judge(system1(exp.states[test], np.inf, t_policy)),
         "thresholds": {"table": _finite(t_table), "policy": _finite(t_policy)},
         # The trade-off the policy's threshold picks from, on test.
-        "curve": curve(system1(exp.states[test], t_table, -np.inf), exp.acceptable[test], exp.represents[test]),
+        "curve": curve(system1(exp.states[test], t_table, -np.inf), exp, test),
         "situations": int(index.ntotal), "outcome_types": int(outcome_index.ntotal), "live": _live(exp),
         "published": _published_on(home, night, exp, test, s),
     }
@@ -216,10 +213,15 @@ def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateS
         "outcomes.faiss": faiss.serialize_index(outcome_index).tobytes(),
         "policy.npz": _npz(weights),
     }
+    if exp.action_dim:
+        files["candidates.parquet"] = _parquet(candidate_table(exp, train, cluster, outcome))
     manifest = {
         "encoder": night.encoder, "dim": exp.dim, "actions": exp.actions, "created_at": _iso(),
         "code_version": __version__, "run_id": night.run_id, "min_support": s.min_support,
         "policy_reach": s.policy_reach, "stake": exp.stake, "score_tolerance": s.score_tolerance,
+        "action_dim": exp.action_dim,
+        **({"action_low": exp.low.tolist(), "action_high": exp.high.tolist(),
+            "action_tolerance": s.action_tolerance} if exp.action_dim else {}),
         "thresholds": night.metrics["thresholds"], "metrics": {k: night.metrics[k] for k in
                                                                ("combined", "table", "policy", "curve")},
         "window": {"from": _iso(float(exp.ts.min())), "to": _iso(float(exp.ts.max())), "steps": len(exp.label)},
@@ -261,9 +263,10 @@ def _published_on(home: Home, night: Consolidation, exp: Experience, rows: np.nd
     if bundle.manifest["encoder"] != night.encoder or bundle.manifest["dim"] != exp.dim:
         return None
     answers = bundle.answer(exp.states[rows])
-    position = {a: i for i, a in enumerate(exp.actions)}
-    answers.action = np.array([position.get(a, -1) for a in bundle.actions])[answers.action]
-    figures = metrics(answers, exp.acceptable[rows], exp.label[rows], exp.actions, exp.represents[rows])
+    if not exp.action_dim:  # the bundle's action indices, in this night's vocabulary
+        position = {a: i for i, a in enumerate(exp.actions)}
+        answers.action = np.array([position.get(a, -1) for a in bundle.actions])[answers.action]
+    figures = metrics(answers, exp, rows)
     live = _live(exp, since=datetime.fromisoformat(bundle.manifest["created_at"]).timestamp())
     failing = bool(live["audited"]) and bool(1 - wilson_lower(1 - live["precision"], live["audited"], s.precision_z)
                                              < s.precision_target)
@@ -278,7 +281,7 @@ def _demote(home: Home, night: Consolidation, exp: Experience, s: ConsolidateSet
     bundle = load(home, night.world, night.current)
     audited = np.flatnonzero((exp.reflex >= 0) & (exp.ts >= datetime.fromisoformat(bundle.manifest["created_at"]).timestamp()))
     situation = nearest(bundle.index, exp.states[audited])[0]
-    right = exp.acceptable[audited, exp.reflex[audited]]
+    right = exp.right(exp.reflexes(audited), audited)
     k = bundle.index.ntotal
     audits, agreed = np.bincount(situation, minlength=k), np.bincount(situation[right], minlength=k)
     failed = (audits > 0) & (agreed < s.precision_target * audits)
@@ -294,13 +297,12 @@ def _demote(home: Home, night: Consolidation, exp: Experience, s: ConsolidateSet
 
 def _live(exp: Experience, since: float = -np.inf) -> dict[str, Any]:
     """How System 1 did in the world (since `since`, Unix seconds): on the steps that audited it, how often
-    its answer was acceptable (precision) and System 2's own choice (exact precision)."""
+    its answer was right (precision) and System 2's own choice (exact precision: None for vector actions)."""
     audited = np.flatnonzero((exp.reflex >= 0) & (exp.ts >= since))
     if not len(audited):
         return {"audited": 0, "precision": None, "exact_precision": None}
-    answer = exp.reflex[audited]
-    return {"audited": len(audited), "precision": float(exp.acceptable[audited, answer].mean()),
-            "exact_precision": float((answer == exp.label[audited]).mean())}
+    return {"audited": len(audited), "precision": float(exp.right(exp.reflexes(audited), audited).mean()),
+            "exact_precision": None if exp.action_dim else float((exp.reflex[audited] == exp.label[audited]).mean())}
 
 
 def runs(home: Home) -> list[dict[str, Any]]:

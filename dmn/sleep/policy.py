@@ -12,25 +12,28 @@ from torch import nn
 
 
 class Policy(nn.Module):
-    """Latent in, one logit per action out: two hidden ReLU layers on a normalised input."""
+    """Latent in, `outputs` out (a logit per action, or a Gaussian head's means and log standard deviations):
+    two hidden ReLU layers on a normalised input."""
 
-    def __init__(self, dim: int, actions: int, hidden: int):
+    def __init__(self, dim: int, outputs: int, hidden: int):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, actions))
+                                 nn.Linear(hidden, outputs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
 
-def export(model: Policy, mean: np.ndarray, std: np.ndarray, calibration: tuple[float, float, float]
-           ) -> dict[str, np.ndarray]:
+def export(model: Policy, mean: np.ndarray, std: np.ndarray, calibration: tuple[float, float, float],
+           low: np.ndarray, high: np.ndarray) -> dict[str, np.ndarray]:
     """The network as arrays (`dmn.bundle.decide.POLICY_KEYS`): input mean and std, each layer's weight
-    (transposed, for x @ w) and bias, and the calibration of its confidence, (scale, distance, shift):
-    sigmoid(scale * top logit + distance * novelty-radii away + shift)."""
+    (transposed, for x @ w) and bias, the calibration of its confidence, (scale, distance, shift):
+    sigmoid(scale * top + distance * novelty-radii away + shift), and in a continuous world the range of
+    each action dimension its Gaussian head's means are in units of (`low`, `high`; empty otherwise)."""
     weights = {"mean": mean.astype(np.float32), "std": std.astype(np.float32)}
     for i, layer in enumerate((m for m in model.net if isinstance(m, nn.Linear)), 1):
         weights[f"w{i}"] = layer.weight.detach().numpy().T.copy()
         weights[f"b{i}"] = layer.bias.detach().numpy().copy()
     weights["scale"], weights["distance"], weights["shift"] = (np.float64(v) for v in calibration)
+    weights["low"], weights["high"] = np.asarray(low, np.float32), np.asarray(high, np.float32)
     return weights

@@ -8,6 +8,7 @@ between situations (`dmn.sleep.policy`).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -23,8 +24,8 @@ def heuristic_table(exp: Experience, rows: np.ndarray, cluster: np.ndarray, dist
 
     `outcome` is the outcome type of every simulation (-1 where nothing was imagined).
     """
-    a = len(exp.actions)
-    w, label, right = exp.weight[rows], exp.label[rows], exp.acceptable[rows]
+    a = max(len(exp.actions), 1)  # a continuous world's candidates are one kind of thing: sim_action 0
+    w = exp.weight[rows]
     radius, core, last_seen, reward_mean = np.zeros(k), np.zeros(k), np.zeros(k), np.full(k, np.nan)
     order = np.argsort(cluster, kind="stable")
     bounds = np.searchsorted(cluster[order], np.arange(k + 1))
@@ -38,18 +39,11 @@ def heuristic_table(exp: Experience, rows: np.ndarray, cluster: np.ndarray, dist
             reward_mean[c] = known.mean() if len(known) else np.nan
     support = np.bincount(cluster, weights=w, minlength=k)
     count = np.bincount(cluster, minlength=k)
-    chosen = np.zeros((k, a))  # what System 2 chose
-    np.add.at(chosen, (cluster, label), w)
-    # How often each action was as good as System 2's choice, in the core where the table answers: at a
-    # situation's edge, where it meets others, its best action can be another.
+    # What System 2 did in the core, where the table answers: at a situation's edge, where it meets others,
+    # its best action can be another.
     inner = distance <= core[cluster]
+    best, agreement, beside = (_vector_choice if exp.action_dim else _label_choice)(exp, rows[inner], cluster[inner], k)
     held = np.bincount(cluster[inner], weights=w[inner], minlength=k)
-    good = np.zeros((k, a))
-    np.add.at(good, cluster[inner], w[inner, None] * right[inner])
-    best = good.argmax(1)
-    agreement = good.max(1) / np.maximum(held, 1e-12)
-    exact = np.bincount(cluster[inner], weights=w[inner] * (label[inner] == best[cluster[inner]]), minlength=k) \
-        / np.maximum(held, 1e-12)
     n_eff = held**2 / np.maximum(np.bincount(cluster[inner], weights=w[inner] ** 2, minlength=k), 1e-12)
 
     # Simulations of the training steps: per (situation, action) mean score, veto rate, outcome types.
@@ -71,19 +65,17 @@ def heuristic_table(exp: Experience, rows: np.ndarray, cluster: np.ndarray, dist
     np.add.at(kinds, (sc[typed], sa[typed], outcome[keep][typed]), sw[typed])
     kinds /= np.maximum(kinds.sum(2, keepdims=True), 1e-12)
 
-    avoid = [[exp.actions[j] for j in range(a) if veto_rate[c, j] >= settings.avoid_veto_rate] for c in range(k)]
+    avoid = [[name for j, name in enumerate(exp.actions) if veto_rate[c, j] >= settings.avoid_veto_rate] for c in range(k)]
     audited = exp.reflex[rows] >= 0  # live feedback: where System 1 was checked against System 2
     audits = np.bincount(cluster[audited], minlength=k)
-    agreed = np.bincount(cluster[audited][right[audited, exp.reflex[rows][audited]]], minlength=k)
+    agreed = np.bincount(cluster[audited][exp.right(exp.reflexes(rows[audited]), rows[audited])], minlength=k)
     with np.errstate(invalid="ignore", divide="ignore"):
         live = agreed / audits
     demoted = (audits >= settings.demote_audits) & (live < settings.precision_target)
     return pa.table({
         "cluster": pa.array(np.arange(k), pa.int32()),
         "support": support, "count": pa.array(count, pa.int64()),
-        "best_action": pa.array([exp.actions[j] for j in best], pa.string()),
-        "agreement": agreement, "confidence": wilson_lower(agreement, n_eff), "exact_agreement": exact,
-        "action_weights": pa.array(chosen.tolist(), pa.list_(pa.float64())),
+        "best_action": best, "agreement": agreement, "confidence": wilson_lower(agreement, n_eff), **beside,
         "score_mean": pa.array(_nulls(score_mean), pa.list_(pa.float64())),
         "veto_rate": pa.array(_nulls(veto_rate), pa.list_(pa.float64())),
         "avoid": pa.array(avoid, pa.list_(pa.string())),
@@ -94,6 +86,62 @@ def heuristic_table(exp: Experience, rows: np.ndarray, cluster: np.ndarray, dist
         "audits": pa.array(audits, pa.int64()),
         "live_agreement": pa.array(live, pa.float64(), from_pandas=True),
         "demoted": demoted,
+    })
+
+
+def _label_choice(exp: Experience, rows: np.ndarray, cluster: np.ndarray, k: int
+                  ) -> tuple[pa.Array, np.ndarray, dict[str, Any]]:
+    """Per situation, from the steps `rows` (in situations `cluster`): the action most often acceptable, how
+    often it was (agreement), and beside them how often it was System 2's very choice and the weights of
+    System 2's choices."""
+    w, label = exp.weight[rows], exp.label[rows]
+    chosen = np.zeros((k, len(exp.actions)))
+    np.add.at(chosen, (cluster, label), w)
+    good = np.zeros((k, len(exp.actions)))
+    np.add.at(good, cluster, w[:, None] * exp.acceptable[rows])
+    held = np.maximum(np.bincount(cluster, weights=w, minlength=k), 1e-12)
+    best = good.argmax(1)
+    exact = np.bincount(cluster, weights=w * (label == best[cluster]), minlength=k) / held
+    return (pa.array([exp.actions[j] for j in best], pa.string()), good.max(1) / held,
+            {"exact_agreement": exact, "action_weights": pa.array(chosen.tolist(), pa.list_(pa.float64()))})
+
+
+def _vector_choice(exp: Experience, rows: np.ndarray, cluster: np.ndarray, k: int
+                   ) -> tuple[pa.Array, np.ndarray, dict[str, Any]]:
+    """Per situation, from the steps `rows` (in situations `cluster`): System 2's action (the weighted mean of
+    its actions there), the weighted share of them within tolerance of it (agreement), and beside them the
+    spread of its actions, per dimension."""
+    w, target = exp.weight[rows], exp.target[rows].astype(np.float64)
+    held = np.maximum(np.bincount(cluster, weights=w, minlength=k), 1e-12)[:, None]
+    mean = np.zeros((k, exp.action_dim))
+    np.add.at(mean, cluster, w[:, None] * target)
+    mean /= held
+    square = np.zeros((k, exp.action_dim))
+    np.add.at(square, cluster, w[:, None] * (target - mean[cluster]) ** 2)
+    near = exp.right(mean[cluster], rows)
+    agreement = np.bincount(cluster, weights=w * near, minlength=k) / held[:, 0]
+    return (pa.array(mean.tolist(), pa.list_(pa.float32())), agreement,
+            {"spread": pa.array(np.sqrt(square / held).tolist(), pa.list_(pa.float32()))})
+
+
+def candidate_table(exp: Experience, rows: np.ndarray, cluster: np.ndarray, outcome: np.ndarray,
+                    per_situation: int = 64) -> pa.Table:
+    """A continuous world's recollection of what System 2 imagined per situation: up to `per_situation` of the
+    newest candidates of the training steps `rows` (in situations `cluster`) each, with their score, veto and
+    outcome type (-1: nothing imagined), for `Reflexes.imagine` to recall the nearest of."""
+    step_cluster = np.full(len(exp.label), -1)
+    step_cluster[rows] = cluster
+    sim_cluster = step_cluster[exp.sim_step]
+    order = np.flatnonzero(sim_cluster >= 0)
+    order = order[np.argsort(sim_cluster[order], kind="stable")]  # steps are newest first, and so their candidates
+    first = np.searchsorted(sim_cluster[order], sim_cluster[order])
+    keep = order[np.arange(len(order)) - first < per_situation]
+    return pa.table({
+        "cluster": pa.array(sim_cluster[keep], pa.int32()),
+        "action": pa.FixedSizeListArray.from_arrays(pa.array(exp.sim_vector[keep].reshape(-1), pa.float32()),
+                                                    exp.action_dim),
+        "score": exp.sim_score[keep], "vetoed": exp.sim_vetoed[keep],
+        "outcome": pa.array(outcome[keep], pa.int32()),
     })
 
 

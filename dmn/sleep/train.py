@@ -1,21 +1,25 @@
 """Distil System 2 into the policy network: its training targets, the training loop, and calibration.
 
-The network has one logistic output per action: the chance that the action is as good as System 2's choice
-there (`dmn.sleep.experience.acceptable`). Targets mix that (hard) with how close to System 2's best each
-action scored (soft); training is weighted by age and stops early on validation loss; Platt scaling of the
-top logit on validation calibrates the confidence System 1's policy threshold is set on
-(`dmn.sleep.evaluate`). The network itself is `dmn.sleep.policy`.
+For labels, the network has one logistic output per action: the chance that the action is as good as System
+2's choice there (`dmn.sleep.experience.acceptable`). Targets mix that (hard) with how close to System 2's
+best each action scored (soft). For vectors, it has a Gaussian head: per dimension the mean and log standard
+deviation of System 2's action, trained by likelihood. Training is weighted by age and stops early on
+validation loss; Platt scaling on validation (of the top logit, or of the Gaussian's mean log standard
+deviation) calibrates the confidence System 1's policy threshold is set on (`dmn.sleep.evaluate`). The
+network itself is `dmn.sleep.policy`.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 
+from dmn.bundle.decide import action_span, policy_outputs
 from dmn.config import ConsolidateSettings
 from dmn.sleep.experience import Experience
 from dmn.sleep.policy import Policy, export
@@ -31,53 +35,78 @@ def targets(exp: Experience, soft_weight: float) -> np.ndarray:
     return (1 - soft_weight) * exp.acceptable + soft_weight * np.exp(-exp.gap)
 
 
-def train_policy(x: np.ndarray, y: np.ndarray, w: np.ndarray, x_val: np.ndarray, right_val: np.ndarray,
-                 far_val: np.ndarray, settings: ConsolidateSettings) -> dict[str, np.ndarray]:
-    """Fit the policy on targets `y` (weighted by `w`; one logistic output per action), stop early on the
-    validation loss against `right_val` (the acceptable actions there), then calibrate its confidence on
-    the validation states, given how far each is from its situation (`far_val`, in novelty radii). Returns the arrays a bundle holds (`dmn.sleep.policy.export`)."""
+def train_policy(exp: Experience, train: np.ndarray, val: np.ndarray, far_val: np.ndarray,
+                 settings: ConsolidateSettings) -> dict[str, np.ndarray]:
+    """Fit the policy on the training steps `train`, stop early on the loss of the validation steps `val`, then
+    calibrate its confidence there, given how far each validation state is from its situation (`far_val`, in
+    novelty radii). Returns the arrays a bundle holds (`dmn.sleep.policy.export`).
+
+    Discrete world: one logistic output per action, on `targets`. Continuous world: a Gaussian head, the mean
+    and log standard deviation of System 2's action (in units of its range) per dimension, by likelihood.
+    """
     torch.manual_seed(settings.seed)
+    x = exp.states[train]
     mean, std = x.mean(0), x.std(0) + 1e-6
     norm = lambda v: torch.from_numpy(((v - mean) / std).astype(np.float32))  # noqa: E731
-    xt, yt, wt = norm(x), torch.from_numpy(y.astype(np.float32)), torch.from_numpy((w / w.mean()).astype(np.float32))
-    xv, yv = norm(x_val), torch.from_numpy(right_val.astype(np.float32))
-    model = Policy(x.shape[1], y.shape[1], settings.policy_hidden)
+    xt, xv, wt = norm(x), norm(exp.states[val]), torch.from_numpy((exp.weight[train] / exp.weight[train].mean()
+                                                                     ).astype(np.float32))
+    if exp.action_dim:
+        a, low, span = exp.action_dim, exp.low, action_span(exp.low, exp.high)
+        u = lambda rows: torch.from_numpy(((exp.target[rows] - low) / span).astype(np.float32))  # noqa: E731
+        yt, yv = u(train), u(val)
+        model = Policy(x.shape[1], 2 * a, settings.policy_hidden)
+        loss = lambda out, y: _gaussian_nll(out, y, a).sum(1)  # noqa: E731
+    else:
+        yt = torch.from_numpy(targets(exp, settings.soft_weight)[train].astype(np.float32))
+        yv = torch.from_numpy(exp.acceptable[val].astype(np.float32))
+        model = Policy(x.shape[1], len(exp.actions), settings.policy_hidden)
+        loss = lambda out, y: F.binary_cross_entropy_with_logits(out, y, reduction="none").sum(1)  # noqa: E731
+    _fit(model, xt, yt, wt, xv, yv, loss, settings)
+    weights = export(model, mean, std, (1.0, 0.0, 0.0), exp.low, exp.high)
+    if len(val):
+        action, top = policy_outputs(weights, exp.states[val])
+        weights["scale"], weights["distance"], weights["shift"] = _calibration(top, far_val, exp.right(action, val))
+    return weights
+
+
+def _fit(model: Policy, xt: torch.Tensor, yt: torch.Tensor, wt: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor,
+         loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], settings: ConsolidateSettings) -> None:
+    """Adam on the age-weighted `loss` of the training steps; keep the weights of the best validation loss,
+    stopping after three epochs without improvement."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5)
     best, best_loss, patience = None, math.inf, 0
     for _ in range(settings.policy_epochs):
         for batch in torch.randperm(len(xt)).split(settings.policy_batch):
-            loss = (F.binary_cross_entropy_with_logits(model(xt[batch]), yt[batch], reduction="none").sum(1)
-                    * wt[batch]).mean()
+            step_loss = (loss(model(xt[batch]), yt[batch]) * wt[batch]).mean()
             opt.zero_grad()
-            loss.backward()
+            step_loss.backward()
             opt.step()
         with torch.no_grad():
-            val_loss = F.binary_cross_entropy_with_logits(model(xv), yv).item() if len(xv) else 0.0
+            val_loss = loss(model(xv), yv).mean().item() / yv.shape[1] if len(xv) else 0.0  # per target
         if val_loss < best_loss - 1e-4:
             best, best_loss, patience = {k: v.clone() for k, v in model.state_dict().items()}, val_loss, 0
         elif (patience := patience + 1) >= 3:
             break
     model.load_state_dict(best)
-    return export(model, mean, std, _calibration(model, xv, right_val, far_val))
 
 
-def _calibration(model: Policy, x_val: torch.Tensor, right_val: np.ndarray, far: np.ndarray
-                 ) -> tuple[float, float, float]:
+def _gaussian_nll(out: torch.Tensor, y: torch.Tensor, a: int) -> torch.Tensor:
+    """Per dimension, the negative log-likelihood of `y` under the head's Gaussian: mean `out[:, :a]`, log
+    standard deviation `out[:, a:]` (held between e^-7 and e^2)."""
+    log_std = out[:, a:].clamp(-7, 2)
+    return 0.5 * ((y - out[:, :a]) / log_std.exp()) ** 2 + log_std
+
+
+def _calibration(top: np.ndarray, far: np.ndarray, right: np.ndarray) -> tuple[float, float, float]:
     """Platt scaling (1999) of the confidence System 1 acts on, with the state's distance from its situation
-    as a second input: the (scale, distance, shift) whose sigmoid(scale * top logit + distance * far + shift)
-    best predicts, by log-loss on validation, whether the policy's action was acceptable. Platt's smoothed
-    targets keep a validation set where every answer was right from promising certainty. Without
-    validation steps, (1, 0, 0); an input that does not rank right answers the right way round (a larger
-    logit less often right, a farther state more often) is left out."""
-    if not len(x_val):
-        return 1.0, 0.0, 0.0
-    with torch.no_grad():
-        logits = model(x_val).numpy().astype(np.float64)
-    chosen = logits.argmax(1)
-    top, right = logits[np.arange(len(chosen)), chosen], right_val[np.arange(len(chosen)), chosen]
+    as a second input: the (scale, distance, shift) whose sigmoid(scale * top + distance * far + shift) best
+    predicts, by log-loss on validation, whether the policy's answer was right (`top`: its top logit, or in
+    a continuous world minus its mean log standard deviation). Platt's smoothed targets keep a validation
+    set where every answer was right from promising certainty. An input that does not rank right answers
+    the right way round (a larger `top` less often right, a farther state more often) is left out."""
     hits = right.sum()
     target = np.where(right, (hits + 1) / (hits + 2), 1 / (len(right) - hits + 2))
-    inputs, signs = np.c_[top, far], (1, -1)  # a larger logit should be more often right, a farther state less
+    inputs, signs = np.c_[top, far], (1, -1)  # a larger top should be more often right, a farther state less
     for keep in ([0, 1], [0], [1], []):
         coef, shift = _logistic(inputs[:, keep], target)
         if all(signs[k] * c > 0 for k, c in zip(keep, coef)):

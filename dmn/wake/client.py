@@ -29,6 +29,12 @@ from typing import Any
 import numpy as np
 
 from dmn.bundle import publish
+from dmn.bundle.decide import (
+    action_distance,
+    policy_answers,
+    policy_gaussian,
+    policy_head,
+)
 from dmn.bundle.load import Bundle, load
 from dmn.errors import DmnError
 from dmn.home import Home
@@ -38,8 +44,9 @@ from dmn.home import Home
 class Reflex:
     """What deliberation decided the last times the agent was here."""
 
-    action: str
-    """The action, as the agent logged it (actions are labels: an integer action 1 comes back as "1")."""
+    action: Any
+    """The action: a label, as the agent logged it (labels are text: an integer action 1 comes back as "1"),
+    or in a continuous world a float32 vector."""
     confidence: float
     """How likely the action is as good as System 2's choice here: the table's Wilson lower bound on its
     situation's agreement, or the policy's calibrated chance."""
@@ -71,6 +78,20 @@ class Imagined:
     version: str
 
 
+@dataclass(frozen=True)
+class Proposal:
+    """The policy's answer for a state, sure or not: where a planner may start its search."""
+
+    action: Any
+    """A label, or in a continuous world the mean of the policy's Gaussian (a float32 vector)."""
+    spread: np.ndarray | None
+    """In a continuous world, the Gaussian's standard deviation per dimension; None otherwise."""
+    confidence: float
+    """Its calibrated chance of being as good as System 2's choice (below the threshold, System 1 abstained)."""
+    cluster: int
+    version: str
+
+
 @dataclass
 class _Serving:
     """A loaded bundle, with what answers and recollections read prepared once."""
@@ -90,14 +111,16 @@ class _Serving:
     kinds: np.ndarray
     """(situations, actions, outcome types) how often each outcome type was imagined."""
     action_index: dict[str, int]
+    recalled: tuple | None
+    """A continuous world's candidates per situation (`_candidates`); None in a discrete world."""
 
-    def reflex(self, action: int, confidence: float, source: str, situation: int) -> Reflex:
+    def reflex(self, action: Any, confidence: float, source: str, situation: int) -> Reflex:
         """The decision rule's answer as a `Reflex`."""
         if source == "table":
             return self.table[situation]
         here = self.table[situation]
-        return Reflex(self.bundle.actions[action], confidence, source, situation, here.support, here.avoid,
-                      here.version)
+        action = np.asarray(action, np.float32) if self.bundle.action_dim else self.bundle.actions[action]
+        return Reflex(action, confidence, source, situation, here.support, here.avoid, here.version)
 
 
 class Reflexes:
@@ -188,29 +211,29 @@ class Reflexes:
         if serving is None or not serving.usable:
             return [None] * len(x)
         answers = serving.bundle.answer(x)
+        actions = list(answers.action) if serving.bundle.action_dim else answers.action.tolist()
         reflexes = [serving.reflex(*a) if a[2] else None for a in zip(
-            answers.action.tolist(), answers.confidence.tolist(), answers.source.tolist(), answers.situation.tolist())]
+            actions, answers.confidence.tolist(), answers.source.tolist(), answers.situation.tolist())]
         if self.audit_rate:
             audited = self._rng.random(len(x)) < self.audit_rate
             reflexes = [None if a else r for r, a in zip(reflexes, audited.tolist())]
         return reflexes
 
-    def imagine(self, z: Any, action: Any) -> Imagined | None:
-        """What System 2 expected of `action` in this state, recalled from the situation's simulations
-        instead of running the world model; None when the state is novel or the action was never imagined here."""
+    def propose(self, z: Any) -> Proposal | None:
+        """The policy's proposal for a state, whether or not System 1 would answer with it: a start for the
+        planner where System 1 abstains (in a continuous world, the mean and spread of a Gaussian around
+        System 2's action). None when no usable bundle serves, or the state is novel (beyond the policy's reach)."""
         serving = self._current()
         x = _states(z, serving.dim if serving else None, 1)
-        j = serving.action_index.get(str(action)) if serving else None
-        if serving is None or not serving.usable or j is None:
-            return None
-        distance, ids = serving.bundle.index.search(x[None], 1)
-        c = int(ids[0, 0])
-        if float(distance[0, 0]) > serving.radius2[c] or np.isnan(serving.score[c, j]):
-            return None
-        kinds = serving.kinds[c, j]
-        kind = int(kinds.argmax()) if kinds.size and kinds.max() > 0 else -1
-        return Imagined(float(serving.score[c, j]), float(serving.danger[c, j]), kind,
-                        float(kinds[kind]) if kind >= 0 else 0.0, c, serving.bundle.version)
+        return _proposal(serving.bundle, x) if serving is not None and serving.usable else None
+
+    def imagine(self, z: Any, action: Any) -> Imagined | None:
+        """What System 2 expected of `action` in this state, recalled from the situation's simulations
+        instead of running the world model (in a continuous world, from its candidates nearest `action`); None
+        when the state is novel or the action was never imagined here."""
+        serving = self._current()
+        x = _states(z, serving.dim if serving else None, 1)
+        return _imagined(serving, x, action) if serving is not None and serving.usable else None
 
     # -- hot reload ---------------------------------------------------------------------------------------
 
@@ -251,16 +274,74 @@ class Reflexes:
 
 def _serve(bundle: Bundle, encoder: str | None) -> _Serving:
     m, table = bundle.manifest, bundle.table
-    answers = zip(table["best_action"].to_pylist(), table["confidence"].to_pylist(), table["support"].to_pylist(),
-                  table["avoid"].to_pylist())
+    best = bundle.rule.best if bundle.action_dim else table["best_action"].to_pylist()
+    answers = zip(best, table["confidence"].to_pylist(), table["support"].to_pylist(), table["avoid"].to_pylist())
     return _Serving(
         bundle=bundle, dim=m["dim"], usable=encoder is None or encoder == m["encoder"],
         table=[Reflex(action, confidence, "table", c, support, tuple(avoid), bundle.version)
                for c, (action, confidence, support, avoid) in enumerate(answers)],
         radius2=table["radius"].to_numpy() ** 2, score=_grid(table["score_mean"]), danger=_grid(table["veto_rate"]),
         kinds=np.array(table["outcome_types"].to_pylist(), np.float64),
-        action_index={a: i for i, a in enumerate(bundle.actions)},
+        action_index={a: i for i, a in enumerate(bundle.actions)}, recalled=_candidates(bundle),
     )
+
+
+def _proposal(bundle: Bundle, x: np.ndarray) -> Proposal | None:
+    """`Reflexes.propose` for the state `x`: None beyond the policy's reach."""
+    distance, ids = bundle.index.search(x[None], 1)
+    c, d2 = int(ids[0, 0]), float(distance[0, 0])
+    if d2 > bundle.rule.policy_reach2[c]:
+        return None
+    action, confidence = policy_answers(bundle.policy, x[None], np.array([math.sqrt(max(d2, 0)) / bundle.rule.radius[c]]))
+    if not bundle.action_dim:
+        return Proposal(bundle.actions[int(action[0])], None, float(confidence[0]), c, bundle.version)
+    mean, spread = policy_gaussian(bundle.policy, policy_head(bundle.policy, x[None]))
+    return Proposal(mean[0], spread[0].astype(np.float32), float(confidence[0]), c, bundle.version)
+
+
+def _imagined(serving: _Serving, x: np.ndarray, action: Any) -> Imagined | None:
+    """`Reflexes.imagine` for the state `x`: None when it is novel or `action` was never imagined there."""
+    distance, ids = serving.bundle.index.search(x[None], 1)
+    c = int(ids[0, 0])
+    if float(distance[0, 0]) > serving.radius2[c]:
+        return None
+    if serving.bundle.action_dim:
+        return _recall(serving, c, _states(action, serving.bundle.action_dim, 1, "an action"))
+    j = serving.action_index.get(str(action))
+    if j is None or np.isnan(serving.score[c, j]):
+        return None
+    kinds = serving.kinds[c, j]
+    kind = int(kinds.argmax()) if kinds.size and kinds.max() > 0 else -1
+    return Imagined(float(serving.score[c, j]), float(serving.danger[c, j]), kind,
+                    float(kinds[kind]) if kind >= 0 else 0.0, c, serving.bundle.version)
+
+
+def _recall(serving: _Serving, c: int, action: np.ndarray, nearest: int = 8) -> Imagined | None:
+    """What System 2 imagined for the candidates of situation `c` nearest `action` (in units of the range)."""
+    bounds, tried, score, vetoed, outcome, low, high = serving.recalled
+    mine = slice(bounds[c], bounds[c + 1])
+    if bounds[c] == bounds[c + 1]:
+        return None
+    near = np.argsort(action_distance(tried[mine], action[None], low, high))[:nearest]
+    kinds = np.bincount(outcome[mine][near] + 1)[1:]  # -1: nothing imagined
+    kind = int(kinds.argmax()) if kinds.size and kinds.max() > 0 else -1
+    return Imagined(float(score[mine][near].mean()), float(vetoed[mine][near].mean()), kind,
+                    float(kinds[kind]) / len(near) if kind >= 0 else 0.0, c, serving.bundle.version)
+
+
+def _candidates(bundle: Bundle) -> tuple | None:
+    """A continuous bundle's recorded candidates, grouped by situation, as arrays for `_recall`: (bounds,
+    actions, scores, vetoes, outcome types, and the range of the actions: low, high)."""
+    table = bundle.candidates
+    if table is None:
+        return None
+    cluster = table["cluster"].to_numpy()
+    order = np.argsort(cluster, kind="stable")
+    return (np.searchsorted(cluster[order], np.arange(bundle.index.ntotal + 1)),
+            table["action"].combine_chunks().flatten().to_numpy().reshape(-1, bundle.action_dim)[order],
+            table["score"].to_numpy()[order], table["vetoed"].to_numpy(zero_copy_only=False)[order].astype(float),
+            table["outcome"].to_numpy()[order],
+            np.asarray(bundle.manifest["action_low"]), np.asarray(bundle.manifest["action_high"]))
 
 
 def _grid(column: Any) -> np.ndarray:
@@ -268,10 +349,11 @@ def _grid(column: Any) -> np.ndarray:
     return np.array([[np.nan if v is None else v for v in row] for row in column.to_pylist()], np.float64)
 
 
-def _states(value: Any, dim: int | None, ndim: int) -> np.ndarray:
+def _states(value: Any, dim: int | None, ndim: int, what: str | None = None) -> np.ndarray:
     """A state (`ndim` 1: a vector) or a batch of them (`ndim` 2: an (n, d) matrix), as contiguous float32,
-    checked against the bundle's dimension `dim`; ValueError says what is wrong with it."""
-    what, shape = ("a state", "a 1-D vector") if ndim == 1 else ("states", "an (n, d) matrix")
+    checked against the bundle's dimension `dim`; ValueError says what is wrong with it (`what` it is)."""
+    shape = "a 1-D vector" if ndim == 1 else "an (n, d) matrix"
+    what = what or ("a state" if ndim == 1 else "states")
     try:
         x = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError):

@@ -26,9 +26,15 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dmn.home import Home, write_atomic
 from dmn.records import SOURCES
 from dmn.tensors import as_vector, tensor_json
+
+Action = Any
+"""An action: a label (an int or a str) in a discrete world, a vector (sequence, numpy array, torch tensor)
+in a continuous one."""
 
 
 class EpisodeLogger:
@@ -67,17 +73,32 @@ class EpisodeLogger:
         self._add(record)
         return episode_id
 
-    def simulation(self, step: int, state: Any, action: int | str, score: float, *, predicted: Any = None,
+    def simulation(self, step: int, state: Any, action: Action, score: float, *, predicted: Any = None,
                    vetoed: bool | None = None, cost_ms: float | None = None, episode_id: str | None = None) -> None:
-        """One System 2 evaluation: in `state`, imagining `action` led to `predicted`, scored `score`."""
+        """One System 2 evaluation: in `state` (None: its step's decision's), imagining `action` led to
+        `predicted`, scored `score`. For a whole search's candidates at once, `candidates` is faster."""
         record = {"type": "simulation", "episode_id": self._id(episode_id), "step": _step(step),
-                  "action": _action(action), "score": _number(score, "score"), "ts": _now(),
+                  "score": _number(score, "score"), "ts": _now(),
                   **_given({"vetoed": _maybe(bool, vetoed), "cost_ms": _maybe(_number, cost_ms, "cost_ms")})}
-        self._add(record, _given({"state": as_vector(state, "state"),
-                                  "predicted": _maybe(as_vector, predicted, "predicted")}))
+        vectors = _given({"state": _maybe(as_vector, state, "state"), "predicted": _maybe(as_vector, predicted, "predicted")})
+        self._add(*_with_action(record, vectors, "action", action))
 
-    def decision(self, step: int, state: Any, action: int | str, *, source: str = "system2",
-                 confidence: float | None = None, latency_ms: float | None = None, reflex: int | str | None = None,
+    def candidates(self, step: int, actions: Any, scores: Any, *, predicted: Any = None, vetoed: Any = None,
+                   cost_ms: float | None = None, episode_id: str | None = None) -> None:
+        """A System 2 search's candidates at `step`, in one call: `actions` (k labels, or a (k, a) array of
+        vectors), their `scores` (k), and optionally what each imagined (`predicted`, (k, d)), which it
+        vetoed (k booleans) and what each cost (`cost_ms`, one number for all). Each becomes a simulation
+        without a state, which takes its step's decision's: log that decision too.
+
+        >>> log.candidates(step, elites, elite_scores)  # doctest: +SKIP
+        """
+        head = {"type": "simulation", "episode_id": self._id(episode_id), "step": _step(step), "ts": _now(),
+                **_given({"cost_ms": _maybe(_number, cost_ms, "cost_ms")})}
+        parts, k = _candidate_parts(head, actions, scores, predicted, vetoed)
+        self._add_parts(parts, k)
+
+    def decision(self, step: int, state: Any, action: Action, *, source: str = "system2",
+                 confidence: float | None = None, latency_ms: float | None = None, reflex: Action | None = None,
                  episode_id: str | None = None) -> None:
         """What the agent did at `step`, and whether deliberation (system2) or a reflex (system1) chose it.
 
@@ -86,11 +107,13 @@ class EpisodeLogger:
         """
         if source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-        record = {"type": "decision", "episode_id": self._id(episode_id), "step": _step(step),
-                  "action": _action(action), "source": source, "ts": _now(),
-                  **_given({"confidence": _maybe(_number, confidence, "confidence"),
-                            "latency_ms": _maybe(_number, latency_ms, "latency_ms"), "reflex": _maybe(_action, reflex)})}
-        self._add(record, {"state": as_vector(state, "state")})
+        record = {"type": "decision", "episode_id": self._id(episode_id), "step": _step(step), "source": source,
+                  "ts": _now(), **_given({"confidence": _maybe(_number, confidence, "confidence"),
+                                          "latency_ms": _maybe(_number, latency_ms, "latency_ms")})}
+        record, vectors = _with_action(record, {"state": as_vector(state, "state")}, "action", action)
+        if reflex is not None:
+            record, vectors = _with_action(record, vectors, "reflex", reflex)
+        self._add(record, vectors)
 
     def outcome(self, step: int, *, reward: float | None = None, done: bool | None = None,
                 success: bool | None = None, episode_id: str | None = None) -> None:
@@ -112,11 +135,14 @@ class EpisodeLogger:
         for name, vector in (vectors or {}).items():  # splice the tensor objects in as ready-made JSON
             parts += (b',"', name.encode(), b'":', *tensor_json(vector))
         parts.append(b"}\n")
+        self._add_parts(parts, 1)
+
+    def _add_parts(self, parts: list[bytes], records: int) -> None:
         with self._lock:
             if self._closed:
                 raise ValueError("this EpisodeLogger is closed")
             self._parts += parts
-            self._records += 1
+            self._records += records
             due = self._records >= self.flush_records or time.monotonic() - self._last_flush >= self.flush_seconds
         if due:
             self.flush()
@@ -244,14 +270,76 @@ def _step(step: Any) -> int:
     return int(step)
 
 
-def _action(action: Any) -> int | str:
+def _action(action: Any, name: str = "action") -> int | str | np.ndarray:
+    """A label (an int or a str, or a numpy or torch integer with one element) as it is, or a vector (a
+    sequence, numpy array or torch tensor) as float32."""
     if isinstance(action, str):
         return action
+    if np.ndim(action) > 0 and not (np.size(action) == 1 and "int" in str(getattr(action, "dtype", ""))):
+        return as_vector(action, name)
     if hasattr(action, "item") and not isinstance(action, (int, bool)):  # numpy / torch scalar
         action = action.item()
     if isinstance(action, bool) or not isinstance(action, int):
-        raise ValueError(f"action must be an int or a str, got {action!r}")
+        raise ValueError(f"{name} must be an int, a str or a vector, got {action!r}")
     return action
+
+
+def _with_action(record: dict[str, Any], vectors: dict[str, Any], name: str, action: Any
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The record with its action `name`: a label in the record, a vector among its vectors."""
+    value = _action(action, name)
+    if isinstance(value, np.ndarray):
+        return record, {**vectors, name: value}
+    return {**record, name: value}, vectors
+
+
+def _candidate_parts(head: dict[str, Any], actions: Any, scores: Any, predicted: Any, vetoed: Any
+                     ) -> tuple[list[bytes], int]:
+    """`EpisodeLogger.candidates`' records, checked, as JSON pieces (and how many records): one template
+    for what they share, then per candidate its score, action, veto and imagined latent."""
+    scores = _finite_array(scores, "scores", 1, dtype=np.float64)
+    k = len(scores)
+    if hasattr(actions, "detach"):  # torch.Tensor, without importing torch
+        actions = actions.detach().cpu().numpy()
+    labels = np.asarray(actions).ndim == 1 and np.asarray(actions).dtype.kind in "iuUSO"  # else vectors
+    actions = [_action(a) for a in actions] if labels else _finite_array(actions, "actions", 2, rows=k)
+    predicted = None if predicted is None else _finite_array(predicted, "predicted", 2, rows=k)
+    vetoed = None if vetoed is None else np.asarray(vetoed, bool).reshape(-1)
+    if len(actions) != k or (vetoed is not None and len(vetoed) != k) or k == 0:
+        raise ValueError(f"candidates need one action, one score (and one vetoed flag) each, got "
+                         f"{len(actions)} actions and {k} scores")
+    template = json.dumps(head, separators=(",", ":")).encode()[:-1] + b',"score":'
+    parts: list[bytes] = []
+    for i in range(k):
+        parts += (template, repr(float(scores[i])).encode(), b',"action":')
+        parts += [json.dumps(actions[i]).encode()] if labels else tensor_json(actions[i])
+        if vetoed is not None:
+            parts.append(b',"vetoed":true' if vetoed[i] else b',"vetoed":false')
+        if predicted is not None:
+            parts += (b',"predicted":', *tensor_json(predicted[i]))
+        parts.append(b"}\n")
+    return parts, k
+
+
+def _finite_array(values: Any, name: str, ndim: int, rows: int | None = None, dtype: type = np.float32
+                  ) -> np.ndarray:
+    """`values` as an array of `ndim` dimensions (of `rows` rows), finite; else ValueError. Vectors are
+    float32, as they are stored; scores keep float64, so that close ones do not tie."""
+    if hasattr(values, "detach"):  # torch.Tensor, without importing torch
+        values = values.detach().cpu()
+        values = (values.double() if dtype is np.float64 else values.float()).numpy()  # bfloat16 has no numpy
+    try:
+        array = np.asarray(values, dtype)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be numbers, got {type(values).__name__}") from None
+    if array.ndim == 1 and ndim == 2:
+        array = array[:, None]
+    if array.ndim != ndim or (rows is not None and len(array) != rows):
+        shape = "(k,)" if ndim == 1 else "(k, n)"
+        raise ValueError(f"{name} must have {shape} shape{'' if rows is None else f' for k = {rows}'}, got {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+    return array
 
 
 def _number(value: Any, name: str) -> float:

@@ -70,7 +70,7 @@ def demo(home: Home, env_id: str = "CartPole-v1", *, nights: int = 3, episodes_p
         manifest = reflexes.manifest if reflexes else None
         days.append(Day(day, report, reflexes.version if reflexes else None, floor,
                         (report["mean_return"] - floor) / scale if scale > 0 else None,
-                        {k: manifest["metrics"]["combined"][k] for k in ("coverage", "precision", "exact_precision")}
+                        {k: manifest["metrics"]["combined"].get(k) for k in ("coverage", "precision", "exact_precision")}
                         if manifest else None))
         if day < nights:
             started = time.perf_counter()

@@ -58,12 +58,26 @@ class PlannerSettings(Section):
     horizon: int = bounded(15, ge=1)
     """Steps System 2 imagines ahead."""
     samples: int = bounded(128, ge=1)
-    """Action sequences imagined per iteration, split evenly over the first actions."""
+    """Discrete actions: action sequences imagined per iteration, split evenly over the first actions."""
     iterations: int = bounded(1, ge=1)
-    """Cross-entropy-method iterations: each after the first refits the sampling distribution to the elites."""
+    """Discrete actions: cross-entropy-method iterations; each after the first refits the sampling
+    distribution to the elites."""
     elites: int = bounded(32, ge=1)
-    """Best sequences of an iteration: the next iteration samples around them, and a candidate first
-    action scores the mean of its share of them (a mean of many is a smooth function of the state)."""
+    """Discrete actions: best sequences of an iteration: the next iteration samples around them, and a
+    candidate first action scores the mean of its share of them (a mean of many is a smooth function of the state)."""
+    continuous_samples: int = bounded(256, ge=2)
+    """Continuous actions: action sequences imagined per iteration, drawn from a Gaussian per step."""
+    continuous_iterations: int = bounded(6, ge=1)
+    """Continuous actions: at most this many iterations, each refitting the Gaussians to the elites."""
+    continuous_elites: int = bounded(32, ge=1)
+    """Continuous actions: best sequences of an iteration, which the Gaussians are refitted to; the last
+    iteration's are the candidates System 2 logs, and its action is their mean first action."""
+    converged: float = bounded(0.05, gt=0, lt=1)
+    """Continuous actions: the search stops early once the first action's standard deviation, in units of
+    its range, is at most this in every dimension (a cold search starts at 0.5)."""
+    seeded_share: float = bounded(0.5, ge=0, le=1)
+    """Continuous actions: share of the first iteration's samples drawn around System 1's proposal when
+    there is one (the rest as cold, so that a wrong proposal loses to a better action)."""
     value_weight: float = bounded(0.3, ge=0)
     """Weight of the values of the imagined states in a sequence's score (the rest is imagined reward)."""
     veto: float = bounded(0.5, gt=0, le=1)
@@ -74,6 +88,9 @@ class PlannerSettings(Section):
     def check(self) -> None:
         if self.elites > self.samples:
             raise ValueError(f"elites must be at most samples ({self.samples}), got {self.elites}")
+        if self.continuous_elites > self.continuous_samples:
+            raise ValueError(f"continuous_elites must be at most continuous_samples ({self.continuous_samples}), "
+                             f"got {self.continuous_elites}")
 
 
 @dataclass

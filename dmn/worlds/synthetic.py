@@ -9,7 +9,8 @@ score about 1, the others about 0, give or take `score_noise`); else it believes
     >>> truth = write_logs(Home.resolve(), situations=16, episodes=60)  # doctest: +SKIP
     >>> states, best = truth.sample(1000)  # fresh states and their true best actions
 
-`big_log` writes one large file of valid records, for measuring ingest's memory.
+`write_vector_logs` does the same for a continuous world, whose actions are vectors. `big_log` writes one
+large file of valid records, for measuring ingest's memory.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class Truth:
     centres: np.ndarray
     """(situations, dim) the situations' centres."""
     best: np.ndarray
-    """(situations,) each situation's true best action."""
+    """(situations,) each situation's true best action; in a continuous world (situations, a) action vectors."""
     vetoed: np.ndarray
     """(situations,) the action System 2 vetoes there."""
     second: np.ndarray
@@ -92,6 +93,36 @@ def write_logs(home: Home, *, world: str = "synthetic", encoder: str = "syntheti
                 total += reward
                 log.outcome(step, reward=reward, done=step == steps - 1)
             log.end(return_=total)
+    return truth
+
+
+def write_vector_logs(home: Home, *, world: str = "arm", encoder: str = "arm@1", situations: int = 16,
+                      action_dim: int = 7, dim: int = 768, episodes: int = 60, steps: int = 20, candidates: int = 16,
+                      noise: float = 0.05, action_noise: float = 0.05, seed: int = 0, day: int = 0) -> Truth:
+    """Log a continuous world's System 2 (`episodes` x `steps` decisions): each situation has a true best
+    action vector in [-1, 1]^action_dim (`Truth.best`, (situations, action_dim)); System 2 imagines
+    `candidates` actions around its belief, scores each by how near the true best it is, and takes the
+    belief itself, off the true best by `action_noise` per dimension. Candidates are logged in one call,
+    without a state (`EpisodeLogger.candidates`).
+    """
+    world_rng = np.random.default_rng(seed)
+    centres = world_rng.standard_normal((situations, dim)).astype(np.float32)
+    best = world_rng.uniform(-1, 1, (situations, action_dim)).astype(np.float32)
+    truth = Truth(centres, best, np.full(situations, -1), np.full(situations, -1), noise, seed)
+    rng = np.random.default_rng([seed, day, 1])
+    with EpisodeLogger(home, world=world, encoder=encoder, agent="synthetic", flush_records=20_000) as log:
+        for _ in range(episodes):
+            log.episode()
+            for step in range(steps):
+                s = rng.integers(situations)
+                state = (centres[s] + noise * rng.standard_normal(dim)).astype(np.float32)
+                chosen = np.clip(best[s] + action_noise * rng.standard_normal(action_dim), -1, 1)
+                tried = np.clip(chosen + 0.3 * rng.standard_normal((candidates, action_dim)), -1, 1)
+                tried[0] = chosen
+                log.candidates(step, tried, -((tried - best[s]) ** 2).sum(1), cost_ms=1.0)
+                log.decision(step, state, chosen, source="system2", latency_ms=15.0)
+                log.outcome(step, reward=float(-((chosen - best[s]) ** 2).sum()), done=step == steps - 1)
+            log.end()
     return truth
 
 

@@ -39,6 +39,8 @@ from dmn.worlds.model import WorldModel
 from dmn.worlds.plan import Planner, one_thread
 from dmn.worlds.settings import PlannerSettings, WorldSettings
 
+Action = int | np.ndarray
+"""A discrete action, or a continuous one's vector."""
 MODEL_FORMAT = 1
 """Bumped when the model or its training changes, so that cached models are trained again."""
 SNAPSHOT_EVERY = 5
@@ -55,6 +57,7 @@ class Episode:
     obs: np.ndarray
     """(steps + 1, obs_dim) observations."""
     actions: np.ndarray
+    """(steps,) discrete actions, or (steps, a) continuous ones."""
     rewards: np.ndarray
     terminated: bool
     """Ended by the environment rather than by its time limit."""
@@ -79,13 +82,25 @@ def make_env(env_id: str) -> gym.Env:
     try:
         env = gym.make(env_id)
     except Exception as exc:  # noqa: BLE001 - Gymnasium raises its own errors, import errors, missing extras...
-        raise DmnError(f"cannot make Gymnasium environment {env_id!r}: {exc}") from None
+        hint = " (MuJoCo environments need the arm extra: pip install 'dmn[arm]')" if "mujoco" in str(exc).lower() else ""
+        raise DmnError(f"cannot make Gymnasium environment {env_id!r}: {exc}{hint}") from None
+    actions = env.action_space
+    discrete = isinstance(actions, gym.spaces.Discrete) and actions.start == 0
+    vectors = (isinstance(actions, gym.spaces.Box) and len(actions.shape) == 1
+               and bool(np.isfinite(actions.low).all() and np.isfinite(actions.high).all()))
     if not (isinstance(env.observation_space, gym.spaces.Box) and len(env.observation_space.shape) == 1
-            and isinstance(env.action_space, gym.spaces.Discrete) and env.action_space.start == 0):
+            and (discrete or vectors)):
         env.close()
-        raise DmnError(f"{env_id} has observations {env.observation_space} and actions {env.action_space}; "
-                       "the reference world needs a vector (1-D Box) observation and Discrete actions from 0")
+        raise DmnError(f"{env_id} has observations {env.observation_space} and actions {actions}; the reference "
+                       "world needs a vector (1-D Box) observation, and Discrete actions from 0 or a bounded 1-D Box")
     return env
+
+
+def random_action(space: gym.Space, rng: np.random.Generator) -> int | np.ndarray:
+    """A uniformly random action of a space `make_env` accepts."""
+    if isinstance(space, gym.spaces.Discrete):
+        return int(rng.integers(space.n))
+    return rng.uniform(space.low, space.high).astype(np.float32)
 
 
 def load_world(home: Home, env_id: str, settings: WorldSettings,
@@ -114,19 +129,24 @@ def train(env_id: str, settings: WorldSettings, say: Callable[[str], None] | Non
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     env = make_env(env_id)
-    n_actions = int(env.action_space.n)
+    space = env.action_space
     env.reset(seed=settings.seed)
     uncopyable = _uncopyable(env)
     frontier: list | None = None if uncopyable else []
     if uncopyable and say:
         say(f"{env_id} cannot be restarted from copies of itself ({uncopyable}): every episode starts from a reset")
 
-    def sticky_random(obs: np.ndarray, previous: int | None) -> int:
+    def sticky_random(obs: np.ndarray, previous: Action | None) -> Action:
         keep = previous is not None and rng.random() >= 1 / settings.sticky
-        return previous if keep else int(rng.integers(n_actions))
+        return previous if keep else random_action(space, rng)
 
     episodes = collect(env, settings.explore_steps, sticky_random, settings.seed, settings.restarts, frontier, rng)
-    model = WorldModel(env.observation_space.shape[0], n_actions, settings.latent_dim, settings.hidden)
+    box = isinstance(space, gym.spaces.Box)
+    model = WorldModel(env.observation_space.shape[0], 0 if box else int(space.n), settings.latent_dim,
+                       settings.hidden, action_dim=space.shape[0] if box else 0)
+    if box:
+        model.action_low.copy_(torch.as_tensor(space.low, dtype=torch.float32))
+        model.action_high.copy_(torch.as_tensor(space.high, dtype=torch.float32))
     _fit_scales(model, episodes, settings.gamma)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
     losses = fit(model, opt, windows(episodes, settings.rollout, settings.gamma), settings, settings.updates)
@@ -134,9 +154,9 @@ def train(env_id: str, settings: WorldSettings, say: Callable[[str], None] | Non
     for round_ in range(settings.rounds):
         planner = Planner(model, dataclasses.replace(COLLECT, seed=settings.seed + round_), repeatable=False)
 
-        def planned(obs: np.ndarray, previous: int | None) -> int:
+        def planned(obs: np.ndarray, previous: Action | None) -> Action:
             if rng.random() < EXPLORE_EPSILON:
-                return int(rng.integers(n_actions))
+                return random_action(space, rng)
             with torch.inference_mode():
                 return planner.plan(model.encode(torch.as_tensor(obs, dtype=torch.float32))).action
 
@@ -160,7 +180,7 @@ def train(env_id: str, settings: WorldSettings, say: Callable[[str], None] | Non
     return model, meta
 
 
-def collect(env: gym.Env, steps: int, choose: Callable[[np.ndarray, int | None], int], seed: int,
+def collect(env: gym.Env, steps: int, choose: Callable[[np.ndarray, Action | None], Action], seed: int,
             restarts: float = 0.0, frontier: list | None = None,
             rng: np.random.Generator | None = None) -> list[Episode]:
     """Play whole episodes until at least `steps` transitions; `choose(obs, previous_action)` acts.
@@ -192,7 +212,8 @@ def collect(env: gym.Env, steps: int, choose: Callable[[np.ndarray, int | None],
             rewards.append(reward)
             if terminated or truncated:
                 break
-        episodes.append(Episode(np.asarray(observations, np.float32), np.asarray(actions, np.int64),
+        kind = np.float32 if isinstance(env.action_space, gym.spaces.Box) else np.int64
+        episodes.append(Episode(np.asarray(observations, np.float32), np.asarray(actions, kind),
                                 np.asarray(rewards, np.float32), bool(terminated)))
         total += len(actions)
         obs, _ = env.reset()
@@ -204,7 +225,7 @@ def _uncopyable(env: gym.Env) -> str | None:
     what cannot be copied (a simulator handle), and some copy without error and then fail at their first
     step (Box2D's). One copy takes a step to find out; `env` itself is untouched."""
     try:
-        copy.deepcopy(env).step(0)
+        copy.deepcopy(env).step(random_action(env.action_space, np.random.default_rng(0)))
     except Exception as exc:  # noqa: BLE001 - whatever the environment raises
         return f"{type(exc).__name__} {exc}".strip()
     return None
@@ -268,7 +289,7 @@ def fit(model: WorldModel, opt: torch.optim.Optimizer, data: dict[str, torch.Ten
             predicted = model.step(predicted, b["actions"][:, k])
             prediction += _masked(((predicted - target[:, k]) ** 2).mean(-1), mask)
             for latent_k in (predicted, encoded[:, k]):
-                reward, done, value = model.heads(latent_k)
+                reward, done, value = model.heads(latent_k, b["actions"][:, k])
                 heads += _masked(((reward - b["rewards"][:, k]) / model.reward_scale) ** 2, mask)
                 heads += _masked(F.binary_cross_entropy_with_logits(done, b["done"][:, k], reduction="none"), mask)
                 heads += 5 * _masked(((value - b["value"][:, k]) / model.value_scale) ** 2, value_mask)
@@ -314,7 +335,7 @@ def _save(folder: Path, model: WorldModel, meta: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     write_atomic(folder / "model.pt", weights)
     meta = {**meta, "format": MODEL_FORMAT, "sha256": hashlib.sha256(weights).hexdigest(),
-            "obs_dim": model.obs_mean.shape[0], "n_actions": model.n_actions}
+            "obs_dim": model.obs_mean.shape[0], "n_actions": model.n_actions, "action_dim": model.action_dim}
     write_atomic(folder / "meta.json", json.dumps(meta, indent=2).encode())  # last: its presence means complete
 
 
@@ -325,7 +346,8 @@ def _load(folder: Path) -> World:
         if hashlib.sha256(weights).hexdigest() != meta["sha256"]:
             raise ValueError("model.pt does not match its checksum")
         settings = meta["settings"]
-        model = WorldModel(meta["obs_dim"], meta["n_actions"], settings["latent_dim"], settings["hidden"])
+        model = WorldModel(meta["obs_dim"], meta["n_actions"], settings["latent_dim"], settings["hidden"],
+                           meta.get("action_dim", 0))
         model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))  # weights only: nothing unpickled
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise DmnError(f"the cached world model in {folder} is damaged ({exc}); delete that folder to train it "

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from dmn.bundle.decide import action_distance
 from dmn.config import ConsolidateSettings
@@ -166,7 +167,7 @@ def select(store: Store, world: str, encoder: str, settings: ConsolidateSettings
     sims = con.sql("""
         SELECT s.i, m.action, m.action_vector, m.score, m.vetoed, m.predicted
         FROM sims m JOIN steps s USING (episode_id, step) ORDER BY s.i""").to_arrow_table()
-    action_dim = next((len(v) for v in steps["label_vector"].to_pylist() if v is not None), 0)
+    action_dim = pc.max(pc.list_value_length(steps["label_vector"])).as_py() or 0  # 0: labels
     actions = [] if action_dim else sorted(set(steps["label"].to_pylist()) | set(steps["reflex"].drop_null().to_pylist())
                                            | set(sims["action"].to_pylist()), key=_action_order)
     index = {a: i for i, a in enumerate(actions)}

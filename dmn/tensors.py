@@ -19,16 +19,24 @@ def as_vector(value: Any, name: str = "vector") -> np.ndarray:
     Raises ValueError for anything else, an empty vector, or NaN/Inf values, so that a bad
     latent fails where it is made rather than in tomorrow's quarantine.
     """
-    if hasattr(value, "detach") and hasattr(value, "numpy"):  # torch.Tensor, without importing torch
-        value = value.detach().cpu().float().numpy()
-    try:
-        array = np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a vector of numbers, got {type(value).__name__}") from None
+    array = as_numbers(value, name)
     if array.ndim != 1:
         array = array.reshape(-1) if array.ndim > 1 and array.size else array
     if array.ndim != 1 or array.size == 0:
         raise ValueError(f"{name} must be a non-empty vector, got shape {np.shape(value)}")
+    return array
+
+
+def as_numbers(value: Any, name: str, dtype: type = np.float32) -> np.ndarray:
+    """A finite array of `dtype` (float32, as vectors are stored; or float64) from a numpy array, a torch
+    tensor, or (nested) sequences of numbers; ValueError for anything else or NaN/Inf values."""
+    if hasattr(value, "detach") and hasattr(value, "numpy"):  # torch.Tensor, without importing torch
+        value = value.detach().cpu()
+        value = (value.double() if dtype is np.float64 else value.float()).numpy()  # bfloat16 has no numpy
+    try:
+        array = np.asarray(value, dtype=dtype)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be numbers, got {type(value).__name__}") from None
     if not np.isfinite(array).all():
         raise ValueError(f"{name} contains NaN or Inf")
     return array

@@ -180,9 +180,24 @@ class Rule:
         c, d2 = int(ids[0, 0]), float(d2[0, 0])
         if d2 <= table_reach2[c]:
             return best[c], confidence[c], "table", c
+        answer = self._policy_one(x, c, d2)
+        if answer is None or answer[1] < self.policy_threshold:
+            return None
+        return answer[0], answer[1], "policy", c
+
+    def propose_one(self, x: np.ndarray) -> tuple[Any, float, int] | None:
+        """The policy's answer for one latent state whatever its confidence (action, confidence, situation): a
+        start for a planner where System 1 abstains; None beyond the policy's reach."""
+        d2, ids = self.index.search(x[None], 1)
+        c, d2 = int(ids[0, 0]), float(d2[0, 0])
+        answer = self._policy_one(x, c, d2)
+        return None if answer is None else (*answer, c)
+
+    def _policy_one(self, x: np.ndarray, c: int, d2: float) -> tuple[Any, float] | None:
+        """The policy's (action, calibrated confidence) for `x`, at squared distance `d2` from its situation `c`;
+        None beyond the policy's reach there."""
+        _, policy_reach2, _, _, radius = self._gates  # type: ignore[attr-defined]
         if d2 > policy_reach2[c]:
             return None
         action, sure = policy_answers(self.policy, x[None], np.array([math.sqrt(max(d2, 0.0)) / radius[c]]))
-        if sure[0] < self.policy_threshold:
-            return None
-        return (action[0] if action.ndim > 1 else int(action[0])), float(sure[0]), "policy", c
+        return (action[0] if action.ndim > 1 else int(action[0])), float(sure[0])

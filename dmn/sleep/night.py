@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from dmn import faults
 from dmn.bundle import publish
 from dmn.bundle.decide import Answers, Rule, nearest, table_columns
-from dmn.bundle.load import load
+from dmn.bundle.load import Bundle, load
 from dmn.config import ConsolidateSettings
 from dmn.errors import DmnError
 from dmn.home import Home, write_atomic
@@ -267,7 +267,7 @@ def _published_on(home: Home, night: Consolidation, exp: Experience, rows: np.nd
         position = {a: i for i, a in enumerate(exp.actions)}
         answers.action = np.array([position.get(a, -1) for a in bundle.actions])[answers.action]
     figures = metrics(answers, exp, rows)
-    live = _live(exp, since=datetime.fromisoformat(bundle.manifest["created_at"]).timestamp())
+    live = _live(exp, since=_published_at(bundle))
     failing = bool(live["audited"]) and bool(1 - wilson_lower(1 - live["precision"], live["audited"], s.precision_z)
                                              < s.precision_target)
     return {"version": night.current, "coverage": figures["coverage"], "precision": figures["precision"],
@@ -279,7 +279,7 @@ def _demote(home: Home, night: Consolidation, exp: Experience, s: ConsolidateSet
     since it was published were acceptable less often than the precision target. Returns the new version
     and how many situations it demoted."""
     bundle = load(home, night.world, night.current)
-    audited = np.flatnonzero((exp.reflex >= 0) & (exp.ts >= datetime.fromisoformat(bundle.manifest["created_at"]).timestamp()))
+    audited = _audits(exp, since=_published_at(bundle))
     situation = nearest(bundle.index, exp.states[audited])[0]
     right = exp.right(exp.reflexes(audited), audited)
     k = bundle.index.ntotal
@@ -298,11 +298,21 @@ def _demote(home: Home, night: Consolidation, exp: Experience, s: ConsolidateSet
 def _live(exp: Experience, since: float = -np.inf) -> dict[str, Any]:
     """How System 1 did in the world (since `since`, Unix seconds): on the steps that audited it, how often
     its answer was right (precision) and System 2's own choice (exact precision: None for vector actions)."""
-    audited = np.flatnonzero((exp.reflex >= 0) & (exp.ts >= since))
+    audited = _audits(exp, since)
     if not len(audited):
         return {"audited": 0, "precision": None, "exact_precision": None}
     return {"audited": len(audited), "precision": float(exp.right(exp.reflexes(audited), audited).mean()),
             "exact_precision": None if exp.action_dim else float((exp.reflex[audited] == exp.label[audited]).mean())}
+
+
+def _audits(exp: Experience, since: float = -np.inf) -> np.ndarray:
+    """The steps that audited System 1 (System 2 decided, and logged System 1's withheld answer) since `since`."""
+    return np.flatnonzero((exp.reflex >= 0) & (exp.ts >= since))
+
+
+def _published_at(bundle: Bundle) -> float:
+    """When `bundle` was published, in Unix seconds: what it did live is what came after."""
+    return datetime.fromisoformat(bundle.manifest["created_at"]).timestamp()
 
 
 def runs(home: Home) -> list[dict[str, Any]]:

@@ -47,9 +47,7 @@ def heuristic_table(exp: Experience, rows: np.ndarray, cluster: np.ndarray, dist
     n_eff = held**2 / np.maximum(np.bincount(cluster[inner], weights=w[inner] ** 2, minlength=k), 1e-12)
 
     # Simulations of the training steps: per (situation, action) mean score, veto rate, outcome types.
-    step_cluster = np.full(len(exp.label), -1)
-    step_cluster[rows] = cluster
-    sim_cluster = step_cluster[exp.sim_step]
+    sim_cluster = _sim_situations(exp, rows, cluster)
     keep = sim_cluster >= 0
     sc, sa, sw = sim_cluster[keep], exp.sim_action[keep], exp.weight[exp.sim_step[keep]]
     sims = np.zeros((k, a))
@@ -124,14 +122,19 @@ def _vector_choice(exp: Experience, rows: np.ndarray, cluster: np.ndarray, k: in
             {"spread": pa.array(np.sqrt(square / held).tolist(), pa.list_(pa.float32()))})
 
 
+def _sim_situations(exp: Experience, rows: np.ndarray, cluster: np.ndarray) -> np.ndarray:
+    """The situation of every simulation, its step's (`cluster` of the steps `rows`); -1 for the other steps'."""
+    step_cluster = np.full(len(exp.label), -1)
+    step_cluster[rows] = cluster
+    return step_cluster[exp.sim_step]
+
+
 def candidate_table(exp: Experience, rows: np.ndarray, cluster: np.ndarray, outcome: np.ndarray,
                     per_situation: int = 64) -> pa.Table:
     """A continuous world's recollection of what System 2 imagined per situation: up to `per_situation` of the
     newest candidates of the training steps `rows` (in situations `cluster`) each, with their score, veto and
     outcome type (-1: nothing imagined), for `Reflexes.imagine` to recall the nearest of."""
-    step_cluster = np.full(len(exp.label), -1)
-    step_cluster[rows] = cluster
-    sim_cluster = step_cluster[exp.sim_step]
+    sim_cluster = _sim_situations(exp, rows, cluster)
     order = np.flatnonzero(sim_cluster >= 0)
     order = order[np.argsort(sim_cluster[order], kind="stable")]  # steps are newest first, and so their candidates
     first = np.searchsorted(sim_cluster[order], sim_cluster[order])

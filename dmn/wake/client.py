@@ -29,12 +29,7 @@ from typing import Any
 import numpy as np
 
 from dmn.bundle import publish
-from dmn.bundle.decide import (
-    action_distance,
-    policy_answers,
-    policy_gaussian,
-    policy_head,
-)
+from dmn.bundle.decide import action_distance, policy_gaussian, policy_head
 from dmn.bundle.load import Bundle, load
 from dmn.errors import DmnError
 from dmn.home import Home
@@ -288,15 +283,14 @@ def _serve(bundle: Bundle, encoder: str | None) -> _Serving:
 
 def _proposal(bundle: Bundle, x: np.ndarray) -> Proposal | None:
     """`Reflexes.propose` for the state `x`: None beyond the policy's reach."""
-    distance, ids = bundle.index.search(x[None], 1)
-    c, d2 = int(ids[0, 0]), float(distance[0, 0])
-    if d2 > bundle.rule.policy_reach2[c]:
+    answer = bundle.rule.propose_one(x)
+    if answer is None:
         return None
-    action, confidence = policy_answers(bundle.policy, x[None], np.array([math.sqrt(max(d2, 0)) / bundle.rule.radius[c]]))
+    action, confidence, c = answer
     if not bundle.action_dim:
-        return Proposal(bundle.actions[int(action[0])], None, float(confidence[0]), c, bundle.version)
-    mean, spread = policy_gaussian(bundle.policy, policy_head(bundle.policy, x[None]))
-    return Proposal(mean[0], spread[0].astype(np.float32), float(confidence[0]), c, bundle.version)
+        return Proposal(bundle.actions[action], None, confidence, c, bundle.version)
+    spread = policy_gaussian(bundle.policy, policy_head(bundle.policy, x[None]))[1][0]  # the head's other half
+    return Proposal(action, spread.astype(np.float32), confidence, c, bundle.version)
 
 
 def _imagined(serving: _Serving, x: np.ndarray, action: Any) -> Imagined | None:

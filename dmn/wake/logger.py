@@ -30,7 +30,7 @@ import numpy as np
 
 from dmn.home import Home, write_atomic
 from dmn.records import SOURCES
-from dmn.tensors import as_vector, tensor_json
+from dmn.tensors import as_numbers, as_vector, tensor_json
 
 Action = Any
 """An action: a label (an int or a str) in a discrete world, a vector (sequence, numpy array, torch tensor)
@@ -323,22 +323,14 @@ def _candidate_parts(head: dict[str, Any], actions: Any, scores: Any, predicted:
 
 def _finite_array(values: Any, name: str, ndim: int, rows: int | None = None, dtype: type = np.float32
                   ) -> np.ndarray:
-    """`values` as an array of `ndim` dimensions (of `rows` rows), finite; else ValueError. Vectors are
-    float32, as they are stored; scores keep float64, so that close ones do not tie."""
-    if hasattr(values, "detach"):  # torch.Tensor, without importing torch
-        values = values.detach().cpu()
-        values = (values.double() if dtype is np.float64 else values.float()).numpy()  # bfloat16 has no numpy
-    try:
-        array = np.asarray(values, dtype)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be numbers, got {type(values).__name__}") from None
+    """`values` as a finite array (`as_numbers`) of `ndim` dimensions (of `rows` rows); else ValueError.
+    Vectors are float32, as they are stored; scores keep float64, so that close ones do not tie."""
+    array = as_numbers(values, name, dtype)
     if array.ndim == 1 and ndim == 2:
         array = array[:, None]
     if array.ndim != ndim or (rows is not None and len(array) != rows):
         shape = "(k,)" if ndim == 1 else "(k, n)"
         raise ValueError(f"{name} must have {shape} shape{'' if rows is None else f' for k = {rows}'}, got {array.shape}")
-    if not np.isfinite(array).all():
-        raise ValueError(f"{name} contains NaN or Inf")
     return array
 
 

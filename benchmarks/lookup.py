@@ -139,7 +139,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             home = Home.resolve(tmp)
             queries = bundle(home, k, rng)
-            reflexes = Reflexes.open(home, "bench", encoder="bench", check_every=3600)
+            reflexes = Reflexes.open("bench", home=home, encoder="bench", check_every=3600)
             index = load(home, "bench").index  # the same published index, loaded the same way
             latencies(reflexes, index, queries[:200])  # warm up
             lookup, raw, answered = latencies(reflexes, index, queries[:args.queries])

@@ -17,6 +17,7 @@ from dmn.home import Home
 from dmn.lake.ingest import ingest
 from dmn.lake.store import Store
 from dmn.sleep.night import Consolidation, consolidate
+from dmn.worlds.synthetic import write_logs
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -32,6 +33,16 @@ def dmn(*args: str, home: Home | None = None, prefix: Sequence[str] = (), timeou
     wrapper), its output as text; `kwargs` go to subprocess.run (env, cwd, preexec_fn)."""
     command = [*prefix, sys.executable, "-m", "dmn", *args, *(["--home", str(home.root)] if home else [])]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A synthetic world in 64-d with three integer actions, consolidated once per test module (tests that
+    publish more copy it first): (home, truth)."""
+    home = Home.resolve(tmp_path_factory.mktemp("world") / "home")
+    truth = write_logs(home, situations=8, dim=64, episodes=60, steps=20)
+    assert night(home, ConsolidateSettings(policy_hidden=32, policy_epochs=10))[0].status == "published"
+    return home, truth
 
 
 def night(home: Home, settings: ConsolidateSettings | None = None) -> list[Consolidation]:

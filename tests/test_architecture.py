@@ -47,7 +47,7 @@ import dmn
 with dmn.EpisodeLogger({str(tmp_path)!r}, world="w", encoder="e") as log:
     log.episode()
     log.decision(0, np.ones(4), 1, source="system2", latency_ms=1.0)
-assert dmn.Reflexes.open({str(tmp_path)!r}, "w", encoder="e").lookup(np.ones(4)) is None  # no bundle yet
+assert dmn.Reflexes.open("w", home={str(tmp_path)!r}, encoder="e").lookup(np.ones(4)) is None  # no bundle yet
 loaded = sorted({{name.partition(".")[0] for name in sys.modules}} & set({NIGHT!r}))
 assert not loaded, loaded
 """

@@ -12,25 +12,11 @@ import time
 import numpy as np
 import pytest
 
-from conftest import night, republish
-from dmn import Reflexes
+from conftest import republish
+from dmn import ANY_ENCODER, Reflexes
 from dmn.bundle import publish
 from dmn.bundle.load import load
-from dmn.config import ConsolidateSettings
 from dmn.home import Home
-from dmn.worlds.synthetic import write_logs
-
-FAST = ConsolidateSettings(policy_hidden=32, policy_epochs=10)
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """A synthetic world in 64-d, consolidated once; tests that publish more copy it first."""
-    home = Home.resolve(tmp_path_factory.mktemp("client") / "home")
-    truth = write_logs(home, situations=8, dim=64, episodes=60, steps=20)
-    assert night(home, FAST)[0].status == "published"
-    return home, truth
-
 
 @pytest.fixture
 def own(world, tmp_path):
@@ -42,7 +28,7 @@ def own(world, tmp_path):
 
 def test_lookups_answer_exactly_what_the_night_measured(world):
     home, truth = world
-    reflexes = Reflexes.open(home, "synthetic", encoder="synthetic@1")
+    reflexes = Reflexes.open("synthetic", home=home, encoder="synthetic@1")
     states = np.concatenate([truth.sample(400)[0], truth.far(100)])
     expected = load(home, "synthetic").answer(states)
     one = [reflexes.lookup(z) for z in states]
@@ -55,30 +41,36 @@ def test_lookups_answer_exactly_what_the_night_measured(world):
         if a is None:
             assert expected.source[i] == ""
         else:
-            assert (a.action, a.source, a.confidence) == (reflexes._serving.bundle.actions[expected.action[i]],
+            assert (a.action, a.source, a.confidence) == (int(reflexes._serving.bundle.actions[expected.action[i]]),
                                                           expected.source[i], pytest.approx(expected.confidence[i]))
             assert a.version == "v000001" and a.cluster == expected.situation[i] and a.support > 0
     answered = [a for a in one[:400] if a is not None]
     assert len(answered) >= 0.9 * 400
     assert all(r is None for r in one[400:])  # far from every situation: novel, so silent
-    right = sum(a.action == str(b) for a, b in zip(one[:400], truth.sample(400)[1]) if a is not None)
+    assert all(type(a.action) is int for a in answered)  # integer actions come back as they were logged
+    right = sum(a.action == b for a, b in zip(one[:400], truth.sample(400)[1]) if a is not None)
     assert right >= 0.95 * len(answered)
 
 
 def test_it_abstains_without_a_bundle_and_for_another_encoder(world, tmp_path):
     home, truth = world
     z = truth.sample(1)[0][0]
-    empty = Reflexes.open(tmp_path / "empty", "synthetic")
+    empty = Reflexes.open("synthetic", home=tmp_path / "empty", encoder="synthetic@1")
     assert empty.lookup(z) is None and empty.imagine(z, 0) is None and empty.lookup_batch(z[None]) == [None]
     assert empty.version is None and "no bundle published" in empty.problem
-    other = Reflexes.open(home, "synthetic", encoder="synthetic@2")
+    other = Reflexes.open("synthetic", home=home, encoder="synthetic@2")
     assert other.lookup(z) is None and other.lookup_batch(z[None]) == [None]
     assert "encoder 'synthetic@1', not 'synthetic@2'" in other.problem
+    for missing in (None, ""):  # serving latents of another space is the one silent failure: say which space
+        with pytest.raises(ValueError, match="encoder must be the version"):
+            Reflexes.open("synthetic", home=home, encoder=missing)
+    anyone = Reflexes.open("synthetic", home=home, encoder=ANY_ENCODER)  # the opt-out
+    assert sum(anyone.lookup(c) is not None for c in truth.centres) >= len(truth.centres) - 1
 
 
 def test_it_abstains_below_the_calibrated_thresholds(own):
     home, truth = own
-    reflexes = Reflexes.open(home, "synthetic", check_every=3600)
+    reflexes = Reflexes.open("synthetic", home=home, encoder="synthetic@1", check_every=3600)
     states = truth.sample(200)[0]
     assert sum(r is not None for r in reflexes.lookup_batch(states)) >= 180
     republish(home, thresholds={"table": None, "policy": 1.01})  # nothing is that sure
@@ -89,21 +81,26 @@ def test_it_abstains_below_the_calibrated_thresholds(own):
 def test_audits_withhold_answers_and_say_which(world):
     home, truth = world
     states = truth.sample(300)[0]
-    always = Reflexes.open(home, "synthetic", audit_rate=1.0)
+    always = Reflexes.open("synthetic", home=home, encoder="synthetic@1", audit_rate=1.0)
     assert all(always.lookup(z) is None for z in states)
-    withheld = always.withheld()
-    assert withheld is not None and withheld.source in ("table", "policy")
-    some = Reflexes.open(home, "synthetic", audit_rate=0.2, seed=3)
+    asked = [always.ask(z) for z in states]
+    assert all(a.reflex is None for a in asked) and sum(a.withheld is not None for a in asked) >= 270
+    assert {a.withheld.source for a in asked if a.withheld} <= {"table", "policy"}
+    batch = always.ask_batch(states)  # per row: what its audit withheld
+    assert [b.withheld is None for b in batch] == [a.withheld is None for a in asked]
+    some = Reflexes.open("synthetic", home=home, encoder="synthetic@1", audit_rate=0.2, seed=3)
     silent = sum(some.lookup(z) is None for z in states)
     assert 30 <= silent <= 110  # ~20% of ~300 answers, plus the few it would not answer anyway
-    never = Reflexes.open(home, "synthetic")
-    never.lookup(states[0])
-    assert never.withheld() is None
+    rows = some.ask_batch(states)
+    assert 30 <= sum(r.withheld is not None for r in rows) <= 110
+    assert all(r.reflex is None for r in rows if r.withheld is not None)
+    never = Reflexes.open("synthetic", home=home, encoder="synthetic@1")
+    assert never.ask(states[0]).withheld is None and never.ask(states[0]).reflex is not None
 
 
 def test_imagine_recalls_what_system2_expected(world):
     home, truth = world
-    reflexes = Reflexes.open(home, "synthetic")
+    reflexes = Reflexes.open("synthetic", home=home, encoder="synthetic@1")
     for s in range(len(truth.centres)):
         best = reflexes.imagine(truth.centres[s], int(truth.best[s]))
         vetoed = reflexes.imagine(truth.centres[s], str(truth.vetoed[s]))
@@ -119,7 +116,7 @@ def test_imagine_recalls_what_system2_expected(world):
 ])
 def test_bad_states_raise_a_clear_value_error(world, bad, message):
     home, _ = world
-    reflexes = Reflexes.open(home, "synthetic")
+    reflexes = Reflexes.open("synthetic", home=home, encoder="synthetic@1")
     with pytest.raises(ValueError, match=message):
         reflexes.lookup(bad)
     with pytest.raises(ValueError):
@@ -128,13 +125,13 @@ def test_bad_states_raise_a_clear_value_error(world, bad, message):
 
 def test_bad_batches_and_settings_raise_a_clear_value_error(world):
     home, _ = world
-    reflexes = Reflexes.open(home, "synthetic")
+    reflexes = Reflexes.open("synthetic", home=home, encoder="synthetic@1")
     for bad, message in [(np.zeros(64), r"\(n, d\) matrix"), (np.zeros((3, 5)), "64 dimensions"),
                          (np.full((2, 64), np.inf), "finite")]:
         with pytest.raises(ValueError, match=message):
             reflexes.lookup_batch(bad)
     with pytest.raises(ValueError, match="audit_rate"):
-        Reflexes.open(home, "synthetic", audit_rate=1.5)
+        Reflexes.open("synthetic", home=home, encoder="synthetic@1", audit_rate=1.5)
 
 
 def test_a_bundle_from_before_vector_actions_still_serves(own):
@@ -156,26 +153,26 @@ def test_a_bundle_from_before_vector_actions_still_serves(own):
 def test_a_tampered_bundle_is_never_served(own, monkeypatch):
     home, truth = own
     z = truth.sample(1)[0][0]
-    reflexes = Reflexes.open(home, "synthetic", check_every=3600)
+    reflexes = Reflexes.open("synthetic", home=home, encoder="synthetic@1", check_every=3600)
     version = republish(home)
     (publish.folder(home, "synthetic") / version / "table.parquet").write_bytes(b"PAR1 not really")
     assert not reflexes.refresh()
     assert reflexes.version == "v000001" and reflexes.lookup(z).version == "v000001"
     assert "table.parquet does not match its checksum" in reflexes.problem and "still serving v000001" in reflexes.problem
-    fresh = Reflexes.open(home, "synthetic")
+    fresh = Reflexes.open("synthetic", home=home, encoder="synthetic@1")
     assert fresh.lookup(z) is None and "abstaining" in fresh.problem
     monkeypatch.setenv("DMN_SIGNING_KEY", "k")
     (publish.folder(home, "synthetic") / "CURRENT").write_text("v000001")
-    unsigned = Reflexes.open(home, "synthetic")
+    unsigned = Reflexes.open("synthetic", home=home, encoder="synthetic@1")
     assert unsigned.lookup(z) is None and "unsigned" in unsigned.problem
     signed = republish(home)
-    assert Reflexes.open(home, "synthetic").lookup(z).version == signed
+    assert Reflexes.open("synthetic", home=home, encoder="synthetic@1").lookup(z).version == signed
 
 
 def test_hot_reload_while_threads_look_up(own):
     home, truth = own
     states = truth.sample(64)[0]
-    reflexes = Reflexes.open(home, "synthetic", check_every=0.01)
+    reflexes = Reflexes.open("synthetic", home=home, encoder="synthetic@1", check_every=0.01)
     seen: list = []
     errors: list = []
     stop = threading.Event()
@@ -212,7 +209,7 @@ def test_hot_reload_while_threads_look_up(own):
     for i, r in seen[:: max(1, len(seen) // 500)]:
         if r is not None:  # each answer is exactly what its one bundle says
             answer = bundles[r.version].answer(states[i:i + 1])
-            assert r.action == bundles[r.version].actions[answer.action[0]] and r.source == answer.source[0]
+            assert str(r.action) == bundles[r.version].actions[answer.action[0]] and r.source == answer.source[0]
 
 
 def test_a_lookup_never_imports_torch(world):
@@ -220,7 +217,7 @@ def test_a_lookup_never_imports_torch(world):
     code = f"""
 import sys, numpy as np
 import dmn
-r = dmn.Reflexes.open({str(home.root)!r}, "synthetic")
+r = dmn.Reflexes.open("synthetic", home={str(home.root)!r}, encoder="synthetic@1")
 z = np.load({str(home.root / 'z.npy')!r})
 assert r.lookup(z) is not None and r.lookup_batch(z[None])[0] is not None and r.imagine(z, 0) is not None
 assert "torch" not in sys.modules, "torch was imported"

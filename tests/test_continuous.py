@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import dmn, night
-from dmn import Reflexes
+
+from dmn import Candidate, Decider, EpisodeLogger, Plan, Reflexes
 from dmn.bundle.load import load
 from dmn.config import ConsolidateSettings
 from dmn.home import Home
+from dmn.lake.ingest import ingest
 from dmn.lake.store import Store
 from dmn.worlds.synthetic import write_vector_logs
 
@@ -67,7 +68,7 @@ def test_the_table_holds_system2s_action_its_spread_and_what_it_imagined(arm):
 
 def test_the_client_answers_vectors_proposes_where_it_abstains_and_recalls_imagined_candidates(arm, tmp_path):
     home, truth, _ = arm
-    reflexes = Reflexes.open(home, "arm")
+    reflexes = Reflexes.open("arm", home=home, encoder="arm@1")
     states, best = truth.sample(50, seed=7)
     answers = load(home, "arm").answer(states)
     answered = ~np.isnan(answers.confidence)
@@ -92,8 +93,10 @@ def test_the_client_answers_vectors_proposes_where_it_abstains_and_recalls_imagi
         reflexes.imagine(states[0], [0.0, 1.0])
 
     # An abstaining client still proposes: a planner can start its search there.
-    sure = Reflexes.open(home, "arm", audit_rate=1.0)
-    assert sure.lookup(states[0]) is None and sure.withheld() is not None and sure.propose(states[0]) is not None
+    sure = Reflexes.open("arm", home=home, encoder="arm@1", audit_rate=1.0)
+    asked = sure.ask(states[0])
+    assert asked.reflex is None and asked.withheld is not None and sure.propose(states[0]) is not None
+    assert asked.withheld.action.dtype == np.float32 and asked.withheld.action.shape == (7,)
 
 
 def test_action_vectors_are_a_float_column_sql_reads_directly(arm):
@@ -109,3 +112,30 @@ def test_action_vectors_are_a_float_column_sql_reads_directly(arm):
     assert nulls == 0  # a continuous world's actions are its vectors, not labels
     out = dmn("sql", "SELECT count(*) AS n, max(len(action_vector)) AS k FROM simulations", "-f", "csv", home=home)
     assert out.returncode == 0 and out.stdout.splitlines()[1] == "38400,7"
+
+
+def test_one_call_decides_in_vectors_from_both_systems(arm, tmp_path):
+    home, truth, _ = arm
+    log_home = Home.resolve(tmp_path / "log")
+    reflexes = Reflexes.open("arm", home=home, encoder="arm@1", audit_rate=0.2, seed=0)
+    heard = []
+
+    def planner(z, proposal):  # a continuous planner may start from System 1's mean and spread
+        heard.append(proposal)
+        return Plan(np.zeros(7, np.float32), [Candidate(np.zeros(7), 0.0), Candidate(np.ones(7), -1.0, vetoed=True)])
+
+    with Decider(reflexes, EpisodeLogger(log_home, world="arm", encoder="arm@1")) as decider:
+        decider.episode("e")
+        decisions = [decider.decide(i, z, planner) for i, z in enumerate(truth.sample(60, seed=5)[0])]
+    for d in decisions:
+        assert isinstance(d.action, np.ndarray) and d.action.dtype == np.float32 and d.action.shape == (7,)
+    audits = [d for d in decisions if d.withheld is not None]
+    assert audits and all(d.withheld.action.shape == (7,) for d in audits)
+    assert any(d.source == "system1" for d in decisions)
+    assert all(p is None or p.spread.shape == (7,) for p in heard) and len(heard) == len(decisions) - sum(
+        d.source == "system1" for d in decisions)
+    ingest(log_home)
+    store = Store(log_home)
+    assert store.sql("SELECT count(*) FROM decisions WHERE reflex_vector IS NOT NULL").fetchone()[0] == len(audits)
+    assert store.sql("SELECT count(*) FROM simulations").fetchone()[0] == 2 * (len(decisions) - sum(
+        d.source == "system1" for d in decisions))

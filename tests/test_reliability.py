@@ -97,7 +97,7 @@ READER = """
 import json, sys, threading
 import numpy as np
 from dmn import Reflexes
-reflexes = Reflexes.open(sys.argv[1], "synthetic", check_every=0.02)
+reflexes = Reflexes.open("synthetic", home=sys.argv[1], encoder="synthetic@1", check_every=0.02)
 states = np.load(sys.argv[2])
 stop = threading.Event()
 threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()  # until stdin closes
@@ -375,7 +375,7 @@ LOOKUP = """
 import sys
 import numpy as np
 from dmn import Reflexes
-reflex = Reflexes.open(sys.argv[1], "synthetic").lookup(np.load(sys.argv[2])[0])
+reflex = Reflexes.open("synthetic", home=sys.argv[1], encoder="synthetic@1").lookup(np.load(sys.argv[2])[0])
 print(reflex.version if reflex else None)
 """
 
@@ -477,7 +477,7 @@ def test_nothing_from_the_inbox_or_a_bundle_is_unpickled_or_followed_out_of_its_
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DmnError, match="cannot be loaded"):
         load(home, "synthetic")
-    reflexes = Reflexes.open(home, "synthetic")
+    reflexes = Reflexes.open("synthetic", home=home, encoder="synthetic@1")
     assert reflexes.lookup(truth.sample(1)[0][0]) is None and "cannot be loaded" in reflexes.problem
 
     (publish.folder(home, "synthetic") / "CURRENT").write_text("../../../elsewhere")

@@ -12,9 +12,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import dmn
 from sklearn.metrics import roc_auc_score
 
-from conftest import dmn
+from dmn import Asked
 from dmn.errors import DmnError
 from dmn.lake.ingest import ingest
 from dmn.lake.store import Store
@@ -260,13 +261,14 @@ class AlwaysLeft:
     def __init__(self):
         self.calls = 0
 
-    def lookup(self, z):
+    def ask(self, z):
         assert z.shape == (16,)
         self.calls += 1
-        return None if self.calls % 3 == 0 else SimpleNamespace(action="0", confidence=0.875)
+        reflex = SimpleNamespace(action=0, confidence=0.875)
+        return Asked(None, reflex) if self.calls % 3 == 0 else Asked(reflex)
 
-    def withheld(self):  # every third answer is held back for an audit
-        return SimpleNamespace(action="0", confidence=0.875)
+    def propose(self, z):  # asked only where System 1 abstains without an audit, which this one never does
+        return None
 
 
 def test_the_agent_logs_every_decision_simulation_and_outcome(home):
@@ -316,11 +318,8 @@ class Proposing:
 
     manifest = None
 
-    def lookup(self, z):
-        return None
-
-    def withheld(self):
-        return None
+    def ask(self, z):
+        return Asked(None)
 
     def propose(self, z):
         return SimpleNamespace(action=np.zeros(1, np.float32), spread=np.full(1, 0.1, np.float32))

@@ -1,8 +1,11 @@
 """System 1 at run time: ask the published bundle before deliberating.
 
->>> reflexes = Reflexes.open("dmn-home", "CartPole-v1", encoder=world.encoder, audit_rate=0.05)  # doctest: +SKIP
->>> reflex = reflexes.lookup(z)                                                                # doctest: +SKIP
->>> action = reflex.action if reflex else system2(z)                                           # doctest: +SKIP
+>>> reflexes = Reflexes.open("CartPole-v1", encoder=world.encoder)  # doctest: +SKIP
+>>> reflex = reflexes.lookup(z)                                   # doctest: +SKIP
+>>> action = reflex.action if reflex else system2(z)              # doctest: +SKIP
+
+With audits (`audit_rate`), `ask` also says which answer was withheld; `dmn.Decider` does all of a
+step (ask, deliberate, log) in one call.
 
 A lookup answers from the bundle's heuristic table or its policy network exactly as the night
 evaluated them (`dmn.bundle.decide.Rule`), or returns None — and then the agent deliberates. It never
@@ -34,14 +37,18 @@ from dmn.bundle.load import Bundle, load
 from dmn.errors import DmnError
 from dmn.home import Home
 
+ANY_ENCODER = "*"
+"""`Reflexes.open(..., encoder=ANY_ENCODER)`: serve a bundle whatever encoder its latents came from (an
+explicit opt-out of the check that keeps a bundle from answering states of another latent space)."""
+
 
 @dataclass(frozen=True)
 class Reflex:
     """What deliberation decided the last times the agent was here."""
 
     action: Any
-    """The action: a label, as the agent logged it (labels are text: an integer action 1 comes back as "1"),
-    or in a continuous world a float32 vector."""
+    """The action: a label as the agent logged it (an int when every label of the world is an integer,
+    else a str), or in a continuous world a float32 vector."""
     confidence: float
     """How likely the action is as good as System 2's choice here: the table's Wilson lower bound on its
     situation's agreement, or the policy's calibrated chance."""
@@ -51,10 +58,22 @@ class Reflex:
     """The nearest situation."""
     support: float
     """Age-weighted System 2 decisions behind that situation."""
-    avoid: tuple[str, ...]
-    """Actions System 2 kept vetoing in that situation."""
+    avoid: tuple[Any, ...]
+    """Actions System 2 kept vetoing in that situation (labels, as `action`)."""
     version: str
     """The bundle that answered."""
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What asking System 1 came to: the answer to act on, or the one it held back for an audit."""
+
+    reflex: Reflex | None
+    """System 1's answer: act on it. None: deliberate."""
+    withheld: Reflex | None = None
+    """On an audit, the answer System 1 would have given (`reflex` is None): log it with System 2's
+    decision (`EpisodeLogger.decision(..., reflex=withheld.action)`), and the next night measures System 1's
+    live precision from it and demotes situations where it was wrong."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +97,7 @@ class Proposal:
     """The policy's answer for a state, sure or not: where a planner may start its search."""
 
     action: Any
-    """A label, or in a continuous world the mean of the policy's Gaussian (a float32 vector)."""
+    """A label (as `Reflex.action`), or in a continuous world the mean of the policy's Gaussian (a float32 vector)."""
     spread: np.ndarray | None
     """In a continuous world, the Gaussian's standard deviation per dimension; None otherwise."""
     confidence: float
@@ -106,6 +125,8 @@ class _Serving:
     kinds: np.ndarray
     """(situations, actions, outcome types) how often each outcome type was imagined."""
     action_index: dict[str, int]
+    labels: list[Any]
+    """The bundle's action labels as the agent logged them (`_labels`)."""
     recalled: tuple | None
     """A continuous world's candidates per situation (`_candidates`); None in a discrete world."""
 
@@ -114,15 +135,18 @@ class _Serving:
         if source == "table":
             return self.table[situation]
         here = self.table[situation]
-        action = np.asarray(action, np.float32) if self.bundle.action_dim else self.bundle.actions[action]
+        action = np.asarray(action, np.float32) if self.bundle.action_dim else self.labels[action]
         return Reflex(action, confidence, source, situation, here.support, here.avoid, here.version)
 
 
 class Reflexes:
     """The System 1 client of one world. Thread-safe: share one between threads."""
 
-    def __init__(self, home: Home, world: str, encoder: str | None, audit_rate: float, check_every: float,
+    def __init__(self, home: Home, world: str, encoder: str, audit_rate: float, check_every: float,
                  seed: int | None):
+        if not isinstance(encoder, str) or not encoder:
+            raise ValueError(f"encoder must be the version of the encoder the agent's latents come from "
+                             f"(or dmn.ANY_ENCODER to serve any bundle), got {encoder!r}")
         if not 0.0 <= audit_rate <= 1.0:
             raise ValueError(f"audit_rate must be between 0 and 1, got {audit_rate}")
         if check_every < 0:
@@ -134,22 +158,21 @@ class Reflexes:
         self._serving: _Serving | None = None
         self._rng = np.random.default_rng(seed)
         self._loading = threading.Lock()
-        self._withheld = threading.local()
         self._next_check = 0.0
         self._refused: str | None = None  # a published version that failed to load: not tried again
         self.refresh()
 
     @classmethod
-    def open(cls, home: Home | str | Path | None, world: str, encoder: str | None = None, audit_rate: float = 0.0,
-             *, check_every: float = 2.0, seed: int | None = None) -> Reflexes:
+    def open(cls, world: str, *, encoder: str, home: Home | str | Path | None = None, audit_rate: float = 0.0,
+             check_every: float = 2.0, seed: int | None = None) -> Reflexes:
         """The client of `world`'s published bundle in `home` (None: $DMN_HOME, else ./dmn-home).
 
-        `encoder`: the version of the encoder the agent's latents come from; a bundle made for another
-        stays silent. `audit_rate`: share of answers withheld (None returned) so that System 2 decides
-        and keeps being checked. Opening never fails for want of a bundle: the client abstains until one
-        is published.
+        `encoder`: the version of the encoder the agent's latents come from (required: a bundle made for
+        another latent space stays silent; `ANY_ENCODER` opts out). `audit_rate`: share of answers
+        withheld so that System 2 decides and keeps being checked (`ask` says which). Opening never fails
+        for want of a bundle: the client abstains until one is published.
 
-        >>> reflexes = Reflexes.open(None, "CartPole-v1", encoder="jepa-0b45d9cf19b4")  # doctest: +SKIP
+        >>> reflexes = Reflexes.open("CartPole-v1", encoder="jepa-0b45d9cf19b4", audit_rate=0.03)  # doctest: +SKIP
         """
         return cls(home if isinstance(home, Home) else Home.resolve(home), world, encoder, audit_rate, check_every,
                    seed)
@@ -175,44 +198,45 @@ class Reflexes:
             return self._reload()
 
     def lookup(self, z: Any) -> Reflex | None:
-        """System 1's answer for one latent state (a 1-D vector), or None: deliberate."""
+        """System 1's answer for one latent state (a 1-D vector), or None: deliberate. (With audits, `ask`
+        also returns the answer an audit withheld: log it, or the audit is wasted.)"""
+        return self.ask(z).reflex
+
+    def ask(self, z: Any) -> Asked:
+        """System 1's answer for one latent state, with the answer withheld if this lookup is an audit.
+        Nothing is kept between calls: threads and tasks may share the client.
+
+        >>> action = asked.reflex.action if (asked := reflexes.ask(z)).reflex else plan(z)  # doctest: +SKIP
+        """
         serving = self._current()
         x = _states(z, serving.dim if serving else None, 1)
-        self._withheld.reflex = None
         if serving is None or not serving.usable:
-            return None
+            return _SILENT
         answer = serving.bundle.rule.decide_one(x)
         if answer is None:
-            return None
+            return _SILENT
         reflex = serving.reflex(*answer)
         if self.audit_rate and self._rng.random() < self.audit_rate:
-            self._withheld.reflex = reflex
-            return None
-        return reflex
-
-    def withheld(self) -> Reflex | None:
-        """The answer this thread's last `lookup` held back for an audit, else None.
-
-        Log it with System 2's decision (`EpisodeLogger.decision(..., reflex=withheld.action)`): the
-        next night measures System 1's live precision from those audits and demotes situations where it
-        disagreed.
-        """
-        return getattr(self._withheld, "reflex", None)
+            return Asked(None, reflex)
+        return Asked(reflex)
 
     def lookup_batch(self, states: Any) -> list[Reflex | None]:
-        """System 1's answers for an (n, d) batch of latent states, in one vectorised call."""
+        """System 1's answers for an (n, d) batch of latent states, in one vectorised call (None: deliberate)."""
+        return [asked.reflex for asked in self.ask_batch(states)]
+
+    def ask_batch(self, states: Any) -> list[Asked]:
+        """`ask` for an (n, d) batch of latent states in one vectorised call: one `Asked` per row, each
+        saying what its audit withheld, if it was one."""
         serving = self._current()
         x = _states(states, serving.dim if serving else None, 2)
         if serving is None or not serving.usable:
-            return [None] * len(x)
+            return [_SILENT] * len(x)
         answers = serving.bundle.answer(x)
         actions = list(answers.action) if serving.bundle.action_dim else answers.action.tolist()
         reflexes = [serving.reflex(*a) if a[2] else None for a in zip(
             actions, answers.confidence.tolist(), answers.source.tolist(), answers.situation.tolist())]
-        if self.audit_rate:
-            audited = self._rng.random(len(x)) < self.audit_rate
-            reflexes = [None if a else r for r, a in zip(reflexes, audited.tolist())]
-        return reflexes
+        audited = (self._rng.random(len(x)) < self.audit_rate).tolist() if self.audit_rate else [False] * len(x)
+        return [_SILENT if r is None else Asked(None, r) if a else Asked(r) for r, a in zip(reflexes, audited)]
 
     def propose(self, z: Any) -> Proposal | None:
         """The policy's proposal for a state, whether or not System 1 would answer with it: a start for the
@@ -220,7 +244,7 @@ class Reflexes:
         System 2's action). None when no usable bundle serves, or the state is novel (beyond the policy's reach)."""
         serving = self._current()
         x = _states(z, serving.dim if serving else None, 1)
-        return _proposal(serving.bundle, x) if serving is not None and serving.usable else None
+        return _proposal(serving, x) if serving is not None and serving.usable else None
 
     def imagine(self, z: Any, action: Any) -> Imagined | None:
         """What System 2 expected of `action` in this state, recalled from the situation's simulations
@@ -267,28 +291,44 @@ class Reflexes:
         return True
 
 
-def _serve(bundle: Bundle, encoder: str | None) -> _Serving:
+_SILENT = Asked(None)
+
+
+def _serve(bundle: Bundle, encoder: str) -> _Serving:
     m, table = bundle.manifest, bundle.table
-    best = bundle.rule.best if bundle.action_dim else table["best_action"].to_pylist()
+    labels = _labels(bundle.actions)
+    label = dict(zip(bundle.actions, labels))
+    best = bundle.rule.best if bundle.action_dim else [label[a] for a in table["best_action"].to_pylist()]
     answers = zip(best, table["confidence"].to_pylist(), table["support"].to_pylist(), table["avoid"].to_pylist())
     return _Serving(
-        bundle=bundle, dim=m["dim"], usable=encoder is None or encoder == m["encoder"],
-        table=[Reflex(action, confidence, "table", c, support, tuple(avoid), bundle.version)
+        bundle=bundle, dim=m["dim"], usable=encoder in (ANY_ENCODER, m["encoder"]),
+        table=[Reflex(action, confidence, "table", c, support, tuple(label.get(a, a) for a in avoid), bundle.version)
                for c, (action, confidence, support, avoid) in enumerate(answers)],
         radius2=table["radius"].to_numpy() ** 2, score=_grid(table["score_mean"]), danger=_grid(table["veto_rate"]),
         kinds=np.array(table["outcome_types"].to_pylist(), np.float64),
-        action_index={a: i for i, a in enumerate(bundle.actions)}, recalled=_candidates(bundle),
+        action_index={a: i for i, a in enumerate(bundle.actions)}, labels=labels, recalled=_candidates(bundle),
     )
 
 
-def _proposal(bundle: Bundle, x: np.ndarray) -> Proposal | None:
+def _labels(actions: list[str]) -> list[Any]:
+    """A world's action labels in the type the agent logged them: the lake keeps labels as text, so a world
+    whose labels are all integers written plainly ("0", "-3", not "07") gets ints back, any other its strings."""
+    try:
+        numbers = [int(a) for a in actions]
+    except ValueError:
+        return list(actions)
+    return numbers if [str(n) for n in numbers] == list(actions) else list(actions)
+
+
+def _proposal(serving: _Serving, x: np.ndarray) -> Proposal | None:
     """`Reflexes.propose` for the state `x`: None beyond the policy's reach."""
+    bundle = serving.bundle
     answer = bundle.rule.propose_one(x)
     if answer is None:
         return None
     action, confidence, c = answer
     if not bundle.action_dim:
-        return Proposal(bundle.actions[action], None, confidence, c, bundle.version)
+        return Proposal(serving.labels[action], None, confidence, c, bundle.version)
     spread = policy_gaussian(bundle.policy, policy_head(bundle.policy, x[None]))[1][0]  # the head's other half
     return Proposal(action, spread.astype(np.float32), confidence, c, bundle.version)
 

@@ -103,7 +103,7 @@ class EpisodeLogger:
         """What the agent did at `step`, and whether deliberation (system2) or a reflex (system1) chose it.
 
         `reflex`: on a System 2 decision made because System 1's answer was withheld for an audit
-        (`Reflexes.withheld()`), that answer's action, so that the night measures System 1's live precision.
+        (`Reflexes.ask(z).withheld`), that answer's action, so that the night measures System 1's live precision.
         """
         if source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {source!r}")

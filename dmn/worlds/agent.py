@@ -1,47 +1,31 @@
 """The reference agent: System 2 plans with the world model, System 1 (when given) answers first.
 
-Every step is logged through `dmn.EpisodeLogger` under world = the env id and encoder = the world
-model's version: System 2's candidate first actions (simulations, in one `candidates` call: each
-discrete action, or a continuous search's elites), the action taken (a `decision`, with its source and
-latency), what the environment answered (an `outcome`) and the episode's end. Latencies are the
-decision's own cost (a System 1 lookup, a System 2 search); the encoder runs either way and is not
-counted. When System 1 withholds an answer for an audit, System 2 decides, and its decision carries
-the withheld answer (`reflex`), so agreement can be measured. In a continuous world, where System 1
-abstains without an audit, System 2's search starts from System 1's proposal (`Reflexes.propose`).
+Each step is one `dmn.Decider` call, as any agent's would be: System 1 first, the planner where it
+abstains, logged under world = the env id and encoder = the world model's version (System 2's
+candidate first actions as simulations: each discrete action, or a continuous search's elites; the
+decision with its source and latency; on an audit the answer System 1 withheld). The agent adds what
+the environment answered (an `outcome`) and the episode's end. Latencies are the decision's own cost (a
+System 1 lookup, a System 2 search); the encoder runs either way and is not counted. In a continuous
+world, where System 1 abstains without an audit, System 2's search starts from System 1's proposal.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import numpy as np
 
 from dmn.bundle.decide import action_distance
 from dmn.home import Home
 from dmn.sleep.experience import acceptable
-from dmn.wake.client import Reflexes
+from dmn.wake.client import Proposal, Reflexes
+from dmn.wake.decider import Decider, Decision
 from dmn.wake.logger import EpisodeLogger
 from dmn.worlds.plan import Plan, Planner, one_thread
 from dmn.worlds.settings import ReferenceSettings
 from dmn.worlds.train import load_world, make_env
-
-
-class ReflexSource(Protocol):
-    """What the agent asks first (a `dmn.Reflexes`): `lookup(z)` returns an answer with `.action` and
-    `.confidence`, or None; `withheld()` the answer that None held back for an audit, if it did;
-    `manifest` the serving bundle's manifest (its `stake` and `score_tolerance` say which answers are right);
-    `propose(z)` the policy's proposal (`.action`, `.spread`), or None."""
-
-    def lookup(self, z: np.ndarray) -> Any: ...
-
-    def propose(self, z: np.ndarray) -> Any: ...
-
-    def withheld(self) -> Any: ...
-
-    @property
-    def manifest(self) -> dict[str, Any] | None: ...
 
 
 @dataclass
@@ -97,10 +81,10 @@ def reflexes_for(home: Home, env_id: str, *, audit_rate: float = 0.0, seed: int 
     """The System 1 client for the reference agent of `env_id`: the world's bundle, for its world model's encoder."""
     settings = settings or ReferenceSettings.load(home)
     world = load_world(home, env_id, settings.world, on_train=on_progress)
-    return Reflexes.open(home, env_id, encoder=world.encoder, audit_rate=audit_rate, seed=seed)
+    return Reflexes.open(env_id, encoder=world.encoder, home=home, audit_rate=audit_rate, seed=seed)
 
 
-def run(home: Home, env_id: str, episodes: int, *, seed: int = 0, reflexes: ReflexSource | None = None,
+def run(home: Home, env_id: str, episodes: int, *, seed: int = 0, reflexes: Reflexes | None = None,
         settings: ReferenceSettings | None = None, on_progress: Callable[[str], None] | None = None) -> RunReport:
     """Run `episodes` episodes of `env_id` and log them into the home's inbox.
 
@@ -113,18 +97,24 @@ def run(home: Home, env_id: str, episodes: int, *, seed: int = 0, reflexes: Refl
     world = load_world(home, env_id, settings.world, on_train=on_progress)
     planner = Planner(world.model, settings.planner)
     report = RunReport(env_id, world.encoder, continuous=bool(world.model.action_dim))
+
+    def plan(z: np.ndarray, proposal: Proposal | None) -> Plan:
+        return planner.plan(z, None if proposal is None or proposal.spread is None else (proposal.action, proposal.spread))
+
     started = time.perf_counter()
     env = make_env(env_id)
     try:
-        with one_thread(), EpisodeLogger(home, world=env_id, encoder=world.encoder, agent="dmn-world") as log:
+        with one_thread(), Decider(reflexes, EpisodeLogger(home, world=env_id, encoder=world.encoder,
+                                                           agent="dmn-world")) as decider:
+            log = decider.log
             for episode in range(episodes):
                 obs, _ = env.reset(seed=seed + episode)
                 log.episode(meta={"env": env_id, "seed": seed + episode, "reflexes": reflexes is not None})
                 total, step = 0.0, 0
                 while True:
-                    z = world.encode(obs)
-                    action = _decide(z, step, planner, reflexes, log, report)
-                    obs, reward, terminated, truncated, _ = env.step(action)
+                    decision = decider.decide(step, world.encode(obs), plan)
+                    _tally(report, decision, reflexes)
+                    obs, reward, terminated, truncated, _ = env.step(decision.action)
                     total += float(reward)
                     log.outcome(step, reward=float(reward), done=terminated or truncated)
                     step += 1
@@ -141,42 +131,21 @@ def run(home: Home, env_id: str, episodes: int, *, seed: int = 0, reflexes: Refl
     return report
 
 
-def _decide(z: np.ndarray, step: int, planner: Planner, reflexes: ReflexSource | None, log: EpisodeLogger,
-            report: RunReport) -> int | np.ndarray:
-    """One decision: a reflex if System 1 answers, else System 2 (checking System 1's answer if it withheld
-    one; else, with continuous actions, starting from System 1's proposal)."""
+def _tally(report: RunReport, decision: Decision, reflexes: Reflexes | None) -> None:
+    """Count one decision into the day's report; on an audit, judge the answer System 1 withheld."""
     report.decisions += 1
-    asked, withheld, start = 0.0, None, None  # time spent asking System 1 before System 2 had to think after all
-    if reflexes is not None:
-        began = time.perf_counter()
-        reflex = reflexes.lookup(z)
-        if reflex is not None:
-            asked = (time.perf_counter() - began) * 1000
-            log.decision(step, z, reflex.action, source="system1", confidence=float(reflex.confidence),
-                         latency_ms=asked)
-            report.system1 += 1
-            report.system1_ms += asked
-            return reflex.action if report.continuous else int(reflex.action)
-        withheld = reflexes.withheld()
-        if withheld is None and report.continuous:  # an audit checks System 1 from a cold start
-            proposal = reflexes.propose(z)
-            start = None if proposal is None else (proposal.action, proposal.spread)
-        asked = (time.perf_counter() - began) * 1000
-    plan = planner.plan(z, start)
-    log.decision(step, z, plan.action, source="system2", latency_ms=asked + plan.ms,
-                 reflex=None if withheld is None else withheld.action)
-    report.system2_ms += asked + plan.ms
+    if decision.source == "system1":
+        report.system1 += 1
+        report.system1_ms += decision.latency_ms
+        return
+    plan = decision.plan
+    report.system2_ms += decision.latency_ms
+    report.simulations += len(plan.candidates)
     (report.seeded if plan.seeded else report.sequences).append(plan.sequences)
-    if withheld is not None:
+    if decision.withheld is not None:
         report.audited += 1
-        report.agreed += not report.continuous and str(plan.action) == str(withheld.action)
-        report.right += _acceptable(plan, withheld.action, reflexes.manifest)
-    c = plan.candidates
-    log.candidates(step, np.array([x.action for x in c]), [x.score for x in c],
-                   predicted=np.stack([x.predicted for x in c]), vetoed=[x.vetoed for x in c],
-                   cost_ms=plan.ms / len(c))
-    report.simulations += len(c)
-    return plan.action
+        report.agreed += not report.continuous and str(plan.action) == str(decision.withheld.action)
+        report.right += _acceptable(plan, decision.withheld.action, reflexes.manifest)
 
 
 def _acceptable(plan: Plan, action: Any, manifest: dict[str, Any] | None) -> bool:

@@ -1,0 +1,160 @@
+"""One call per step: System 1 first, the agent's planner when it abstains, each logged as the night expects.
+
+    >>> with Decider.open("CartPole-v1", encoder="jepa@3", audit_rate=0.03) as decider:  # doctest: +SKIP
+    ...     decider.episode()
+    ...     decision = decider.decide(step, z, planner)   # planner(z, proposal) -> Plan or an action
+    ...     obs, reward, *_ = env.step(decision.action)
+    ...     decider.log.outcome(step, reward=reward)
+
+The protocol it keeps, which an agent would otherwise write by hand: a System 1 step logs its decision
+(source, confidence, latency) and no simulations; a System 2 step logs the planner's candidates as
+simulations and its decision; an audit's System 2 decision carries the answer System 1 withheld
+(`reflex`), which is what the night measures live precision and demotes situations from. Nothing is kept
+between calls, so threads, asyncio tasks and vectorised agents (`decide_batch`) may share one Decider.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from dmn.home import Home
+from dmn.wake.client import Asked, Proposal, Reflex, Reflexes
+from dmn.wake.logger import EpisodeLogger
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One action the planner imagined."""
+
+    action: Any
+    """A label, or a vector in a continuous world."""
+    score: float
+    """How good the planner judged its imagined future (higher is better)."""
+    predicted: Any = None
+    """The latent the world model predicted it leads to (optional)."""
+    vetoed: bool = False
+    """True when the planner ruled it out (its imagined future looked like failure)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a planner decided, and optionally the candidates it weighed to decide it."""
+
+    action: Any
+    candidates: Sequence[Candidate] = ()
+    """Any objects with `action`, `score` and optionally `predicted` and `vetoed` will do."""
+
+
+Planner = Callable[[np.ndarray, "Proposal | None"], Any]
+"""`planner(z, proposal)` returns a `Plan` (or anything with `action` and `candidates`), or a bare action.
+`proposal` is System 1's proposal for `z` (`Reflexes.propose`: a label, or a mean and spread to start a
+search from), or None: no bundle, a novel state, or an audit (which checks System 1 from a cold start)."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the agent does at a step, and who decided it."""
+
+    action: Any
+    """The action to take, in the type the agent logged (an int label, a str, or a float32 vector)."""
+    source: str
+    """'system1' (a reflex) or 'system2' (the planner)."""
+    latency_ms: float
+    """What deciding cost: the lookup, and the planner's search when it ran."""
+    confidence: float | None = None
+    """System 1's confidence in its answer (system1 steps)."""
+    reflex: Reflex | None = None
+    """System 1's answer, when it served one."""
+    withheld: Reflex | None = None
+    """On an audit, the answer System 1 held back so that the planner decided: logged with the decision."""
+    plan: Any = None
+    """What the planner returned (system2 steps), for the agent's own bookkeeping."""
+
+
+class Decider:
+    """System 1 in front of an agent's planner, logging every step. Thread-safe, and stateless between calls."""
+
+    def __init__(self, reflexes: Reflexes | None, log: EpisodeLogger):
+        self.reflexes, self.log = reflexes, log
+
+    @classmethod
+    def open(cls, world: str, *, encoder: str, home: Home | str | Path | None = None, audit_rate: float = 0.03,
+             agent: str | None = None, seed: int | None = None) -> Decider:
+        """A Decider on `world`'s bundle and a logger into the inbox, both in `home` (None: $DMN_HOME, else
+        ./dmn-home), for latents of `encoder`. `audit_rate`: the share of System 1's answers withheld so
+        that the planner checks them, which is what the night measures live precision from. Close it (or
+        use `with`) so the last records reach the disk.
+
+        >>> decider = Decider.open("CartPole-v1", encoder="jepa@3")  # doctest: +SKIP
+        """
+        home = home if isinstance(home, Home) else Home.resolve(home)
+        reflexes = Reflexes.open(world, encoder=encoder, home=home, audit_rate=audit_rate, seed=seed)
+        return cls(reflexes, EpisodeLogger(home, world=world, encoder=encoder, agent=agent))
+
+    def episode(self, episode_id: str | None = None, *, meta: dict[str, Any] | None = None) -> str:
+        """Start an episode in the log (`EpisodeLogger.episode`); returns its id."""
+        return self.log.episode(episode_id, meta=meta)
+
+    def decide(self, step: int, z: Any, planner: Planner, *, episode_id: str | None = None) -> Decision:
+        """The action for latent `z` at `step`: System 1's if it answers, else the planner's; logged either way.
+
+        >>> decision = decider.decide(step, z, lambda z, proposal: Plan(best, candidates))  # doctest: +SKIP
+        """
+        began = time.perf_counter()
+        asked = self.reflexes.ask(z) if self.reflexes is not None else Asked(None)
+        return self._finish(step, z, asked, planner, episode_id, began, 0.0)
+
+    def decide_batch(self, steps: Sequence[int], states: Any, planner: Planner, *,
+                     episode_ids: Sequence[str]) -> list[Decision]:
+        """`decide` for N environments stepped together: System 1 answers the (n, d) `states` in one
+        vectorised lookup, the planner runs for each row it leaves, and each row is logged in its episode."""
+        states = np.asarray(states)
+        if not len(steps) == len(states) == len(episode_ids):
+            raise ValueError(f"steps, states and episode_ids must have one entry per environment, "
+                             f"got {len(steps)}, {len(states)} and {len(episode_ids)}")
+        began = time.perf_counter()
+        asked = self.reflexes.ask_batch(states) if self.reflexes is not None else [Asked(None)] * len(states)
+        share = (time.perf_counter() - began) * 1000 / max(len(states), 1)  # each row's part of the lookup
+        return [self._finish(s, z, a, planner, e, time.perf_counter(), share)
+                for s, z, a, e in zip(steps, states, asked, episode_ids)]
+
+    def close(self) -> None:
+        """Close the logger: everything logged is on disk."""
+        self.log.close()
+
+    def __enter__(self) -> Decider:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _finish(self, step: int, z: Any, asked: Asked, planner: Planner, episode_id: str | None, began: float,
+                spent_ms: float) -> Decision:
+        """Serve System 1's answer, or run the planner; log the step. `spent_ms`: lookup time before `began`."""
+        if asked.reflex is not None:
+            ms = spent_ms + (time.perf_counter() - began) * 1000
+            self.log.decision(step, z, asked.reflex.action, source="system1", confidence=asked.reflex.confidence,
+                              latency_ms=ms, episode_id=episode_id)
+            return Decision(asked.reflex.action, "system1", ms, asked.reflex.confidence, reflex=asked.reflex)
+        proposal = self.reflexes.propose(z) if self.reflexes is not None and asked.withheld is None else None
+        thinking = time.perf_counter()
+        plan = planner(np.asarray(z), proposal)
+        done = time.perf_counter()
+        action, candidates = (plan.action, plan.candidates) if hasattr(plan, "candidates") else (plan, ())
+        predicted = [c.predicted for c in candidates if getattr(c, "predicted", None) is not None]
+        if predicted and len(predicted) < len(candidates):
+            raise ValueError("a plan's candidates must all carry `predicted`, or none of them")
+        ms = spent_ms + (done - began) * 1000
+        self.log.decision(step, z, action, source="system2", latency_ms=ms, episode_id=episode_id,
+                          reflex=None if asked.withheld is None else asked.withheld.action)
+        if len(candidates):
+            self.log.candidates(step, np.array([c.action for c in candidates]), [c.score for c in candidates],
+                                predicted=np.stack([np.asarray(p) for p in predicted]) if predicted else None,
+                                vetoed=[bool(getattr(c, "vetoed", False)) for c in candidates],
+                                cost_ms=(done - thinking) * 1000 / len(candidates), episode_id=episode_id)
+        return Decision(action, "system2", ms, withheld=asked.withheld, plan=plan)

@@ -162,9 +162,9 @@ class IngestSettings(Section):
 @dataclass
 class LarSettings(Section):
     world: str = "lar"
-    """World name given to episodes ingested from Lár audit files."""
+    """World name given to episodes ingested from Lár audit files (unless a run's summary names its own)."""
     encoder: str = "unknown"
-    """Encoder version given to episodes ingested from Lár audit files."""
+    """Encoder version given to episodes ingested from Lár audit files (unless a run's summary names its own)."""
     latent_key: str = "latent"
     """State key holding the current latent state."""
     candidate_key: str = "candidate_action"
@@ -177,6 +177,14 @@ class LarSettings(Section):
     """State key that is true when the router rejected the imagined action."""
     action_key: str = "action_taken"
     """State key holding the action taken; a step that sets it is a decision."""
+    source_key: str = "decided_by"
+    """State key saying who decided the action: "system1" (a reflex) or "system2" (absent: system2)."""
+    confidence_key: str = "confidence"
+    """State key holding System 1's confidence in the action it decided."""
+    latency_key: str = "latency_ms"
+    """State key holding what deciding the action cost, in milliseconds."""
+    withheld_key: str = "withheld_action"
+    """State key holding, on an audit, the action System 1 withheld so that System 2 decided."""
     reward_key: str = "reward"
     """State key holding the reward of the last action; a step that sets it is an outcome."""
     hmac_secret: str | None = None

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from dmn.integrations.lar import _import_lar, latent
+from dmn.integrations.lar import import_lar, latent
 
-lar = _import_lar()
+lar = import_lar()
 
 
 def run_agent(log_dir: Path, *, runs: int = 2, steps: int = 3, dim: int = 8, actions: int = 3, tensors: bool = True,

@@ -14,6 +14,7 @@ from dmn.lake.ingest import ingest
 from dmn.lake.store import Store
 from dmn.worlds.synthetic import Truth
 
+
 class Planner:
     """A planner that knows the world: it imagines each action, scores the true best highest, vetoes the bad one."""
 

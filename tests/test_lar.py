@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
 from conftest import run
+
 from dmn.lake.store import Store
 
 pytest.importorskip("lar")
@@ -83,3 +84,59 @@ def test_latent_compares_as_a_whole():
 
     a = latent(np.arange(3.0))
     assert a == latent(np.arange(3.0)) and a != latent(np.ones(3)) and isinstance(a == a, bool)
+
+
+class Said:
+    """A System 1 stand-in that gives one prepared answer."""
+
+    def __init__(self, asked):
+        self.asked, self.heard = asked, []
+
+    def ask(self, z):
+        self.heard.append(np.asarray(z))
+        return self.asked
+
+
+def test_system1_routes_reflexes_to_the_actuators_and_notes_what_an_audit_withheld():
+    from lar.state import GraphState
+
+    from dmn import Asked
+    from dmn.integrations.lar import System1, latent
+
+    reflex = SimpleNamespace(action=1, confidence=0.97)
+    state = GraphState({"latent": latent(np.ones(4))})
+    router = System1(Said(Asked(reflex)))
+    assert router(state) == "reflex" and router.reflexes.heard[0].shape == (4,)
+    assert (state.get("action_taken"), state.get("decided_by"), state.get("confidence")) == (1, "system1", 0.97)
+    assert state.get("latency_ms") >= 0 and state.get("withheld_action") is None
+    audit = GraphState({"latent": latent(np.ones(4))})
+    assert System1(Said(Asked(None, reflex)))(audit) == "imagine"
+    assert (audit.get("decided_by"), audit.get("withheld_action"), audit.get("action_taken")) == ("system2", 1, None)
+    silent = GraphState({"latent": latent(np.ones(4)), "withheld_action": 0})  # the last cycle's audit does not linger
+    assert System1(Said(Asked(None)))(silent) == "imagine" and silent.get("withheld_action") is None
+    vector = GraphState({"latent": latent(np.ones(4))})
+    System1(Said(Asked(SimpleNamespace(action=np.ones(2, np.float32), confidence=0.9))))(vector)
+    assert vector.get("action_taken") == latent(np.ones(2))  # a vector action compares as a whole in Lár's diff
+
+
+def test_the_veto_sends_a_dangerous_plan_back_and_lets_a_safe_one_through():
+    from lar.state import GraphState
+
+    from dmn.integrations.lar import Veto
+
+    veto = Veto(threshold=0.5, replans=1)
+    state = GraphState({"plan_action": 0, "plan_latent": [0.0, 1.0], "plan_danger": 0.9})
+    assert veto(state) == "replan" and veto.refused(state) == [0] and state.get("action_taken") is None
+    state.set("plan_action", 1)
+    state.set("plan_danger", 0.1)
+    assert veto(state) == "act" and state.get("action_taken") == 1 and veto.refused(state) == []
+    worse = GraphState({"plan_action": 0, "plan_latent": [0.0], "plan_danger": 0.7})
+    assert veto(worse) == "replan"
+    worse.set("plan_action", 1)
+    worse.set("plan_danger", 0.8)
+    assert veto(worse) == "act" and worse.get("action_taken") == 0  # out of replans: the least dangerous
+    assert veto.dangerous([np.nan], 0.0) and veto.dangerous([0.0], float("nan")) and not veto.dangerous([0.0], 0.2)
+    with pytest.raises(ValueError, match="danger estimate"):
+        veto(GraphState({"plan_action": 0, "plan_latent": [0.0]}))
+    with pytest.raises(ValueError, match="threshold"):
+        Veto(threshold=2.0)

@@ -168,7 +168,7 @@ def test_reader_processes_see_whole_bundles_while_bundles_are_published(tmp_path
             version, action, source = answer
             bundle = bundles.setdefault(version, load(home, "synthetic", version))
             expected = bundle.answer(states[i:i + 1])
-            assert (action, source) == (bundle.actions[expected.action[0]], expected.source[0]), version
+            assert (str(action), source) == (bundle.actions[expected.action[0]], expected.source[0]), version
     assert len(bundles) >= 3  # the readers' answers came from bundles that changed under them
 
 

@@ -1,9 +1,12 @@
 """Lár audit files as dmn records: what `dmn ingest` reads from a Lár agent's `run_*.json`.
 
 A run is an episode; a step whose state diff sets the score key is a simulation; a step that sets the
-action key is a decision (the run's simulations before it belong to it); a step that sets the reward key
-is that decision's outcome. Keys, world and encoder come from `[lar]` in dmn.toml. Signed runs are
-checked with Lár's own HMAC. Reading needs no Lár install; writing through Lár is `dmn.integrations.lar`.
+action key is a decision (the run's simulations before it belong to it), decided by whoever the source
+key names (System 2 when it names no one), with the confidence, latency and withheld action its keys
+hold; a step that sets the reward key is that decision's outcome. Keys come from `[lar]` in dmn.toml,
+and so do world and encoder unless the run's summary names them (`TensorAuditLogger(world=, encoder=)`).
+Signed runs are checked with Lár's own HMAC. Reading needs no Lár install; writing through Lár is
+`dmn.integrations.lar`.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ def audit_to_records(data: bytes, settings: LarSettings, run_name: str = "") -> 
         if not hmac.compare_digest(str(doc["signature"]), lar_signature(doc, settings.hmac_secret)):
             return [], ("bad Lár signature", "the file was changed after it was signed, or signed with another secret")
     episode_id = str(doc.get("run_id") or run_name)
+    summary = doc.get("summary") if isinstance(doc.get("summary"), dict) else {}
     out: list[tuple[int, dict[str, Any]]] = [(0, {
-        "type": "episode", "episode_id": episode_id, "world": settings.world, "encoder": settings.encoder,
+        "type": "episode", "episode_id": episode_id, "world": summary.get("world") or settings.world,
+        "encoder": summary.get("encoder") or settings.encoder,
         "agent": doc.get("user_id") or None, "meta": {"source": "lar", "summary": doc.get("summary")},
     })]
     decisions, rewards = 0, []
@@ -57,9 +62,14 @@ def audit_to_records(data: bytes, settings: LarSettings, run_name: str = "") -> 
                 record["vetoed"] = after[settings.vetoed_key]
             out.append((line, record))
         if settings.action_key in changed:
-            out.append((line, {"type": "decision", "episode_id": episode_id, "step": decisions,
-                               "state": before.get(settings.latent_key, after.get(settings.latent_key)),
-                               "action": changed[settings.action_key], "source": "system2"}))
+            record = {"type": "decision", "episode_id": episode_id, "step": decisions,
+                      "state": before.get(settings.latent_key, after.get(settings.latent_key)),
+                      "action": changed[settings.action_key], "source": after.get(settings.source_key) or "system2"}
+            for field, key in (("confidence", settings.confidence_key), ("latency_ms", settings.latency_key),
+                               ("reflex", settings.withheld_key)):
+                if after.get(key) is not None:
+                    record[field] = after[key]
+            out.append((line, record))
             decisions += 1
         if settings.reward_key in changed:
             reward = changed[settings.reward_key]

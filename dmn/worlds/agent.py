@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+from gymnasium.wrappers import TimeLimit
 
 from dmn.bundle.decide import action_distance
 from dmn.home import Home
@@ -167,10 +168,10 @@ def _acceptable(plan: Plan, action: Any, manifest: dict[str, Any] | None) -> boo
     return bool(right[0, action])
 
 
-def random_returns(env_id: str, episodes: int, seed: int = 0) -> list[float]:
-    """The returns of a uniformly random policy on the episodes `run` plays with the same `seed`: the floor
-    that normalised returns are measured from."""
-    env = make_env(env_id)
+def random_returns(env_id: str, episodes: int, seed: int = 0, max_steps: int | None = None) -> list[float]:
+    """The returns of a uniformly random policy on the episodes `run` plays with the same `seed` (cut at
+    `max_steps`, when given, as the agent's were): the floor that normalised returns are measured from."""
+    env = make_env(env_id) if max_steps is None else TimeLimit(make_env(env_id), max_steps)
     env.action_space.seed(seed)
     returns = []
     try:

@@ -85,8 +85,11 @@ def trio(world: World, planner: Planner, reflexes: Reflexes, veto: Veto, env) ->
              (("encode", encode), ("imagine", imagine), ("choose", choose), ("act", act))}
     finish = lar.AddValueNode("finished", True)
     nodes["encode"].next_node = lar.RouterNode(ask, {"reflex": nodes["act"], "imagine": nodes["imagine"]})
-    nodes["imagine"].next_node = lar.RouterNode(lambda s: "imagine" if s.get("pending") else "choose",
-                                                {"imagine": nodes["imagine"], "choose": nodes["choose"]})
+    def more(state):  # clear the score: Lár's diff records changes only, and each candidate's must show
+        state.delete("score")
+        return "imagine" if state.get("pending") else "choose"
+
+    nodes["imagine"].next_node = lar.RouterNode(more, {"imagine": nodes["imagine"], "choose": nodes["choose"]})
     nodes["choose"].next_node = lar.RouterNode(veto, {"act": nodes["act"], "replan": nodes["choose"]})
     nodes["act"].next_node = lar.RouterNode(lambda s: "done" if s.get("done") else "again",
                                             {"again": nodes["encode"], "done": finish})

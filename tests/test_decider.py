@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from dmn import Candidate, Decider, EpisodeLogger, Plan, Reflexes
+from dmn import ANY_ENCODER, Candidate, Decider, EpisodeLogger, Plan, Reflexes
 from dmn.home import Home
 from dmn.lake.ingest import ingest
 from dmn.lake.store import Store
@@ -98,11 +98,14 @@ def test_threads_and_asyncio_tasks_share_one_decider_and_log_each_audit_right(tm
         for t in threads:
             t.join()
 
+        async def remote(z, proposal):  # a planner served elsewhere: other tasks ask and log while it thinks
+            await asyncio.sleep(0)
+            return planner(z, proposal)
+
         async def task(n: int) -> None:
             episode = decider.episode(f"task-{n}")
             for i, z in enumerate(truth.sample(40, seed=100 + n)[0]):
-                decisions.append((episode, i, decider.decide(i, z, planner, episode_id=episode)))
-                await asyncio.sleep(0)  # let the other tasks interleave their steps
+                decisions.append((episode, i, await decider.adecide(i, z, remote, episode_id=episode)))
 
         async def main() -> None:
             await asyncio.gather(*(task(n) for n in range(4)))
@@ -134,10 +137,16 @@ def test_a_vectorised_batch_of_environments_decides_in_one_call(tmp_path, world)
 def test_a_bare_action_from_the_planner_is_a_decision_without_simulations(tmp_path, world):
     _, truth = world
     home = Home.resolve(tmp_path / "home")
+    with pytest.raises(ValueError, match="judge another world"):
+        Decider(Reflexes.open("synthetic", encoder="synthetic@1", home=home), EpisodeLogger(home, world="w", encoder="e"))
+    with pytest.raises(ValueError, match="name it"):
+        Decider.open("synthetic", encoder=ANY_ENCODER, home=home)
     with Decider.open("synthetic", encoder="synthetic@1", home=home) as decider:
         decider.episode("e")
         assert decider.decide(0, truth.centres[0], lambda z, proposal: 2).action == 2
         with pytest.raises(ValueError, match="all carry `predicted`, or none"):
             decider.decide(1, truth.centres[0], lambda z, p: Plan(0, [Candidate(0, 1.0, predicted=z), Candidate(1, 0.0)]))
+        with pytest.raises(ValueError):  # candidates of ragged shapes: nothing of the step is logged
+            decider.decide(2, truth.centres[0], lambda z, p: Plan(0, [Candidate([0, 1], 1.0), Candidate([1], 0.0)]))
     lake = logged(home)
     assert list(lake) == [("e", 0)] and lake["e", 0][:3] == ["system2", "2", None] and lake["e", 0][4] == 0

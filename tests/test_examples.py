@@ -56,7 +56,7 @@ elites = 8
 def test_lar_trio_deliberates_sleeps_and_then_answers_from_system1(tmp_path, monkeypatch):
     home = Home.resolve(tmp_path / "home")
     (home.root / "dmn.toml").write_text(SMALL_WORLD)  # a small world model, so that it trains in seconds
-    out = example("lar_trio.py", "--home", str(home.root), "--episodes", "8", "--max-steps", "100",
+    out = example("lar_trio.py", "--home", str(home.root), "--episodes", "12", "--max-steps", "100",
                   env={"DMN_LAR_HMAC_SECRET": "trio-test"}, timeout=600)
     rows = re.findall(r"^\| (\d) \| (-?[\d.]+) \| (-?[\d.]+) \| ([\d.]+)% \| [\d.]+ \| (.*) \|$", out, re.M)
     assert [r[0] for r in rows] == ["0", "1"], out
@@ -68,8 +68,8 @@ def test_lar_trio_deliberates_sleeps_and_then_answers_from_system1(tmp_path, mon
     store = Store(home)
     assert store.sql("SELECT count(*) FROM quarantine").fetchone()[0] == 0
     sources = dict(store.sql("SELECT source, count(*) FROM decisions GROUP BY ALL").fetchall())
-    assert store.sql("SELECT count(*) FROM episodes WHERE world = 'CartPole-v1-trio'").fetchone()[0] == 16
-    assert abs(sources["system1"] / (8 * float(after)) - float(served) / 100) < 0.01  # CartPole pays 1 a step
+    assert store.sql("SELECT count(*) FROM episodes WHERE world = 'CartPole-v1-trio'").fetchone()[0] == 24
+    assert abs(sources["system1"] / (12 * float(after)) - float(served) / 100) < 0.01  # CartPole pays 1 a step
     audits = store.sql("SELECT count(*) FROM decisions WHERE reflex IS NOT NULL AND source = 'system2'").fetchone()[0]
     assert audits > 0 and store.sql("SELECT count(*) FROM simulations s JOIN decisions d USING (episode_id, step) "
                                     "WHERE d.source = 'system1'").fetchone()[0] == 0  # reflexes imagine nothing

@@ -138,5 +138,8 @@ def test_the_veto_sends_a_dangerous_plan_back_and_lets_a_safe_one_through():
     assert veto.dangerous([np.nan], 0.0) and veto.dangerous([0.0], float("nan")) and not veto.dangerous([0.0], 0.2)
     with pytest.raises(ValueError, match="danger estimate"):
         veto(GraphState({"plan_action": 0, "plan_latent": [0.0]}))
+    with pytest.raises(ValueError, match="the latent it was imagined"):
+        veto(GraphState({"plan_action": 0, "plan_danger": np.float32(0.1)}))
+    assert veto(GraphState({"plan_action": 2, "plan_latent": [0.0], "plan_danger": np.float32(0.1)})) == "act"
     with pytest.raises(ValueError, match="threshold"):
         Veto(threshold=2.0)

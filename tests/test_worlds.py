@@ -15,7 +15,7 @@ import torch
 from conftest import dmn
 from sklearn.metrics import roc_auc_score
 
-from dmn import Asked
+from dmn import ANY_ENCODER, Asked
 from dmn.errors import DmnError
 from dmn.lake.ingest import ingest
 from dmn.lake.store import Store
@@ -257,6 +257,7 @@ class AlwaysLeft:
     """A System 1 stand-in: always answers action 0, but withholds every third answer for an audit."""
 
     manifest = None  # no bundle: an answer is right only when it is System 2's choice
+    world, encoder = "CartPole-v1", ANY_ENCODER
 
     def __init__(self):
         self.calls = 0
@@ -317,6 +318,7 @@ class Proposing:
     """A System 1 stand-in for a continuous world that never answers, only proposes a start for the planner."""
 
     manifest = None
+    world, encoder = "Pendulum-v1", ANY_ENCODER
 
     def ask(self, z):
         return Asked(None)

@@ -26,6 +26,7 @@ import contextlib
 import io
 import json
 import math
+import numbers
 import os
 import time
 from datetime import datetime, timezone
@@ -136,6 +137,7 @@ class System1:
     sets the action taken, who decided it, how sure and what it cost, and routes "reflex" (to the
     actuators); else "imagine" (to the world model), noting on an audit the action System 1 withheld, which
     the next night measures live precision from. Opening the client is the caller's: `Reflexes.open`.
+    `keys` are `[lar]`'s defaults unless given (`home.settings().lar`, where dmn.toml renames them).
 
         >>> router = lar.RouterNode(System1(reflexes), {"reflex": act, "imagine": imagine})  # doctest: +SKIP
     """
@@ -152,6 +154,7 @@ class System1:
         if asked.reflex is None:
             state.set(k.source_key, "system2")
             state.set(k.confidence_key, None)
+            state.set(k.latency_key, None)  # System 2's is the veto's to say, when it lets a plan through
             state.set(DELIBERATING_SINCE, time.time())
             return "imagine"
         state.set(k.source_key, "system1")
@@ -174,7 +177,8 @@ class Veto:
     imagined latent is not finite or its danger is `threshold` or more (`dangerous`, the one rule: mark the
     simulations' vetoed flags with it too). A dangerous plan joins `refused_key` (what the replanning node
     must not propose again: `refused(state)`) and it routes "replan"; after `replans` refusals it takes the
-    least dangerous plan it saw. A plan it lets through becomes the action taken, and it routes "act".
+    least dangerous plan it saw. A plan it lets through becomes the action taken, with System 2's latency
+    since `System1` routed to imagination, and it routes "act". `keys` as for `System1`.
 
         >>> veto = Veto(threshold=0.5)  # doctest: +SKIP
         >>> router = lar.RouterNode(veto, {"act": act, "replan": choose})  # doctest: +SKIP
@@ -201,13 +205,16 @@ class Veto:
 
     def __call__(self, state: Any) -> str:
         k = self.keys
-        plan, danger = state.get(self.plan_key), state.get(self.danger_key)
-        if not isinstance(danger, (int, float)) or isinstance(danger, bool):
+        plan, danger, imagined = state.get(self.plan_key), state.get(self.danger_key), state.get(self.plan_latent_key)
+        if not isinstance(danger, numbers.Real) or isinstance(danger, bool):
             raise ValueError(f"the plan needs the world model's danger estimate, a number, in state key "
                              f"{self.danger_key!r}; got {danger!r}")
+        if imagined is None:
+            raise ValueError(f"the plan needs the latent it was imagined to lead to, in state key {self.plan_latent_key!r}")
+        danger = float(danger)
         refused = list(state.get(self.refused_key) or [])
-        if self.dangerous(state.get(self.plan_latent_key), danger):
-            refused.append([plan, float(danger) if math.isfinite(danger) else math.inf])
+        if self.dangerous(imagined, danger):
+            refused.append([plan, danger if math.isfinite(danger) else math.inf])
             if len(refused) <= self.replans:
                 state.set(self.refused_key, refused)
                 return "replan"
@@ -216,6 +223,7 @@ class Veto:
         state.set(k.action_key, plan)
         since = state.get(DELIBERATING_SINCE)
         state.set(k.latency_key, (time.time() - since) * 1000 if since is not None else None)
+        state.delete(DELIBERATING_SINCE)  # a later cycle that skips System1 must not count from this one
         return "act"
 
 

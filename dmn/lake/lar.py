@@ -65,10 +65,11 @@ def audit_to_records(data: bytes, settings: LarSettings, run_name: str = "") -> 
             record = {"type": "decision", "episode_id": episode_id, "step": decisions,
                       "state": before.get(settings.latent_key, after.get(settings.latent_key)),
                       "action": changed[settings.action_key], "source": after.get(settings.source_key) or "system2"}
-            for field, key in (("confidence", settings.confidence_key), ("latency_ms", settings.latency_key),
-                               ("reflex", settings.withheld_key)):
-                if after.get(key) is not None:
-                    record[field] = after[key]
+            for field, key in (("confidence", settings.confidence_key), ("latency_ms", settings.latency_key)):
+                if isinstance(after.get(key), (int, float)) and not isinstance(after[key], bool):
+                    record[field] = after[key]  # a key of the same name that holds something else is not ours
+            if after.get(settings.withheld_key) is not None:
+                record["reflex"] = after[settings.withheld_key]
             out.append((line, record))
             decisions += 1
         if settings.reward_key in changed:

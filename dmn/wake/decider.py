@@ -10,7 +10,8 @@ The protocol it keeps, which an agent would otherwise write by hand: a System 1 
 (source, confidence, latency) and no simulations; a System 2 step logs the planner's candidates as
 simulations and its decision; an audit's System 2 decision carries the answer System 1 withheld
 (`reflex`), which is what the night measures live precision and demotes situations from. Nothing is kept
-between calls, so threads, asyncio tasks and vectorised agents (`decide_batch`) may share one Decider.
+between calls, so threads, asyncio tasks (`adecide`, for a planner that is a coroutine function) and
+vectorised agents (`decide_batch`) may share one Decider.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import numpy as np
 
 from dmn.home import Home
-from dmn.wake.client import Asked, Proposal, Reflex, Reflexes
+from dmn.wake.client import ANY_ENCODER, Asked, Proposal, Reflex, Reflexes
 from dmn.wake.logger import EpisodeLogger
 
 
@@ -61,7 +62,8 @@ class Decision:
     """What the agent does at a step, and who decided it."""
 
     action: Any
-    """The action to take, in the type the agent logged (an int label, a str, or a float32 vector)."""
+    """The action to take: System 1's in the type the agent logged (an int label, a str, or a float32
+    vector), or the planner's as it returned it."""
     source: str
     """'system1' (a reflex) or 'system2' (the planner)."""
     latency_ms: float
@@ -80,6 +82,9 @@ class Decider:
     """System 1 in front of an agent's planner, logging every step. Thread-safe, and stateless between calls."""
 
     def __init__(self, reflexes: Reflexes | None, log: EpisodeLogger):
+        if reflexes is not None and (reflexes.world != log.world or reflexes.encoder not in (ANY_ENCODER, log.encoder)):
+            raise ValueError(f"System 1 serves world {reflexes.world!r} (encoder {reflexes.encoder!r}) but the log is of "
+                             f"world {log.world!r} (encoder {log.encoder!r}): its audits would judge another world")
         self.reflexes, self.log = reflexes, log
 
     @classmethod
@@ -92,6 +97,8 @@ class Decider:
 
         >>> decider = Decider.open("CartPole-v1", encoder="jepa@3")  # doctest: +SKIP
         """
+        if encoder == ANY_ENCODER:
+            raise ValueError("a Decider logs its steps under the encoder: name it (ANY_ENCODER is for Reflexes alone)")
         home = home if isinstance(home, Home) else Home.resolve(home)
         reflexes = Reflexes.open(world, encoder=encoder, home=home, audit_rate=audit_rate, seed=seed)
         return cls(reflexes, EpisodeLogger(home, world=world, encoder=encoder, agent=agent))
@@ -106,8 +113,27 @@ class Decider:
         >>> decision = decider.decide(step, z, lambda z, proposal: Plan(best, candidates))  # doctest: +SKIP
         """
         began = time.perf_counter()
-        asked = self.reflexes.ask(z) if self.reflexes is not None else Asked(None)
-        return self._finish(step, z, asked, planner, episode_id, began, 0.0)
+        asked = self._ask(z)
+        if asked.reflex is not None:
+            return self._served(step, z, asked.reflex, episode_id, began)
+        proposal = self._proposal(z, asked)
+        thinking = time.perf_counter()
+        return self._deliberated(step, z, asked, planner(np.asarray(z), proposal), episode_id, began, thinking)
+
+    async def adecide(self, step: int, z: Any, planner: Callable[[np.ndarray, Proposal | None], Awaitable[Any]], *,
+                      episode_id: str | None = None) -> Decision:
+        """`decide` for an asyncio agent whose planner is a coroutine function (a world model served over the
+        network, say): other tasks run while it deliberates, and each step still logs its own audit.
+
+        >>> decision = await decider.adecide(step, z, remote_planner, episode_id=episode)  # doctest: +SKIP
+        """
+        began = time.perf_counter()
+        asked = self._ask(z)
+        if asked.reflex is not None:
+            return self._served(step, z, asked.reflex, episode_id, began)
+        proposal = self._proposal(z, asked)
+        thinking = time.perf_counter()
+        return self._deliberated(step, z, asked, await planner(np.asarray(z), proposal), episode_id, began, thinking)
 
     def decide_batch(self, steps: Sequence[int], states: Any, planner: Planner, *,
                      episode_ids: Sequence[str]) -> list[Decision]:
@@ -120,8 +146,16 @@ class Decider:
         began = time.perf_counter()
         asked = self.reflexes.ask_batch(states) if self.reflexes is not None else [Asked(None)] * len(states)
         share = (time.perf_counter() - began) * 1000 / max(len(states), 1)  # each row's part of the lookup
-        return [self._finish(s, z, a, planner, e, time.perf_counter(), share)
-                for s, z, a, e in zip(steps, states, asked, episode_ids)]
+        decisions = []
+        for step, z, row, episode_id in zip(steps, states, asked, episode_ids):
+            began = time.perf_counter()
+            if row.reflex is not None:
+                decisions.append(self._served(step, z, row.reflex, episode_id, began, share))
+                continue
+            proposal = self._proposal(z, row)
+            thinking = time.perf_counter()
+            decisions.append(self._deliberated(step, z, row, planner(z, proposal), episode_id, began, thinking, share))
+        return decisions
 
     def close(self) -> None:
         """Close the logger: everything logged is on disk."""
@@ -133,28 +167,40 @@ class Decider:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _finish(self, step: int, z: Any, asked: Asked, planner: Planner, episode_id: str | None, began: float,
-                spent_ms: float) -> Decision:
-        """Serve System 1's answer, or run the planner; log the step. `spent_ms`: lookup time before `began`."""
-        if asked.reflex is not None:
-            ms = spent_ms + (time.perf_counter() - began) * 1000
-            self.log.decision(step, z, asked.reflex.action, source="system1", confidence=asked.reflex.confidence,
-                              latency_ms=ms, episode_id=episode_id)
-            return Decision(asked.reflex.action, "system1", ms, asked.reflex.confidence, reflex=asked.reflex)
-        proposal = self.reflexes.propose(z) if self.reflexes is not None and asked.withheld is None else None
-        thinking = time.perf_counter()
-        plan = planner(np.asarray(z), proposal)
+    # -- the protocol, once ------------------------------------------------------------------------------
+
+    def _ask(self, z: Any) -> Asked:
+        return self.reflexes.ask(z) if self.reflexes is not None else Asked(None)
+
+    def _proposal(self, z: Any, asked: Asked) -> Proposal | None:
+        """System 1's proposal for the planner to start from: none on an audit, which checks System 1 cold."""
+        return self.reflexes.propose(z) if self.reflexes is not None and asked.withheld is None else None
+
+    def _served(self, step: int, z: Any, reflex: Reflex, episode_id: str | None, began: float,
+                spent_ms: float = 0.0) -> Decision:
+        """A System 1 step: its decision, with confidence and latency, and no simulations."""
+        ms = spent_ms + (time.perf_counter() - began) * 1000
+        self.log.decision(step, z, reflex.action, source="system1", confidence=reflex.confidence, latency_ms=ms,
+                          episode_id=episode_id)
+        return Decision(reflex.action, "system1", ms, reflex.confidence, reflex=reflex)
+
+    def _deliberated(self, step: int, z: Any, asked: Asked, plan: Any, episode_id: str | None, began: float,
+                     thinking: float, spent_ms: float = 0.0) -> Decision:
+        """A System 2 step: the planner's decision (with what an audit withheld) and its candidates as
+        simulations. The candidates are read before anything is logged, so a malformed plan logs nothing."""
         done = time.perf_counter()
-        action, candidates = (plan.action, plan.candidates) if hasattr(plan, "candidates") else (plan, ())
-        predicted = [c.predicted for c in candidates if getattr(c, "predicted", None) is not None]
-        if predicted and len(predicted) < len(candidates):
-            raise ValueError("a plan's candidates must all carry `predicted`, or none of them")
+        action, candidates = getattr(plan, "action", plan), list(getattr(plan, "candidates", None) or ())
+        if candidates:
+            predicted = [c.predicted for c in candidates if getattr(c, "predicted", None) is not None]
+            if predicted and len(predicted) < len(candidates):
+                raise ValueError("a plan's candidates must all carry `predicted`, or none of them")
+            imagined = dict(actions=np.array([c.action for c in candidates]), scores=[c.score for c in candidates],
+                            predicted=np.stack([np.asarray(p) for p in predicted]) if predicted else None,
+                            vetoed=[bool(getattr(c, "vetoed", False)) for c in candidates])
         ms = spent_ms + (done - began) * 1000
         self.log.decision(step, z, action, source="system2", latency_ms=ms, episode_id=episode_id,
                           reflex=None if asked.withheld is None else asked.withheld.action)
-        if len(candidates):
-            self.log.candidates(step, np.array([c.action for c in candidates]), [c.score for c in candidates],
-                                predicted=np.stack([np.asarray(p) for p in predicted]) if predicted else None,
-                                vetoed=[bool(getattr(c, "vetoed", False)) for c in candidates],
-                                cost_ms=(done - thinking) * 1000 / len(candidates), episode_id=episode_id)
+        if candidates:
+            self.log.candidates(step, **imagined, cost_ms=(done - thinking) * 1000 / len(candidates),
+                                episode_id=episode_id)
         return Decision(action, "system2", ms, withheld=asked.withheld, plan=plan)

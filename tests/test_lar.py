@@ -37,6 +37,9 @@ def test_lar_runs_become_episodes(home, tensors):
         assert any(np.array_equal(np.array(state, np.float32), z) for z, _ in logged)
     sims = store.sql("SELECT step, count(*), count(predicted) FROM simulations GROUP BY 1 ORDER BY 1").fetchall()
     assert sims == [(0, 6, 6), (1, 6, 6), (2, 6, 6)]  # three candidates per decision, attached to it
+    stamped = store.sql("""SELECT count(*) FROM decisions d JOIN episodes e USING (episode_id)
+                           WHERE d.ts = e.ended_at""").fetchone()[0]
+    assert stamped == 6  # Lár stamps runs, not steps: a run's records carry its time, so nights order runs by it
     returns = sorted(r for (r,) in store.sql('SELECT "return" FROM episodes').fetchall())
     assert returns == pytest.approx(sorted(sum(h["rewards"]) for h in history))
 

@@ -3,7 +3,8 @@
 A run is an episode; a step whose state diff sets the score key is a simulation; a step that sets the
 action key is a decision (the run's simulations before it belong to it), decided by whoever the source
 key names (System 2 when it names no one), with the confidence, latency and withheld action its keys
-hold; a step that sets the reward key is that decision's outcome. Keys come from `[lar]` in dmn.toml,
+hold; a step that sets the reward key is that decision's outcome. Lár stamps runs, not steps, so the
+records carry the run's timestamp. Keys come from `[lar]` in dmn.toml,
 and so do world and encoder unless the run's summary names them (`TensorAuditLogger(world=, encoder=)`).
 Signed runs are checked with Lár's own HMAC. Reading needs no Lár install; writing through Lár is
 `dmn.integrations.lar`.
@@ -43,6 +44,9 @@ def audit_to_records(data: bytes, settings: LarSettings, run_name: str = "") -> 
         "encoder": summary.get("encoder") or settings.encoder,
         "agent": doc.get("user_id") or None, "meta": {"source": "lar", "summary": doc.get("summary")},
     })]
+    # Lár stamps the run, not its steps: its records carry the run's time, so the night orders runs by it.
+    stamp = _with_timezone(doc["timestamp"]) if isinstance(doc.get("timestamp"), str) else None
+    when = {"ts": stamp} if stamp else {}
     decisions, rewards = 0, []
     for index, step in enumerate(doc["steps"]):
         if not isinstance(step, dict):
@@ -53,7 +57,7 @@ def audit_to_records(data: bytes, settings: LarSettings, run_name: str = "") -> 
         after = step.get("state_after") if isinstance(step.get("state_after"), dict) else {**before, **changed}
         line = step["step"] if isinstance(step.get("step"), int) and not isinstance(step["step"], bool) else index
         if settings.score_key in changed:
-            record = {"type": "simulation", "episode_id": episode_id, "step": decisions,
+            record = {"type": "simulation", "episode_id": episode_id, "step": decisions, **when,
                       "state": after.get(settings.latent_key, before.get(settings.latent_key)),
                       "action": after.get(settings.candidate_key), "score": changed[settings.score_key]}
             if after.get(settings.predicted_key) is not None:
@@ -62,7 +66,7 @@ def audit_to_records(data: bytes, settings: LarSettings, run_name: str = "") -> 
                 record["vetoed"] = after[settings.vetoed_key]
             out.append((line, record))
         if settings.action_key in changed:
-            record = {"type": "decision", "episode_id": episode_id, "step": decisions,
+            record = {"type": "decision", "episode_id": episode_id, "step": decisions, **when,
                       "state": before.get(settings.latent_key, after.get(settings.latent_key)),
                       "action": changed[settings.action_key], "source": after.get(settings.source_key) or "system2"}
             for field, key in (("confidence", settings.confidence_key), ("latency_ms", settings.latency_key)):
@@ -79,8 +83,8 @@ def audit_to_records(data: bytes, settings: LarSettings, run_name: str = "") -> 
     end: dict[str, Any] = {"type": "episode_end", "episode_id": episode_id}
     if rewards and all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in rewards):
         end["return"] = float(sum(rewards))
-    if isinstance(doc.get("timestamp"), str):
-        end["ended_at"] = _with_timezone(doc["timestamp"])
+    if stamp:
+        end["ended_at"] = stamp
     out.append((len(doc["steps"]), end))
     return [(n, json.dumps(r).encode()) for n, r in out], None
 

@@ -112,13 +112,9 @@ class Decider:
 
         >>> decision = decider.decide(step, z, lambda z, proposal: Plan(best, candidates))  # doctest: +SKIP
         """
-        began = time.perf_counter()
-        asked = self._ask(z)
-        if asked.reflex is not None:
-            return self._served(step, z, asked.reflex, episode_id, began)
-        proposal = self._proposal(z, asked)
-        thinking = time.perf_counter()
-        return self._deliberated(step, z, asked, planner(np.asarray(z), proposal), episode_id, began, thinking)
+        began = time.perf_counter()  # before the lookup: its cost is the decision's
+        step_ = self._begin(step, z, self._ask(z), episode_id, began)
+        return step_ if isinstance(step_, Decision) else self._deliberated(step_, planner(step_.z, step_.proposal))
 
     async def adecide(self, step: int, z: Any, planner: Callable[[np.ndarray, Proposal | None], Awaitable[Any]], *,
                       episode_id: str | None = None) -> Decision:
@@ -127,13 +123,9 @@ class Decider:
 
         >>> decision = await decider.adecide(step, z, remote_planner, episode_id=episode)  # doctest: +SKIP
         """
-        began = time.perf_counter()
-        asked = self._ask(z)
-        if asked.reflex is not None:
-            return self._served(step, z, asked.reflex, episode_id, began)
-        proposal = self._proposal(z, asked)
-        thinking = time.perf_counter()
-        return self._deliberated(step, z, asked, await planner(np.asarray(z), proposal), episode_id, began, thinking)
+        began = time.perf_counter()  # before the lookup: its cost is the decision's
+        step_ = self._begin(step, z, self._ask(z), episode_id, began)
+        return step_ if isinstance(step_, Decision) else self._deliberated(step_, await planner(step_.z, step_.proposal))
 
     def decide_batch(self, steps: Sequence[int], states: Any, planner: Planner, *,
                      episode_ids: Sequence[str]) -> list[Decision]:
@@ -148,13 +140,9 @@ class Decider:
         share = (time.perf_counter() - began) * 1000 / max(len(states), 1)  # each row's part of the lookup
         decisions = []
         for step, z, row, episode_id in zip(steps, states, asked, episode_ids):
-            began = time.perf_counter()
-            if row.reflex is not None:
-                decisions.append(self._served(step, z, row.reflex, episode_id, began, share))
-                continue
-            proposal = self._proposal(z, row)
-            thinking = time.perf_counter()
-            decisions.append(self._deliberated(step, z, row, planner(z, proposal), episode_id, began, thinking, share))
+            step_ = self._begin(step, z, row, episode_id, time.perf_counter(), share)
+            decisions.append(step_ if isinstance(step_, Decision) else
+                             self._deliberated(step_, planner(step_.z, step_.proposal)))
         return decisions
 
     def close(self) -> None:
@@ -167,25 +155,25 @@ class Decider:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- the protocol, once ------------------------------------------------------------------------------
+    # -- the protocol, once: System 1 answers (and the step is logged), or the planner is asked -------------
 
     def _ask(self, z: Any) -> Asked:
         return self.reflexes.ask(z) if self.reflexes is not None else Asked(None)
 
-    def _proposal(self, z: Any, asked: Asked) -> Proposal | None:
-        """System 1's proposal for the planner to start from: none on an audit, which checks System 1 cold."""
-        return self.reflexes.propose(z) if self.reflexes is not None and asked.withheld is None else None
+    def _begin(self, step: int, z: Any, asked: Asked, episode_id: str | None, began: float,
+               spent_ms: float = 0.0) -> Decision | _Deliberation:
+        """A System 1 step, logged (its decision with confidence and latency, no simulations); or what the
+        planner is to be asked, with System 1's proposal to start from (none on an audit, which checks cold)."""
+        if asked.reflex is not None:
+            reflex, ms = asked.reflex, spent_ms + (time.perf_counter() - began) * 1000
+            self.log.decision(step, z, reflex.action, source="system1", confidence=reflex.confidence, latency_ms=ms,
+                              episode_id=episode_id)
+            return Decision(reflex.action, "system1", ms, reflex.confidence, reflex=reflex)
+        proposal = self.reflexes.propose(z) if self.reflexes is not None and asked.withheld is None else None
+        return _Deliberation(step, np.asarray(z), asked.withheld, proposal, episode_id, began, spent_ms,
+                             time.perf_counter())
 
-    def _served(self, step: int, z: Any, reflex: Reflex, episode_id: str | None, began: float,
-                spent_ms: float = 0.0) -> Decision:
-        """A System 1 step: its decision, with confidence and latency, and no simulations."""
-        ms = spent_ms + (time.perf_counter() - began) * 1000
-        self.log.decision(step, z, reflex.action, source="system1", confidence=reflex.confidence, latency_ms=ms,
-                          episode_id=episode_id)
-        return Decision(reflex.action, "system1", ms, reflex.confidence, reflex=reflex)
-
-    def _deliberated(self, step: int, z: Any, asked: Asked, plan: Any, episode_id: str | None, began: float,
-                     thinking: float, spent_ms: float = 0.0) -> Decision:
+    def _deliberated(self, d: _Deliberation, plan: Any) -> Decision:
         """A System 2 step: the planner's decision (with what an audit withheld) and its candidates as
         simulations. The candidates are read before anything is logged, so a malformed plan logs nothing."""
         done = time.perf_counter()
@@ -197,10 +185,25 @@ class Decider:
             imagined = dict(actions=np.array([c.action for c in candidates]), scores=[c.score for c in candidates],
                             predicted=np.stack([np.asarray(p) for p in predicted]) if predicted else None,
                             vetoed=[bool(getattr(c, "vetoed", False)) for c in candidates])
-        ms = spent_ms + (done - began) * 1000
-        self.log.decision(step, z, action, source="system2", latency_ms=ms, episode_id=episode_id,
-                          reflex=None if asked.withheld is None else asked.withheld.action)
+        ms = d.spent_ms + (done - d.began) * 1000
+        self.log.decision(d.step, d.z, action, source="system2", latency_ms=ms, episode_id=d.episode_id,
+                          reflex=None if d.withheld is None else d.withheld.action)
         if candidates:
-            self.log.candidates(step, **imagined, cost_ms=(done - thinking) * 1000 / len(candidates),
-                                episode_id=episode_id)
-        return Decision(action, "system2", ms, withheld=asked.withheld, plan=plan)
+            self.log.candidates(d.step, **imagined, cost_ms=(done - d.thinking) * 1000 / len(candidates),
+                                episode_id=d.episode_id)
+        return Decision(action, "system2", ms, withheld=d.withheld, plan=plan)
+
+
+@dataclass(frozen=True)
+class _Deliberation:
+    """A step System 1 left to the planner, between asking it and logging what it decided."""
+
+    step: int
+    z: np.ndarray
+    withheld: Reflex | None
+    proposal: Proposal | None
+    episode_id: str | None
+    began: float
+    spent_ms: float
+    thinking: float
+    """When the planner was called: its share of the latency is the simulations' cost."""

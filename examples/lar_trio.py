@@ -66,6 +66,10 @@ def trio(world: World, planner: Planner, reflexes: Reflexes, veto: Veto, env) ->
         state.set("vetoed", veto.dangerous(predicted, danger))
         state.set("score", score)
 
+    def more(state):  # clear the score: Lár's diff records changes only, and each candidate's must show
+        state.delete("score")
+        return "imagine" if state.get("pending") else "choose"
+
     def choose(state):  # the best imagined plan not refused yet (the veto judges it next)
         refused = veto.refused(state)
         options = [c for c in state.get("imagined") if c[0] not in refused] or state.get("imagined")
@@ -85,10 +89,6 @@ def trio(world: World, planner: Planner, reflexes: Reflexes, veto: Veto, env) ->
              (("encode", encode), ("imagine", imagine), ("choose", choose), ("act", act))}
     finish = lar.AddValueNode("finished", True)
     nodes["encode"].next_node = lar.RouterNode(ask, {"reflex": nodes["act"], "imagine": nodes["imagine"]})
-    def more(state):  # clear the score: Lár's diff records changes only, and each candidate's must show
-        state.delete("score")
-        return "imagine" if state.get("pending") else "choose"
-
     nodes["imagine"].next_node = lar.RouterNode(more, {"imagine": nodes["imagine"], "choose": nodes["choose"]})
     nodes["choose"].next_node = lar.RouterNode(veto, {"act": nodes["act"], "replan": nodes["choose"]})
     nodes["act"].next_node = lar.RouterNode(lambda s: "done" if s.get("done") else "again",
@@ -139,7 +139,8 @@ def main() -> None:
     secret = os.environ.setdefault("DMN_LAR_HMAC_SECRET", secrets.token_hex(16))
     settings = ReferenceSettings.load(home)
     world = load_world(home, args.env, settings.world, on_train=print)
-    print("| day | return | normalised | System 1 share | ms per decision | night |\n| --- | --- | --- | --- | --- | --- |")
+    print("| day | return | normalised | System 1 share | ms per decision | night |")
+    print("| --- | --- | --- | --- | --- | --- |")
     first = None
     for number in range(2):
         seed = args.seed + number * args.episodes

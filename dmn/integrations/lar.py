@@ -210,7 +210,8 @@ class Veto:
             raise ValueError(f"the plan needs the world model's danger estimate, a number, in state key "
                              f"{self.danger_key!r}; got {danger!r}")
         if imagined is None:
-            raise ValueError(f"the plan needs the latent it was imagined to lead to, in state key {self.plan_latent_key!r}")
+            raise ValueError(f"the plan needs the latent it was imagined to lead to, in state key "
+                             f"{self.plan_latent_key!r}")
         danger = float(danger)
         refused = list(state.get(self.refused_key) or [])
         if self.dangerous(imagined, danger):

@@ -83,8 +83,9 @@ class Decider:
 
     def __init__(self, reflexes: Reflexes | None, log: EpisodeLogger):
         if reflexes is not None and (reflexes.world != log.world or reflexes.encoder not in (ANY_ENCODER, log.encoder)):
-            raise ValueError(f"System 1 serves world {reflexes.world!r} (encoder {reflexes.encoder!r}) but the log is of "
-                             f"world {log.world!r} (encoder {log.encoder!r}): its audits would judge another world")
+            raise ValueError(f"System 1 serves world {reflexes.world!r} (encoder {reflexes.encoder!r}) but the log "
+                             f"is of world {log.world!r} (encoder {log.encoder!r}): its audits would judge "
+                             f"another world")
         self.reflexes, self.log = reflexes, log
 
     @classmethod
@@ -125,7 +126,9 @@ class Decider:
         """
         began = time.perf_counter()  # before the lookup: its cost is the decision's
         step_ = self._begin(step, z, self._ask(z), episode_id, began)
-        return step_ if isinstance(step_, Decision) else self._deliberated(step_, await planner(step_.z, step_.proposal))
+        if isinstance(step_, Decision):
+            return step_
+        return self._deliberated(step_, await planner(step_.z, step_.proposal))
 
     def decide_batch(self, steps: Sequence[int], states: Any, planner: Planner, *,
                      episode_ids: Sequence[str]) -> list[Decision]:

@@ -173,6 +173,8 @@ RECORDS = {
 RECORD_TYPES = tuple(RECORDS)
 FIELDS: dict[str, Field] = {f.name: f for r in RECORDS.values() for f in r.fields}
 """Every field by name: a name means the same thing in every record type that has it."""
+LATENTS = [name for name, f in FIELDS.items() if f.kind == "vector"]
+"""The fields that hold latents (vectors of the world's latent dimension)."""
 assert all((f.kind, f.minimum, f.maximum) == (FIELDS[f.name].kind, FIELDS[f.name].minimum, FIELDS[f.name].maximum)
            for r in RECORDS.values() for f in r.fields), "a field name with two meanings"
 
@@ -204,8 +206,8 @@ def lake_fields(rtype: str) -> dict[str, str]:
     return cols
 
 
-VECTOR_COLUMNS = [name for rtype in RECORDS for name, duck in lake_fields(rtype).items() if duck == "FLOAT[]"]
-VECTOR_COLUMNS = list(dict.fromkeys(VECTOR_COLUMNS))
+VECTOR_COLUMNS = list(dict.fromkeys(name for rtype in RECORDS for name, duck in lake_fields(rtype).items()
+                                    if duck == "FLOAT[]"))
 """Every lake column that holds vectors: latents and actions."""
 
 

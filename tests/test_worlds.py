@@ -213,7 +213,6 @@ def test_the_planner_vetoes_what_ends_in_failure_and_takes_the_best_of_the_rest(
     assert plan.action in (0, 1) and by_action[plan.action].score == max(c.score for c in plan.candidates
                                                                          if not c.vetoed)
     assert by_action[0].predicted.shape == (1,) and by_action[0].predicted[0] <= 3  # it imagines staying on
-    assert plan.ms > 0
 
 
 def test_where_ending_is_the_goal_nothing_is_vetoed():

@@ -21,7 +21,7 @@ import pyarrow as pa
 from dmn.config import Settings
 from dmn.lake.duck import quote, run
 from dmn.lake.store import Store
-from dmn.records import FIELDS, KINDS, RECORDS, TABLES, VECTOR_SUFFIX
+from dmn.records import FIELDS, KINDS, LATENTS, RECORDS, TABLES, VECTOR_SUFFIX
 
 EPISODES = [
     """CREATE TABLE batch_episodes AS SELECT seq, episode_id, world, encoder, started_at,
@@ -49,9 +49,6 @@ EPISODES = [
     """UPDATE parsed SET date = coalesce(started_at, now())::DATE WHERE reason IS NULL AND rtype = 'episode'""",
 ]
 """The episode rules, in order."""
-
-VECTORS = [name for name, f in FIELDS.items() if f.kind == "vector"]
-
 
 def resolve(con: duckdb.DuckDBPyConnection, store: Store, manifests: list[dict[str, Any]], settings: Settings
             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -87,24 +84,35 @@ def _fingerprint(rtype: str) -> str:
             f"ELSE hash({', '.join(map(quote, fields + vectors))}) END")
 
 
+def _settle(con: duckdb.DuckDBPyConnection, rows: list[tuple], known: dict[tuple[str, str], int],
+            fixed: dict[str, int], view: str) -> list[dict[str, Any]]:
+    """What each (world, encoder) of the batch lives by, from `rows` (world, encoder, value, count; most common
+    first): dmn.toml's for the world, else what earlier batches fixed, else the batch's most common. It is
+    registered as the view `view` (world, encoder, dim) for the quarantine that follows (which unregisters
+    it); returns the rows the ledger does not hold yet (empty, and nothing registered, without rows)."""
+    settled: dict[tuple[str, str], int] = {}
+    new = []
+    for world, encoder, value, _ in rows:
+        if (world, encoder) in settled:
+            continue
+        settled[(world, encoder)] = fixed.get(world, known.get((world, encoder), value))
+        if (world, encoder) not in known:
+            new.append({"world": world, "encoder": encoder, "dim": settled[(world, encoder)]})
+    if settled:
+        con.register(view, pa.Table.from_pylist([{"world": w, "encoder": e, "dim": d} for (w, e), d in settled.items()]))
+    return new
+
+
 def _dimensions(con: duckdb.DuckDBPyConnection, known: dict[tuple[str, str], int],
                 fixed: dict[str, int]) -> list[dict[str, Any]]:
     """Fix each (world, encoder)'s latent dimension and quarantine vectors of another length."""
     rows = run(con, """
         SELECT world, encoder, len(state) AS dim, count(*) AS n FROM parsed
         WHERE reason IS NULL AND state IS NOT NULL GROUP BY ALL ORDER BY n DESC, dim""")
-    dims: dict[tuple[str, str], int] = {}
-    new = []
-    for world, encoder, dim, _ in rows:
-        if (world, encoder) in dims:
-            continue
-        dims[(world, encoder)] = fixed.get(world) or known.get((world, encoder)) or dim
-        if (world, encoder) not in known:
-            new.append({"world": world, "encoder": encoder, "dim": dims[(world, encoder)]})
-    if not dims:
+    new = _settle(con, rows, known, fixed, "dims_arrow")
+    if not rows:
         return new
-    con.register("dims_arrow", pa.Table.from_pylist([{"world": w, "encoder": e, "dim": d} for (w, e), d in dims.items()]))
-    for vec in VECTORS:
+    for vec in LATENTS:
         run(con, f"""UPDATE parsed SET reason = 'wrong vector length',
             hint = '"{vec}" has ' || len(parsed.{vec}) || ' values, but world "' || parsed.world || '" (encoder "'
                    || parsed.encoder || '") has dimension ' || d.dim
@@ -121,17 +129,9 @@ def _action_kinds(con: duckdb.DuckDBPyConnection, known: dict[tuple[str, str], i
     rows = run(con, """
         SELECT world, encoder, coalesce(len(action_vector), 0) AS dim, count(*) AS n FROM parsed
         WHERE reason IS NULL AND rtype IN ('simulation', 'decision') GROUP BY ALL ORDER BY n DESC, dim""")
-    kinds: dict[tuple[str, str], int] = {}
-    new = []
-    for world, encoder, dim, _ in rows:
-        if (world, encoder) in kinds:
-            continue
-        kinds[(world, encoder)] = fixed.get(world, known.get((world, encoder), dim))
-        if (world, encoder) not in known:
-            new.append({"world": world, "encoder": encoder, "dim": kinds[(world, encoder)]})
-    if not kinds:
+    new = _settle(con, rows, known, fixed, "kinds_arrow")
+    if not rows:
         return new
-    con.register("kinds_arrow", pa.Table.from_pylist([{"world": w, "encoder": e, "dim": d} for (w, e), d in kinds.items()]))
     where = "WHERE parsed.reason IS NULL AND parsed.world = k.world AND parsed.encoder = k.encoder"
     for field in ("action", "reflex"):
         label, vector = quote(field), quote(field + VECTOR_SUFFIX)

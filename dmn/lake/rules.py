@@ -17,6 +17,7 @@ from dmn.lake.duck import quote
 from dmn.records import (
     FIELDS,
     KINDS,
+    LATENTS,
     RECORD_TYPES,
     RECORDS,
     SOURCES,
@@ -48,9 +49,8 @@ CREATE MACRO jts(x) AS CASE
 _TENSOR = '{"__type__": "VARCHAR", "shape": "JSON", "dtype": "VARCHAR", "b64": "VARCHAR"}'
 _SCALARS = {name: f for name, f in FIELDS.items() if KINDS[f.kind].reader}
 """The fields read with a macro of their kind; vectors are read apart (arrays or tensor objects), meta as it is."""
-_VECTORS = [name for name, f in FIELDS.items() if f.kind == "vector"]
-_STRUCT = json.dumps({"type": "JSON", **{name: "FLOAT[]" if name in _VECTORS else "JSON" for name in FIELDS}})
-_SLOTS = {**{name: name for name in _VECTORS},
+_STRUCT = json.dumps({"type": "JSON", **{name: "FLOAT[]" if name in LATENTS else "JSON" for name in FIELDS}})
+_SLOTS = {**{name: name for name in LATENTS},
           **{name + VECTOR_SUFFIX: name for name, f in FIELDS.items() if KINDS[f.kind].vector_column}}
 """Every column of vectors, and the field it is read from: a latent from its own field, an action's vector
 form from the action field, when that holds an array or a tensor object."""
@@ -69,7 +69,7 @@ def _rules(future_skew: float) -> list[tuple[str, str, str]]:
     ]
     for rtype, record in RECORDS.items():
         for name in record.required:
-            present = f"{name}_arr IS NOT NULL OR given({name}_json)" if name in _VECTORS else f"given(r.{quote(name)})"
+            present = f"{name}_arr IS NOT NULL OR given({name}_json)" if name in LATENTS else f"given(r.{quote(name)})"
             # (an action given as a vector is given: its vector form is checked below)
             rules.append((f"rtype = '{rtype}' AND NOT ({present})", "'missing field'", f"'{rtype} has no \"{name}\"'"))
     for name, f in _SCALARS.items():

@@ -42,8 +42,9 @@ def heuristic_table(exp: Experience, rows: np.ndarray, cluster: np.ndarray, dist
     # What System 2 did in the core, where the table answers: at a situation's edge, where it meets others,
     # its best action can be another.
     inner = distance <= core[cluster]
-    best, agreement, beside = (_vector_choice if exp.action_dim else _label_choice)(exp, rows[inner], cluster[inner], k)
     held = np.bincount(cluster[inner], weights=w[inner], minlength=k)
+    best, agreement, beside = (_vector_choice if exp.action_dim else _label_choice)(exp, rows[inner], cluster[inner],
+                                                                                    held)
     n_eff = held**2 / np.maximum(np.bincount(cluster[inner], weights=w[inner] ** 2, minlength=k), 1e-12)
 
     # Simulations of the training steps: per (situation, action) mean score, veto rate, outcome types.
@@ -87,30 +88,30 @@ def heuristic_table(exp: Experience, rows: np.ndarray, cluster: np.ndarray, dist
     })
 
 
-def _label_choice(exp: Experience, rows: np.ndarray, cluster: np.ndarray, k: int
+def _label_choice(exp: Experience, rows: np.ndarray, cluster: np.ndarray, held: np.ndarray
                   ) -> tuple[pa.Array, np.ndarray, dict[str, Any]]:
-    """Per situation, from the steps `rows` (in situations `cluster`): the action most often acceptable, how
-    often it was (agreement), and beside them how often it was System 2's very choice and the weights of
-    System 2's choices."""
+    """Per situation, from the steps `rows` (in situations `cluster`, whose weight per situation is `held`):
+    the action most often acceptable, how often it was (agreement), and beside them how often it was System
+    2's very choice and the weights of System 2's choices."""
+    k, held = len(held), np.maximum(held, 1e-12)
     w, label = exp.weight[rows], exp.label[rows]
     chosen = np.zeros((k, len(exp.actions)))
     np.add.at(chosen, (cluster, label), w)
     good = np.zeros((k, len(exp.actions)))
     np.add.at(good, cluster, w[:, None] * exp.acceptable[rows])
-    held = np.maximum(np.bincount(cluster, weights=w, minlength=k), 1e-12)
     best = good.argmax(1)
     exact = np.bincount(cluster, weights=w * (label == best[cluster]), minlength=k) / held
     return (pa.array([exp.actions[j] for j in best], pa.string()), good.max(1) / held,
             {"exact_agreement": exact, "action_weights": pa.array(chosen.tolist(), pa.list_(pa.float64()))})
 
 
-def _vector_choice(exp: Experience, rows: np.ndarray, cluster: np.ndarray, k: int
+def _vector_choice(exp: Experience, rows: np.ndarray, cluster: np.ndarray, held: np.ndarray
                    ) -> tuple[pa.Array, np.ndarray, dict[str, Any]]:
-    """Per situation, from the steps `rows` (in situations `cluster`): System 2's action (the weighted mean of
-    its actions there), the weighted share of them within tolerance of it (agreement), and beside them the
-    spread of its actions, per dimension."""
+    """Per situation, from the steps `rows` (in situations `cluster`, whose weight per situation is `held`):
+    System 2's action (the weighted mean of its actions there), the weighted share of them within tolerance
+    of it (agreement), and beside them the spread of its actions, per dimension."""
+    k, held = len(held), np.maximum(held, 1e-12)[:, None]
     w, target = exp.weight[rows], exp.target[rows].astype(np.float64)
-    held = np.maximum(np.bincount(cluster, weights=w, minlength=k), 1e-12)[:, None]
     mean = np.zeros((k, exp.action_dim))
     np.add.at(mean, cluster, w[:, None] * target)
     mean /= held

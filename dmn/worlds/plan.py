@@ -28,7 +28,6 @@ a wrong one loses to the cold samples.
 from __future__ import annotations
 
 import contextlib
-import time
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -58,8 +57,6 @@ class Candidate:
 class Plan:
     action: int | np.ndarray
     candidates: list[Candidate]
-    ms: float
-    """Wall time of the whole search."""
     sequences: int
     """Action sequences imagined."""
     seeded: bool = False
@@ -91,13 +88,10 @@ class Planner:
     def plan(self, z: np.ndarray, start: tuple[np.ndarray, np.ndarray] | None = None) -> Plan:
         """Search from latent `z` (1-D) and return the chosen first action with every candidate's figures.
         `start`: a continuous world's proposal (mean, standard deviation) to seed the search with."""
-        begun = time.perf_counter()
         if self.repeatable:
             self.generator.manual_seed(self.settings.seed)
         z0 = torch.as_tensor(z, dtype=torch.float32)
-        plan = self._continuous(z0, start) if self.model.action_dim else self._discrete(z0)
-        plan.ms = (time.perf_counter() - begun) * 1000
-        return plan
+        return self._continuous(z0, start) if self.model.action_dim else self._discrete(z0)
 
     def _discrete(self, z: torch.Tensor) -> Plan:
         s, n = self.settings, self.model.n_actions
@@ -121,7 +115,7 @@ class Planner:
             candidates.append(Candidate(action, float(top.values[:, action].mean()), final[best].numpy().copy(),
                                         ends, bool(self.model.failure) and ends >= s.veto))
         allowed = [c for c in candidates if not c.vetoed] or candidates
-        return Plan(max(allowed, key=lambda c: c.score).action, candidates, 0.0, len(first) * s.iterations)
+        return Plan(max(allowed, key=lambda c: c.score).action, candidates, len(first) * s.iterations)
 
     def _continuous(self, z: torch.Tensor, start: tuple[np.ndarray, np.ndarray] | None) -> Plan:
         s, low, high = self.settings, self.model.action_low, self.model.action_high
@@ -146,7 +140,7 @@ class Planner:
         vetoed = bool(self.model.failure) & (ending[elite] >= s.veto)
         candidates = [Candidate(actions[i, 0].numpy().copy(), float(score[i]), final[i].numpy().copy(),
                                 float(ending[i]), bool(v)) for i, v in zip(elite.tolist(), vetoed.tolist())]
-        return Plan(mean[0].numpy().copy(), candidates, 0.0, sequences, start is not None)
+        return Plan(mean[0].numpy().copy(), candidates, sequences, start is not None)
 
     def _imagine(self, z: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Roll every sequence out; return its score, its probability of ending early, and its last latent."""

@@ -176,8 +176,7 @@ class Rule:
         """The answer for one latent state (a contiguous float32 vector): (action: an index, or a vector;
         confidence, source, situation), or None where System 1 abstains."""
         table_reach2, policy_reach2, best, confidence, radius = self._gates  # type: ignore[attr-defined]
-        d2, ids = self.index.search(x[None], 1)
-        c, d2 = int(ids[0, 0]), float(d2[0, 0])
+        c, d2 = _nearest_one(self.index, x)
         if d2 <= table_reach2[c]:
             return best[c], confidence[c], "table", c
         answer = self._policy_one(x, c, d2)
@@ -188,8 +187,7 @@ class Rule:
     def propose_one(self, x: np.ndarray) -> tuple[Any, float, int] | None:
         """The policy's answer for one latent state whatever its confidence (action, confidence, situation): a
         start for a planner where System 1 abstains; None beyond the policy's reach."""
-        d2, ids = self.index.search(x[None], 1)
-        c, d2 = int(ids[0, 0]), float(d2[0, 0])
+        c, d2 = _nearest_one(self.index, x)
         answer = self._policy_one(x, c, d2)
         return None if answer is None else (*answer, c)
 
@@ -201,3 +199,19 @@ class Rule:
             return None
         action, sure = policy_answers(self.policy, x[None], np.array([math.sqrt(max(d2, 0.0)) / radius[c]]))
         return (action[0] if action.ndim > 1 else int(action[0])), float(sure[0])
+
+
+def _nearest_one(index: faiss.Index, x: np.ndarray) -> tuple[int, float]:
+    """(situation, squared distance) of one state's nearest centroid, searched on the caller's thread alone.
+
+    For a single query FAISS still starts a team of OpenMP threads (one per core). On a busy machine the
+    team waits for threads the OS has not scheduled yet, and a 10 µs search takes milliseconds. The thread
+    count is the calling thread's own OpenMP setting: set for the search, then put back.
+    """
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        d2, ids = index.search(x[None], 1)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    return int(ids[0, 0]), float(d2[0, 0])

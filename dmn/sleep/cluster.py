@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import faiss
 import numpy as np
-from sklearn.cluster import kmeans_plusplus
 
 PCA_SAMPLE = 50_000
 """Rows the PCA is fitted on: plenty for a covariance in a few hundred dimensions."""
@@ -29,6 +28,9 @@ def kmeans(x: np.ndarray, k: int, weights: np.ndarray | None = None, seed: int =
     Seeded by k-means++ (scikit-learn, on a sample) rather than FAISS's random pick, which often puts
     two seeds in one situation and none in another; FAISS then runs the Lloyd iterations.
     """
+    # Imported here: a second's import, paid only by the processes that cluster.
+    from sklearn.cluster import kmeans_plusplus
+
     x = np.ascontiguousarray(x, dtype=np.float32)
     k = max(1, min(k, len(x)))
     rng = np.random.default_rng(seed)

@@ -124,10 +124,8 @@ def select(store: Store, world: str, encoder: str, settings: ConsolidateSettings
     con = store.connect()
     params = {"world": world, "encoder": encoder, "since": now - settings.window_days * 86400,
               "limit": settings.max_decisions}
-    run(con, """
-        CREATE TEMP TABLE sims AS
-        SELECT episode_id, step, action, action_vector, score, coalesce(vetoed, false) AS vetoed, predicted
-        FROM simulations WHERE world = $world AND encoder = $encoder""", {"world": world, "encoder": encoder})
+    # Simulations are read twice, as columns: their scalars for System 2's best per step, then the rows of the
+    # steps selected, with their latents. Nothing of them outside the window is read beyond its keys.
     run(con, """
         CREATE TEMP TABLE steps AS
         WITH d AS (
@@ -137,10 +135,12 @@ def select(store: Store, world: str, encoder: str, settings: ConsolidateSettings
             WHERE world = $world AND encoder = $encoder AND epoch(coalesce(ts, ingested_at)) >= $since),
         best AS (
             SELECT episode_id, step,
-                   coalesce(arg_max(action, score) FILTER (WHERE NOT vetoed), arg_max(action, score)) AS best,
-                   coalesce(arg_max(action_vector, score) FILTER (WHERE NOT vetoed), arg_max(action_vector, score))
-                       AS best_vector
-            FROM sims GROUP BY ALL),
+                   coalesce(arg_max(action, score) FILTER (WHERE NOT coalesce(vetoed, false)), arg_max(action, score)) AS best,
+                   coalesce(arg_max(action_vector, score) FILTER (WHERE NOT coalesce(vetoed, false)),
+                            arg_max(action_vector, score)) AS best_vector
+            FROM simulations
+            WHERE world = $world AND encoder = $encoder AND episode_id IN (SELECT episode_id FROM d)
+            GROUP BY ALL),
         j AS (
             SELECT d.*, best.best, best.best_vector, (best.best IS NOT NULL OR best.best_vector IS NOT NULL) AS imagined,
                    (d.source = 'system2' AND (d.reflex IS NOT NULL OR d.reflex_vector IS NOT NULL))
@@ -165,8 +165,10 @@ def select(store: Store, world: str, encoder: str, settings: ConsolidateSettings
         raise DmnError(f"no System 2 decisions for world {world!r}, encoder {encoder!r} in the last "
                        f"{settings.window_days:g} days")
     sims = con.sql("""
-        SELECT s.i, m.action, m.action_vector, m.score, m.vetoed, m.predicted
-        FROM sims m JOIN steps s USING (episode_id, step) ORDER BY s.i""").to_arrow_table()
+        SELECT s.i, m.action, m.action_vector, m.score, coalesce(m.vetoed, false) AS vetoed, m.predicted
+        FROM simulations m JOIN steps s USING (episode_id, step)
+        WHERE m.world = $world AND m.encoder = $encoder ORDER BY s.i""",
+                   params={"world": world, "encoder": encoder}).to_arrow_table()
     action_dim = pc.max(pc.list_value_length(steps["label_vector"])).as_py() or 0  # 0: labels
     actions = [] if action_dim else sorted(set(steps["label"].to_pylist()) | set(steps["reflex"].drop_null().to_pylist())
                                            | set(sims["action"].to_pylist()), key=_action_order)
@@ -240,14 +242,26 @@ def acceptable(label: np.ndarray, n_actions: int, sim_step: np.ndarray, sim_acti
 
 
 def _matrix(column: pa.ChunkedArray, dim: int | None = None) -> np.ndarray:
-    """A list column of equal-length vectors as an (n, d) float32 matrix (NULL rows become NaN)."""
-    column = column.combine_chunks()
+    """A list column of equal-length vectors as an (n, d) float32 matrix (NULL rows become NaN).
+
+    Filled chunk by chunk, with no copy where it is one chunk without NULLs: a night's latents are hundreds
+    of megabytes, and each copy of them costs.
+    """
     if dim is None:
         dim = len(column[0]) if len(column) else 0
-    out = np.full((len(column), dim), np.nan, np.float32)
-    valid = column.is_valid().to_numpy(zero_copy_only=False)
-    if valid.any():
-        out[valid] = column.filter(column.is_valid()).flatten().to_numpy().astype(np.float32).reshape(-1, dim)
+    if column.num_chunks == 1 and column.null_count == 0 and len(values := column.chunk(0).flatten()) == len(column) * dim:
+        return values.to_numpy().astype(np.float32, copy=False).reshape(len(column), dim)
+    out = np.empty((len(column), dim), np.float32)
+    row = 0
+    for chunk in (c for c in column.chunks if len(c)):
+        rows, row = out[row: row + len(chunk)], row + len(chunk)
+        if chunk.null_count == 0:
+            rows[...] = chunk.flatten().to_numpy().reshape(-1, dim)
+            continue
+        valid = chunk.is_valid().to_numpy(zero_copy_only=False)
+        rows[~valid] = np.nan
+        if valid.any():
+            rows[valid] = chunk.filter(valid).flatten().to_numpy().reshape(-1, dim)
     return out
 
 

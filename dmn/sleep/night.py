@@ -44,7 +44,6 @@ from dmn.sleep.cluster import kmeans, situation_count, situation_index
 from dmn.sleep.evaluate import curve, metrics, split, thresholds, wilson_lower
 from dmn.sleep.experience import Experience, pairs, select
 from dmn.sleep.table import candidate_table, heuristic_table, outcome_table
-from dmn.sleep.train import train_policy
 from dmn.version import __version__
 
 
@@ -153,8 +152,9 @@ def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateS
     outcome = np.full(len(exp.sim_step), -1)
     outcome_index = faiss.IndexFlatL2(exp.dim)
     if imagined.any():
-        outcome_index.add(kmeans(exp.sim_predicted[imagined], s.outcome_types, None, s.seed))
-        outcome[imagined] = nearest(outcome_index, exp.sim_predicted[imagined])[0]
+        predicted = exp.sim_predicted if imagined.all() else exp.sim_predicted[imagined]  # copied only if need be
+        outcome_index.add(kmeans(predicted, s.outcome_types, None, s.seed))
+        outcome[imagined] = nearest(outcome_index, predicted)[0]
     clock.lap("outcomes")
 
     table = heuristic_table(exp, train, cluster, distance, index.ntotal, outcome, max(outcome_index.ntotal, 1), s)
@@ -164,6 +164,9 @@ def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateS
     say(f"{night.world}: distilling the policy")
     near, away = nearest(index, exp.states[val])
     far = away / np.maximum(table["radius"].to_numpy()[near], 1e-12)  # in novelty radii
+    # Imported here: torch is paid for by the nights that train, not by every process that reads runs.
+    from dmn.sleep.train import train_policy
+
     weights = train_policy(exp, train, val, far, s)
     clock.lap("policy")
 

@@ -1,0 +1,88 @@
+"""Start-up: a night with nothing new and `dmn sql "SELECT 1"`, as whole processes, on a home of one night
+and on a home of many past nights, in one run.
+
+    python benchmarks/startup.py                 # 1,000 past nights
+    python benchmarks/startup.py --nights 100    # quicker
+
+Each home is made as nights make it: per night, an agent's day of synthetic System 2 logs (`dmn.worlds.
+synthetic`, a few episodes at d=64) ingested as its own batch, and the night's run record. The first night
+is consolidated for real (a bundle is published); the run records of the nights after it are that record
+again, each with its own id, start and watermark (a thousand real nights would take hours to make). Then
+`dmn consolidate` (ingest of an empty inbox, then a night with nothing new) and `dmn sql "SELECT 1"` run
+as new processes, best of --repeat.
+
+Targets: a night with nothing new <= 1.5 s and `dmn sql "SELECT 1"` <= 0.6 s, both within 20% on the home
+of many nights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from dmn.home import Home
+from dmn.lake.ingest import ingest
+from dmn.lake.store import Store
+from dmn.sleep.experience import pairs
+from dmn.sleep.night import consolidate
+from dmn.worlds.synthetic import write_logs
+
+
+def make_home(root: Path, nights: int) -> Home:
+    """A home after `nights` nights of one world."""
+    home = Home.resolve(root)
+    for day in range(nights):
+        write_logs(home, situations=4, dim=64, episodes=3, steps=10, day=day)
+        ingest(home)
+        if day == 0:
+            consolidate(home)
+    first = json.loads(next(home.runs.glob("*.json")).read_bytes())
+    watermark = pairs(Store(home))[0][2]
+    start = datetime.now(timezone.utc) - timedelta(days=nights)
+    for day in range(1, nights):  # the later nights' records, the last one up to date
+        started = (start + timedelta(days=day)).isoformat()
+        record = {**first, "run_id": uuid.uuid4().hex[:12], "started_at": started, "ended_at": started,
+                  "watermark": watermark if day == nights - 1 else f"{first['watermark']}{day:04d}"}
+        (home.runs / f"{started[:19].replace(':', '')}-{record['run_id']}.json").write_text(json.dumps(record, indent=1))
+    return home
+
+
+def seconds(args: list[str], repeat: int) -> float:
+    """Best wall time of `dmn <args>` as a new process."""
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "dmn", *args], capture_output=True, text=True)
+        best = min(best, time.perf_counter() - started)
+        if done.returncode:
+            raise SystemExit(f"dmn {' '.join(args)} failed:\n{done.stderr}")
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nights", type=int, default=1000, help="past nights in the big home")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each command; the best counts")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        homes = {1: make_home(Path(tmp, "one"), 1), args.nights: make_home(Path(tmp, "many"), args.nights)}
+        print(f"homes made in {time.perf_counter() - started:.0f} s")
+        figures = {n: (seconds(["consolidate", "--home", str(h.root)], args.repeat),
+                       seconds(["sql", "SELECT 1", "--home", str(h.root)], args.repeat)) for n, h in homes.items()}
+    (night1, sql1), (night_n, sql_n) = figures[1], figures[args.nights]
+    print(f"{'':<34} {'1 night':>9} {f'{args.nights:,} nights':>13} {'ratio':>7}")
+    print(f"{'dmn consolidate, nothing new':<34} {night1:8.2f}s {night_n:12.2f}s {night_n / night1:6.2f}x")
+    print(f"{'dmn sql \"SELECT 1\"':<34} {sql1:8.2f}s {sql_n:12.2f}s {sql_n / sql1:6.2f}x")
+    print("targets: nothing new <= 1.5 s, SELECT 1 <= 0.6 s, each within 1.2x on the home of many nights")
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 
+import faiss
 import numpy as np
 import pytest
 
@@ -50,6 +51,20 @@ def test_lookups_answer_exactly_what_the_night_measured(world):
     assert all(type(a.action) is int for a in answered)  # integer actions come back as they were logged
     right = sum(a.action == b for a, b in zip(one[:400], truth.sample(400)[1]) if a is not None)
     assert right >= 0.95 * len(answered)
+
+
+def test_a_lookup_searches_on_the_callers_thread_alone_and_leaves_its_threads_as_they_were(world):
+    """FAISS would start a team of OpenMP threads for one query, which on a busy machine waits for threads the
+    OS has not scheduled; a lookup runs on one, and the caller's setting is as it was."""
+    home, truth = world
+    reflexes = Reflexes.open("synthetic", home=home, encoder="synthetic@1")
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(3)
+    try:
+        assert all(reflexes.lookup(z) is not None for z in truth.sample(20)[0])
+        assert faiss.omp_get_max_threads() == 3
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def test_it_abstains_without_a_bundle_and_for_another_encoder(world, tmp_path):

@@ -110,12 +110,21 @@ def test_a_search_logs_its_candidates_in_one_call_and_vectors_round_trip(home):
     (lambda log: log.decision(0, [1.0], 1.5), "action"),
     (lambda log: log.decision(0, [1.0], 0, source="gut"), "source"),
     (lambda log: log.simulation(0, [1.0], 0, float("inf")), "score"),
+    (lambda log: log.decision(0, np.r_[np.zeros(5000), np.inf], 0), "NaN"),  # a latent too long for the dot product
+    (lambda log: log.outcome(0, reward=1.0, episode_id=7), "episode_id must be a string"),
 ])
 def test_bad_values_fail_where_they_are_made(home, call, message):
     with EpisodeLogger(home, world="w", encoder="e") as log:
         log.episode()
         with pytest.raises(ValueError, match=message):
             call(log)
+
+
+def test_latents_of_huge_finite_values_are_kept(home):
+    """Finiteness is read from a latent's dot product with itself, which overflows here: checked value by value."""
+    with EpisodeLogger(home, world="w", encoder="e") as log:
+        log.episode()
+        log.decision(0, [3e38, -3e38, 1.0], 0)
 
 
 def test_records_before_an_episode_are_refused(home):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -9,9 +10,11 @@ import time
 import duckdb
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from conftest import decision, episode, run, simulation, write_jsonl
 from dmn.lake.store import Store
+from dmn.sleep.experience import pairs
 
 
 def test_views_cover_every_table(home):
@@ -80,3 +83,42 @@ def test_a_lake_written_before_a_column_existed_reads_it_as_null(home):
         old = pq.read_table(path)
         pq.write_table(old.drop_columns(["reflex"]), path)  # as an older dmn wrote it
     assert Store(home).sql("SELECT step, reflex FROM decisions ORDER BY step").fetchall() == [(0, None), (1, None)]
+
+
+def test_batches_read_the_same_with_or_without_their_manifests_summaries(home):
+    """A manifest says its files' column set (so that a view binds one file per set, not every file) and whose
+    decisions it holds (so that a night finds what is new without reading the lake); batches committed before
+    manifests said so, alone or beside newer ones, read the same."""
+    for day, (world, encoder) in enumerate([("w1", "a"), ("w2", "a"), ("w1", "b"), ("w2", "a")]):
+        write_jsonl(home.inbox / f"{day}.jsonl", [episode(f"e{day}", world, encoder), decision(f"e{day}", 0, ts=1e9 + day),
+                                                  decision(f"e{day}", 1), simulation(f"e{day}")])
+        run(home)
+    store = Store(home)
+    query = """SELECT d.world, d.encoder, count(*), count(DISTINCT s.episode_id), count(q.reason)
+               FROM decisions d LEFT JOIN simulations s USING (episode_id) LEFT JOIN quarantine q USING (episode_id)
+               GROUP BY ALL ORDER BY ALL"""
+    rows, found = store.sql(query).fetchall(), pairs(store)
+    assert [(w, e) for w, e, _ in found] == [("w1", "b"), ("w1", "a"), ("w2", "a")]  # newest encoder first
+    manifests = sorted(home.catalog.glob("*.json"))
+    assert all({"columns", "decisions"} <= set(json.loads(p.read_bytes())) for p in manifests)
+    for path in manifests[:2]:  # as an older dmn committed them
+        manifest = json.loads(path.read_bytes())
+        del manifest["columns"], manifest["decisions"]
+        path.write_text(json.dumps(manifest))
+    assert store.sql(query).fetchall() == rows and pairs(store) == found
+    for path in manifests[2:]:
+        manifest = json.loads(path.read_bytes())
+        del manifest["columns"], manifest["decisions"]
+        path.write_text(json.dumps(manifest))
+    assert store.sql(query).fetchall() == rows and pairs(store) == found
+
+
+def test_a_query_gets_the_views_it_names(home):
+    write_jsonl(home.inbox / "a.jsonl", [episode(), decision()])
+    run(home)
+    store = Store(home)
+    assert store.named("SELECT * FROM Decisions d JOIN episodes USING (episode_id)") == {"decisions", "episodes"}
+    assert store.sql("SELECT count(*) FROM episodes").fetchone() == (1,)  # and what episodes reads
+    assert store.sql("SELECT count(*) FROM ingest_files").fetchone() == (1,)
+    with pytest.raises(duckdb.CatalogException, match="simulations"):  # a connection for decisions only
+        store.connect({"decisions"}).execute("SELECT * FROM simulations")

@@ -24,7 +24,7 @@ from dmn.home import Home, fsync
 from dmn.lake.duck import quote, run
 from dmn.lake.plan import Entry
 from dmn.lake.rules import canonical_json
-from dmn.lake.store import Store
+from dmn.lake.store import Store, column_tag
 from dmn.records import TABLES
 
 WRITE_BATCH_BYTES = 16 << 20
@@ -72,8 +72,8 @@ def commit(con: duckdb.DuckDBPyConnection, home: Home, store: Store, batch: str,
         folder.mkdir(parents=True)
         jobs.append(("quarantine", [], folder / f"{batch}_q.parquet", quarantine, _batch_rows([])))
     with ThreadPoolExecutor(max_workers=2) as pool:  # pyarrow's writer uses one core: two files at once
-        written = list(pool.map(lambda job: (job[0], _write_file(con, *job)), jobs))
-    counts = {rtype: sum(n for table, n in written if table == TABLES[rtype][0]) for rtype in TABLES}
+        written = list(pool.map(lambda job: (job[0], *_write_file(con, *job)), jobs))
+    counts = {rtype: sum(n for table, n, _ in written if table == TABLES[rtype][0]) for rtype in TABLES}
     counts = {rtype: n for rtype, n in counts.items() if n}
     duplicates = run(con, "SELECT count(*) FROM parsed WHERE reason = 'duplicate'")[0][0]
     for i, good, bad in run(con, """SELECT file_index, count(*) FILTER (reason IS NULL),
@@ -83,10 +83,15 @@ def commit(con: duckdb.DuckDBPyConnection, home: Home, store: Store, batch: str,
     for row in problems:
         by_path[row["source_file"]].quarantined += 1
     files = {d.name: sorted(str(p.relative_to(staging)) for p in d.rglob("*.parquet")) for d in staging.iterdir()}
+    # What `dmn.sleep.experience.pairs` needs, so that a night finds what is new without reading every batch.
+    decisions = [{"world": w, "encoder": e, "last": t} for w, e, t in run(con, """
+        SELECT world, encoder, epoch(max(coalesce(ts, ?::TIMESTAMPTZ))) FROM parsed
+        WHERE reason IS NULL AND rtype = 'decision' GROUP BY ALL ORDER BY ALL""", [now])]
     faults.point("ingest.commit")
     store.commit({
         "batch": batch, "committed_at": datetime.now(timezone.utc).isoformat(), "schema_version": records.SCHEMA_VERSION,
-        "files": files, "ledger": [asdict(e) for e in entries], **fixes, "records": counts,
+        "files": files, "columns": {table: column_tag(names) for table, _, names in written},
+        "ledger": [asdict(e) for e in entries], **fixes, "records": counts, "decisions": decisions,
         "quarantined": quarantined,
     })
     return Committed(counts, quarantined, duplicates)
@@ -125,8 +130,8 @@ def _batch_rows(dims: list[int]) -> int:
 
 
 def _write_file(con: duckdb.DuckDBPyConnection, table: str, vectors: list[str], path: Path, query: str,
-                batch_rows: int) -> int:
-    """Write the rows of `query` to `path`; returns how many."""
+                batch_rows: int) -> tuple[int, list[str]]:
+    """Write the rows of `query` to `path`; returns how many, and the file's columns."""
     reader = con.cursor().sql(query).to_arrow_reader(batch_rows)
     schema = reader.schema.with_metadata({"dmn_table": table})
     # Dictionaries for the text columns only (trying them on latents costs a third of the write);
@@ -141,4 +146,4 @@ def _write_file(con: duckdb.DuckDBPyConnection, table: str, vectors: list[str], 
     fsync(path)  # on disk, with its folder entry, before the manifest that names it
     fsync(path.parent)
     faults.point("ingest.staged")
-    return rows
+    return rows, schema.names

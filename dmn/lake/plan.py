@@ -39,8 +39,9 @@ def discover(paths: list[Path], home: Home) -> tuple[list[Path], list[tuple[Path
     Symbolic links inside folders are not followed (a link could point anywhere, and a
     file could arrive twice); hidden and temporary files are still being written.
     """
-    files: list[Path] = []
+    files: dict[Path, None] = {}  # an ordered set: an inbox holds every file agents ever wrote
     skipped: list[tuple[Path, str]] = []
+    store = (os.path.join(str(home.lake), ""), os.path.join(str(home.tmp), ""))  # as text: looked at per file
     for given in dict.fromkeys(p.absolute() for p in paths):  # a path given twice is read once
         if not given.exists() and not given.is_symlink():
             raise DmnError(f"no such file or folder: {given}")
@@ -48,13 +49,13 @@ def discover(paths: list[Path], home: Home) -> tuple[list[Path], list[tuple[Path
             for root, dirs, names in os.walk(given):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 for name in sorted(names):
-                    _consider(Path(root) / name, home, files, skipped)
+                    _consider(Path(root) / name, store, files, skipped)
         else:
-            _consider(given.resolve(), home, files, skipped)
-    return files, skipped
+            _consider(given.resolve(), store, files, skipped)
+    return list(files), skipped
 
 
-def _consider(path: Path, home: Home, files: list[Path], skipped: list[tuple[Path, str]]) -> None:
+def _consider(path: Path, store: tuple[str, str], files: dict[Path, None], skipped: list[tuple[Path, str]]) -> None:
     try:
         str(path).encode("utf-8")
     except UnicodeEncodeError:
@@ -64,7 +65,7 @@ def _consider(path: Path, home: Home, files: list[Path], skipped: list[tuple[Pat
         skipped.append((path, "symbolic link (not followed; copy the file instead)"))
     elif path.name.startswith(".") or path.name.endswith(TEMP_SUFFIXES):
         skipped.append((path, "temporary file (still being written)"))
-    elif path.absolute().is_relative_to(home.lake) or path.absolute().is_relative_to(home.tmp):
+    elif str(path.absolute()).startswith(store):
         skipped.append((path, "inside the store itself"))
     elif not path.is_file():
         skipped.append((path, "not a regular file"))
@@ -74,8 +75,8 @@ def _consider(path: Path, home: Home, files: list[Path], skipped: list[tuple[Pat
         skipped.append((path, "empty file"))
     elif not os.access(path, os.R_OK):
         skipped.append((path, "unreadable file (permission denied)"))
-    elif path not in files:
-        files.append(path)
+    else:
+        files[path] = None
 
 
 @dataclass
@@ -114,7 +115,7 @@ class Ledger:
     """What earlier batches consumed, by file and by content (size and SHA-256 of what was consumed)."""
 
     def __init__(self, home: Home, manifests: list[dict[str, Any]]):
-        self.home = home
+        self.home, self.root = home, os.path.join(str(home.root), "")
         self.files = {row["path"]: row for m in manifests for row in m["ledger"]}
         self.contents = {(row["bytes_consumed"], row["sha256"]) for m in manifests for row in m["ledger"]}
 
@@ -152,8 +153,8 @@ class Ledger:
         self.contents.add((entry.bytes_consumed, entry.sha256))
 
     def key(self, path: Path) -> str:
-        path = path.absolute()
-        return str(path.relative_to(self.home.root)) if path.is_relative_to(self.home.root) else str(path)
+        path = str(path.absolute())
+        return path[len(self.root):] if path.startswith(self.root) else path
 
 
 def hash_prefix(f: BinaryIO, n: int, hasher: Any) -> Any:

@@ -214,7 +214,7 @@ def _stream(f: BinaryIO, todo: Read, settings: IngestSettings, hasher: Any | Non
     return end
 
 
-def _split(block: bytes, offsets: np.ndarray, todo: Read, settings: IngestSettings) -> Iterator[Event]:
+def _split(block: memoryview, offsets: np.ndarray, todo: Read, settings: IngestSettings) -> Iterator[Event]:
     """One block of complete lines as a table (and the lines of it over the limit as problems)."""
     entry, limit = todo.entry, settings.max_line_bytes
     ends = offsets[1:]
@@ -226,7 +226,7 @@ def _split(block: bytes, offsets: np.ndarray, todo: Read, settings: IngestSettin
     values = pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(ends), [None, pa.py_buffer(offsets), pa.py_buffer(block)])
     table = pa.table({"line": numbers, "raw": values})
     for i in np.flatnonzero(too_long):
-        yield _too_long(int(numbers[i]), int(lengths[i]), block[offsets[i]: offsets[i] + HEAD_BYTES], limit)
+        yield _too_long(int(numbers[i]), int(lengths[i]), bytes(block[offsets[i]: offsets[i] + HEAD_BYTES]), limit)
     yield Lines(table.filter(pa.array(~too_long)) if too_long.any() else table)
 
 
@@ -283,7 +283,7 @@ def _blocks(f: BinaryIO, hasher: Any | None, limit: int, block_size: int) -> Ite
             if last >= 0:
                 update(memoryview(data)[: last + 1])
                 ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8, count=last + 1) == 10) + 1
-                yield data[: last + 1], np.concatenate([[0], ends]).astype(np.int64)
+                yield memoryview(data)[: last + 1], np.concatenate([[0], ends]).astype(np.int64)  # not a copy
             if too_long:
                 before = hasher.copy() if hasher is not None else None
                 update(rest)

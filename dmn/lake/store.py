@@ -21,7 +21,7 @@ import re
 import shutil
 import time
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import duckdb
 import pyarrow as pa
@@ -38,10 +38,10 @@ BATCH_ID = re.compile(r"b\d{8}T\d{12}Z[0-9a-f]{6}")
 
 
 class Store:
-    def __init__(self, home: Home, views: Callable[[duckdb.DuckDBPyConnection], None] | None = None):
-        """`views`: adds more views to every connection, after the lake's (`dmn.ops.sql.store` adds the
-        nights' runs and the bundles)."""
-        self.home, self.views = home, views
+    def __init__(self, home: Home, views: dict[str, Callable[[duckdb.DuckDBPyConnection], None]] | None = None):
+        """`views`: more views, by name, each made by its function after the lake's (`dmn.ops.sql.store` adds
+        the nights' runs and the bundles)."""
+        self.home, self.views = home, views or {}
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -61,22 +61,31 @@ class Store:
     def files(self, table: str, manifests: list[dict[str, Any]] | None = None) -> list[str]:
         """The committed Parquet files of `table`, for reading them with any Parquet reader."""
         manifests = self.manifests() if manifests is None else manifests
-        return [self._resolve(m["batch"], rel) for m in manifests for rel in m["files"].get(table, [])]
+        staging = self._staging()
+        return [self._resolve(m["batch"], rel, staging) for m in manifests for rel in m["files"].get(table, [])]
 
-    def _resolve(self, batch: str, rel: str) -> str:
+    def _staging(self) -> set[str]:
+        """The batches with a staging folder: only their files may not be in lake/ yet."""
+        return {p.name for p in self.home.tmp.iterdir()} if self.home.tmp.is_dir() else set()
+
+    def _resolve(self, batch: str, rel: str, staging: set[str]) -> str:
         # A committed file is in lake/ once rolled forward; a reader racing the roll-forward finds it in staging.
         final = self.home.lake / rel
-        if final.exists():
+        if batch not in staging or final.exists():
             return str(final)
         staged = self.home.tmp / batch / rel
         return str(staged if staged.exists() else final)
 
-    def connect(self) -> duckdb.DuckDBPyConnection:
-        """A DuckDB connection with the store's views: episodes, simulations, decisions, outcomes,
-        episode_ends, quarantine and ingest_files (and those `views` adds)."""
+    def connect(self, views: Collection[str] | None = None) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection with the store's views: episodes, simulations, decisions, outcomes, episode_ends,
+        quarantine and ingest_files, and those `views` adds; or only the `views` named (and what they read),
+        since each view costs its files' listing.
+
+        >>> store.connect({"decisions"}).sql("SELECT count(*) FROM decisions")  # doctest: +SKIP
+        """
         for attempt in range(3):
             try:
-                return self._views(connect())
+                return self._views(connect(), views)
             except duckdb.IOException as exc:
                 # Creating a view lists its files: a batch being rolled forward can move one between our
                 # listing and DuckDB's. List again.
@@ -85,28 +94,55 @@ class Store:
                 time.sleep(0.05)
         raise AssertionError("unreachable")
 
-    def _views(self, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    def named(self, query: str) -> set[str]:
+        """The views `query` names: the only ones it can read."""
+        return {v for v in (*LAKE_TABLES, "episodes", "ingest_files", *self.views)
+                if re.search(rf"\b{v}\b", query, re.IGNORECASE)}
+
+    def _views(self, con: duckdb.DuckDBPyConnection, views: Collection[str] | None) -> duckdb.DuckDBPyConnection:
         manifests = self.manifests()
+        wanted = set(views) if views is not None else {*LAKE_TABLES, "episodes", "ingest_files", *self.views}
+        if "episodes" in wanted:
+            wanted |= {"episode_starts", "episode_ends"}
         for table in LAKE_TABLES:
-            run(con, f"CREATE VIEW {quote(table)} AS {self.table_sql(table, manifests)}")
-        run(con, """CREATE VIEW episodes AS
-            SELECT s.episode_id, s.world, s.encoder, s.agent, s.started_at, e.ended_at,
-                   e."return", e.success, s.meta, s.date, s.source_file, s.batch, s.ingested_at
-            FROM episode_starts s LEFT JOIN episode_ends e USING (episode_id)""")
-        con.register("ingest_files", _ledger_table(manifests))
-        if self.views:
-            self.views(con)
+            if table in wanted:
+                run(con, f"CREATE VIEW {quote(table)} AS {self.table_sql(table, manifests)}")
+        if "episodes" in wanted:
+            run(con, """CREATE VIEW episodes AS
+                SELECT s.episode_id, s.world, s.encoder, s.agent, s.started_at, e.ended_at,
+                       e."return", e.success, s.meta, s.date, s.source_file, s.batch, s.ingested_at
+                FROM episode_starts s LEFT JOIN episode_ends e USING (episode_id)""")
+        if "ingest_files" in wanted:
+            con.register("ingest_files", _ledger_table(manifests))
+        for name, make in self.views.items():
+            if name in wanted:
+                make(con)
         return con
 
     def table_sql(self, table: str, manifests: list[dict[str, Any]]) -> str:
-        """A SELECT of a lake table's committed rows, typed as `dmn.records` says (typed and empty with no files)."""
+        """A SELECT of a lake table's committed rows, typed as `dmn.records` says (typed and empty with no files).
+
+        Files are read in groups of one column set (the manifests' `columns` tags), each group bound by its
+        first file, and the groups joined by name: DuckDB reads one file's schema per group, not every file's,
+        so a query over a thousand nights binds as fast as one over a single night. Files from before the
+        tags are read together by name, every one's schema read. An empty file with every column of the
+        contract comes last, so that a column the files lack reads as NULL.
+        """
         cols = columns(table)
-        files = self.files(table, manifests)
-        if not files:
+        groups: dict[str | None, list[str]] = {}
+        staging = self._staging()
+        for m in manifests:
+            files = m["files"].get(table, [])
+            if files:
+                groups.setdefault(m.get("columns", {}).get(table), []).extend(
+                    self._resolve(m["batch"], f, staging) for f in files)
+        if not groups:
             return _no_rows(cols)
-        listing = ", ".join("'" + f.replace("'", "''") + "'" for f in [*files, self._schema_file(table, cols)] if f)
+        schema = self._schema_file(table, cols)
+        reads = [_read_parquet(files, by_name=tag is None) for tag, files in groups.items()]
         casts = ", ".join(f"{quote(c)}::{t} AS {quote(c)}" for c, t in cols.items())
-        return f"SELECT {casts} FROM read_parquet([{listing}], union_by_name = true, hive_partitioning = false)"
+        source = " UNION ALL BY NAME ".join(reads + ([_read_parquet([schema], by_name=False)] if schema else []))
+        return f"SELECT {casts} FROM ({source})"
 
     def _schema_file(self, table: str, cols: dict[str, str]) -> str | None:
         """An empty Parquet file with every column of `table`, read with its files so that a column added
@@ -130,7 +166,7 @@ class Store:
         A bad query raises DmnError with DuckDB's message.
         """
         for attempt in range(3):
-            con = self.connect()
+            con = self.connect(self.named(query))
             try:
                 return con.execute(query, params)
             except duckdb.IOException as exc:
@@ -203,6 +239,16 @@ def _ledger_table(manifests: list[dict[str, Any]]) -> pa.Table:
         for m in manifests for row in m["ledger"]
     ]
     return pa.Table.from_pylist(rows, schema=LEDGER_SCHEMA)
+
+
+def column_tag(names: list[str]) -> str:
+    """The tag of a file's column set, as a batch's manifest records it per table (`columns`)."""
+    return hashlib.sha256(",".join(sorted(names)).encode()).hexdigest()[:12]
+
+
+def _read_parquet(files: list[str], by_name: bool) -> str:
+    listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+    return f"SELECT * FROM read_parquet([{listing}], union_by_name = {str(by_name).lower()}, hive_partitioning = false)"
 
 
 def _no_rows(cols: dict[str, str]) -> str:

@@ -32,12 +32,12 @@ ARTIFACT_COLUMNS = ("world", "version", "current", "encoder", "dim", "created_at
 
 def store(home: Home) -> Store:
     """The home's store with every view in `VIEWS`."""
-    return Store(home, views=lambda con: _night_views(con, home))
+    return Store(home, views={"consolidations": lambda con: _consolidations(con, home),
+                              "artifacts": lambda con: _artifacts(con, home)})
 
 
-def _night_views(con: duckdb.DuckDBPyConnection, home: Home) -> None:
+def _consolidations(con: duckdb.DuckDBPyConnection, home: Home) -> None:
     con.register("consolidation_records", _json_rows(runs(home), RUN_COLUMNS))
-    con.register("artifact_records", _json_rows(publish.manifests(home), ARTIFACT_COLUMNS))
     run(con, """CREATE VIEW consolidations AS SELECT run_id, world, encoder, status, reason, version, current,
         started_at::TIMESTAMPTZ AS started_at, ended_at::TIMESTAMPTZ AS ended_at,
         (metrics::JSON->>'$.combined.coverage')::DOUBLE AS coverage,
@@ -45,6 +45,10 @@ def _night_views(con: duckdb.DuckDBPyConnection, home: Home) -> None:
         (metrics::JSON->>'$.live.precision')::DOUBLE AS live_precision,
         seconds::JSON AS seconds, counts::JSON AS counts, metrics::JSON AS metrics, watermark
         FROM consolidation_records""")
+
+
+def _artifacts(con: duckdb.DuckDBPyConnection, home: Home) -> None:
+    con.register("artifact_records", _json_rows(publish.manifests(home), ARTIFACT_COLUMNS))
     run(con, """CREATE VIEW artifacts AS SELECT world, version, current::BOOLEAN AS current, encoder, dim::INTEGER AS dim,
         created_at::TIMESTAMPTZ AS created_at, (metrics::JSON->>'$.combined.coverage')::DOUBLE AS coverage,
         (metrics::JSON->>'$.combined.precision')::DOUBLE AS precision, thresholds::JSON AS thresholds,

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from dmn.bundle.decide import action_distance
 from dmn.config import ConsolidateSettings
 from dmn.errors import DmnError
-from dmn.lake.duck import run
+from dmn.lake.duck import connect, run
 from dmn.lake.store import Store
 
 
@@ -111,17 +111,34 @@ class Experience:
 
 
 def pairs(store: Store) -> list[tuple[str, str, str]]:
-    """(world, encoder, newest batch of its decisions) of every pair with decisions, newest encoder first per world."""
-    return run(store.connect(), """
-        SELECT world, encoder, max(batch) AS watermark FROM decisions GROUP BY ALL
-        ORDER BY world, max(coalesce(ts, ingested_at)) DESC""")
+    """(world, encoder, newest batch of its decisions) of every pair with decisions, newest encoder first per world.
+
+    Read from the batches' manifests, which say whose decisions each holds and how recent; only batches from
+    before manifests said so are read from the lake.
+    """
+    manifests = store.manifests()
+    newest: dict[tuple[str, str], tuple[str, float]] = {}  # (world, encoder): (its newest batch, its newest decision)
+
+    def seen(world: str, encoder: str, batch: str, last: float) -> None:
+        batch0, last0 = newest.get((world, encoder), ("", -math.inf))
+        newest[world, encoder] = max(batch0, batch), max(last0, last)
+
+    for m in manifests:
+        for row in m.get("decisions", []):
+            seen(row["world"], row["encoder"], m["batch"], row["last"])
+    older = [m for m in manifests if "decisions" not in m and m["files"].get("decisions")]
+    if older:
+        for row in run(connect(), f"""SELECT world, encoder, max(batch), epoch(max(coalesce(ts, ingested_at)))
+                                               FROM ({store.table_sql('decisions', older)}) GROUP BY ALL"""):
+            seen(*row)
+    return [(w, e, batch) for (w, e), (batch, _) in sorted(newest.items(), key=lambda item: (item[0][0], -item[1][1]))]
 
 
 def select(store: Store, world: str, encoder: str, settings: ConsolidateSettings, now: float | None = None
            ) -> Experience:
     """Read the labelled steps of (`world`, `encoder`) from the last `window_days`, newest first."""
     now = time.time() if now is None else now
-    con = store.connect()
+    con = store.connect({"decisions", "simulations", "outcomes"})
     params = {"world": world, "encoder": encoder, "since": now - settings.window_days * 86400,
               "limit": settings.max_decisions}
     # Simulations are read twice, as columns: their scalars for System 2's best per step, then the rows of the

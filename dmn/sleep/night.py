@@ -25,7 +25,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import faiss
 import numpy as np
@@ -320,18 +320,21 @@ def _published_at(bundle: Bundle) -> float:
 
 def runs(home: Home) -> list[dict[str, Any]]:
     """Every recorded night (`<home>/runs/*.json`), oldest first; unreadable records are skipped."""
-    out = []
-    for path in sorted(home.runs.glob("*.json")) if home.runs.is_dir() else []:
+    return list(_run_records(home))
+
+
+def _run_records(home: Home, newest_first: bool = False) -> Iterator[dict[str, Any]]:
+    """The run records in the order of their names, which start with the run's start."""
+    for path in sorted(home.runs.glob("*.json"), reverse=newest_first) if home.runs.is_dir() else []:
         try:
-            out.append(json.loads(path.read_bytes()))
+            yield json.loads(path.read_bytes())
         except (OSError, ValueError):
             continue
-    return out
 
 
 def _last_run(home: Home, world: str) -> dict[str, Any] | None:
-    mine = [r for r in runs(home) if r.get("world") == world]
-    return mine[-1] if mine else None
+    """The world's newest run record, read from the newest back rather than all of them."""
+    return next((r for r in _run_records(home, newest_first=True) if r.get("world") == world), None)
 
 
 class _Clock:

@@ -54,22 +54,24 @@ def make_home(root: Path, nights: int) -> Home:
     return home
 
 
-def seconds(args: list[str], repeat: int) -> float:
-    """Best wall time of `dmn <args>` as a new process."""
-    best = float("inf")
+def seconds(commands: list[list[str]], repeat: int) -> list[float]:
+    """Best wall time of each `dmn <command>` as a new process, the commands taken in turn `repeat` times (so that
+    the machine's drift falls on all of them alike)."""
+    best = [float("inf")] * len(commands)
     for _ in range(repeat):
-        started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "dmn", *args], capture_output=True, text=True)
-        best = min(best, time.perf_counter() - started)
-        if done.returncode:
-            raise SystemExit(f"dmn {' '.join(args)} failed:\n{done.stderr}")
+        for i, args in enumerate(commands):
+            started = time.perf_counter()
+            done = subprocess.run([sys.executable, "-m", "dmn", *args], capture_output=True, text=True)
+            best[i] = min(best[i], time.perf_counter() - started)
+            if done.returncode:
+                raise SystemExit(f"dmn {' '.join(args)} failed:\n{done.stderr}")
     return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nights", type=int, default=1000, help="past nights in the big home")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each command; the best counts")
+    parser.add_argument("--repeat", type=int, default=7, help="runs of each command, in turn; the best counts")
     parser.add_argument("--keep", type=Path, default=None,
                         help="make the homes in this folder and keep them (measured again without making them anew)")
     args = parser.parse_args()
@@ -79,9 +81,9 @@ def main() -> None:
         homes = {n: Home.resolve(root / f"nights-{n}") if (root / f"nights-{n}").exists()
                  else make_home(root / f"nights-{n}", n) for n in (1, args.nights)}
         print(f"homes made in {time.perf_counter() - started:.0f} s")
-        figures = {n: (seconds(["consolidate", "--home", str(h.root)], args.repeat),
-                       seconds(["sql", "SELECT 1", "--home", str(h.root)], args.repeat)) for n, h in homes.items()}
-    (night1, sql1), (night_n, sql_n) = figures[1], figures[args.nights]
+        commands = [[command, *rest, "--home", str(h.root)] for h in homes.values()
+                    for command, *rest in (["consolidate"], ["sql", "SELECT 1"])]
+        night1, sql1, night_n, sql_n = seconds(commands, args.repeat)
     print(f"{'':<34} {'1 night':>9} {f'{args.nights:,} nights':>13} {'ratio':>7}")
     print(f"{'dmn consolidate, nothing new':<34} {night1:8.2f}s {night_n:12.2f}s {night_n / night1:6.2f}x")
     label = 'dmn sql "SELECT 1"'

@@ -50,6 +50,8 @@ class Parser:
     def add(self, file_index: int, lines: pa.Table) -> None:
         """Queue lines (`line`, `raw`) of the file `file_index` of the batch; parse once enough have gathered."""
         n = lines.num_rows
+        lines = lines.append_column("text", pa.chunked_array([_ascii_text(c) for c in lines["raw"].chunks],
+                                                            pa.large_string()))
         lines = lines.append_column("file_index", pa.array(np.full(n, file_index, np.int32)))
         self.pending.append(lines.append_column("seq", pa.array(np.arange(self.rows, self.rows + n, dtype=np.int64))))
         self.rows += n
@@ -71,6 +73,20 @@ class Parser:
             run(self.con, self.sql)
         finally:
             self.con.unregister("chunk")
+
+
+def _ascii_text(raw: pa.Array) -> pa.Array:
+    """The lines as text where they are all ASCII (valid UTF-8 as they are: the same buffers, no copy and no
+    check in DuckDB), else NULLs (DuckDB decodes them, and says which are not UTF-8). Logs of numbers and
+    base64 are ASCII."""
+    raw = raw.cast(pa.large_binary())
+    if len(raw) == 0:
+        return pa.nulls(0, pa.large_string())
+    _, offsets, data = raw.buffers()
+    start, end = (int(x) for x in np.frombuffer(offsets, np.int64)[[raw.offset, raw.offset + len(raw)]])
+    if raw.null_count or (end > start and np.frombuffer(data, np.uint8, end - start, start).max() >= 128):
+        return pa.nulls(len(raw), pa.large_string())
+    return pa.LargeStringArray.from_buffers(len(raw), offsets, data, offset=raw.offset)
 
 
 def decode_tensors(blobs: pa.Array | pa.ChunkedArray, dtypes: pa.Array | pa.ChunkedArray) -> pa.Array:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,30 +49,36 @@ def discover(paths: list[Path], home: Home) -> tuple[list[Path], list[tuple[Path
         if given.is_dir():
             for root, dirs, names in os.walk(given):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                folder = Path(root)
                 for name in sorted(names):
-                    _consider(Path(root) / name, store, files, skipped)
+                    _consider(folder / name, store, files, skipped)
         else:
             _consider(given.resolve(), store, files, skipped)
     return list(files), skipped
 
 
 def _consider(path: Path, store: tuple[str, str], files: dict[Path, None], skipped: list[tuple[Path, str]]) -> None:
+    text = str(path)  # absolute: `discover` walks absolute paths
     try:
-        str(path).encode("utf-8")
+        text.encode("utf-8")
     except UnicodeEncodeError:
         skipped.append((path, "file name is not valid UTF-8 (rename it)"))
         return
-    if path.is_symlink():
+    try:
+        st: os.stat_result | None = os.lstat(path)  # one call for what it is and how big: every file, every run
+    except OSError:
+        st = None
+    if st is not None and stat.S_ISLNK(st.st_mode):
         skipped.append((path, "symbolic link (not followed; copy the file instead)"))
     elif path.name.startswith(".") or path.name.endswith(TEMP_SUFFIXES):
         skipped.append((path, "temporary file (still being written)"))
-    elif str(path.absolute()).startswith(store):
+    elif text.startswith(store):
         skipped.append((path, "inside the store itself"))
-    elif not path.is_file():
+    elif st is None or not stat.S_ISREG(st.st_mode):
         skipped.append((path, "not a regular file"))
     elif file_kind(path) is None:
         skipped.append((path, "unsupported file type"))
-    elif path.stat().st_size == 0:
+    elif st.st_size == 0:
         skipped.append((path, "empty file"))
     elif not os.access(path, os.R_OK):
         skipped.append((path, "unreadable file (permission denied)"))

@@ -189,7 +189,7 @@ def parse_sql(future_skew: float) -> str:
               SELECT file_index, seq, line, raw, text, r, rtype, CASE WHEN {_in('rtype', owners('meta'))} THEN r.meta END AS meta, {scalars}, {', '.join(vectors)} FROM (
                 SELECT *, CASE WHEN json_type(r.type) = 'VARCHAR' THEN r.type ->> '$' END AS rtype FROM (
                   SELECT file_index, seq, line, raw, text, CASE WHEN text IS NOT NULL THEN try(json_transform(text, '{_STRUCT}')) END AS r
-                  FROM (SELECT file_index, seq, line, raw, try(decode(raw)) AS text FROM chunk)
+                  FROM (SELECT file_index, seq, line, raw, coalesce(text, try(decode(raw))) AS text FROM chunk)
                   WHERE text IS NULL OR NOT contains(' \t\r\n', left(text, 1)) OR trim(text) <> ''))))))))"""
 
 

@@ -21,6 +21,7 @@ import re
 import shutil
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Callable, Collection
 
 import duckdb
@@ -33,6 +34,8 @@ from dmn.lake.duck import connect, quote, run
 from dmn.records import LAKE_TABLES, columns
 
 MANIFEST_VERSION = 1
+_OWN_VIEWS = (*LAKE_TABLES, "episodes", "ingest_files")
+"""The store's own views (`dmn.ops.sql.VIEWS` adds the nights' and the bundles')."""
 BATCH_ID = re.compile(r"b\d{8}T\d{12}Z[0-9a-f]{6}")
 """A batch's name: "b", its UTC start to the microsecond, six random hex digits (dmn.lake.ingest)."""
 
@@ -46,13 +49,13 @@ class Store:
     # -- reading ---------------------------------------------------------------------------
 
     def manifests(self) -> list[dict[str, Any]]:
-        """Every committed batch's manifest, oldest first."""
+        """Every committed batch's manifest, oldest first (not to be changed: they are shared, see `_read_manifest`)."""
         out = []
-        for path in sorted(self.home.catalog.glob("*.json")):
+        catalog = self.home.catalog
+        names = sorted(os.listdir(catalog)) if catalog.is_dir() else []  # names, not Paths: a thousand nights, sorted
+        for path in [catalog / name for name in names if name.endswith(".json")]:
             try:
-                manifest = json.loads(path.read_bytes())
-                if not {"batch", "committed_at", "files", "ledger"} <= set(manifest):
-                    raise ValueError("fields are missing")
+                manifest = _read_manifest(path)
             except (OSError, ValueError, TypeError) as exc:
                 raise DmnError(f"catalog manifest {path} is unreadable ({exc}); the store needs repair") from None
             out.append(manifest)
@@ -61,25 +64,11 @@ class Store:
     def files(self, table: str, manifests: list[dict[str, Any]] | None = None) -> list[str]:
         """The committed Parquet files of `table`, for reading them with any Parquet reader."""
         manifests = self.manifests() if manifests is None else manifests
-        staging = self._staging()
-        return [self._resolve(m["batch"], rel, staging) for m in manifests for rel in m["files"].get(table, [])]
-
-    def _staging(self) -> set[str]:
-        """The batches with a staging folder: only their files may not be in lake/ yet."""
-        return {p.name for p in self.home.tmp.iterdir()} if self.home.tmp.is_dir() else set()
-
-    def _resolve(self, batch: str, rel: str, staging: set[str]) -> str:
-        # A committed file is in lake/ once rolled forward; a reader racing the roll-forward finds it in staging.
-        final = self.home.lake / rel
-        if batch not in staging or final.exists():
-            return str(final)
-        staged = self.home.tmp / batch / rel
-        return str(staged if staged.exists() else final)
+        return [f for _, files in _located(self.home, table, manifests) for f in files]
 
     def connect(self, views: Collection[str] | None = None) -> duckdb.DuckDBPyConnection:
-        """A DuckDB connection with the store's views: episodes, simulations, decisions, outcomes, episode_ends,
-        quarantine and ingest_files, and those `views` adds; or only the `views` named (and what they read),
-        since each view costs its files' listing.
+        """A DuckDB connection with the store's views (episodes, simulations, decisions, outcomes, episode_ends,
+        quarantine, ingest_files and those `views` adds), or only the `views` named: each costs its listing.
 
         >>> store.connect({"decisions"}).sql("SELECT count(*) FROM decisions")  # doctest: +SKIP
         """
@@ -96,14 +85,13 @@ class Store:
 
     def named(self, query: str) -> set[str]:
         """The views `query` names: the only ones it can read."""
-        return {v for v in (*LAKE_TABLES, "episodes", "ingest_files", *self.views)
-                if re.search(rf"\b{v}\b", query, re.IGNORECASE)}
+        return {v for v in (*_OWN_VIEWS, *self.views) if re.search(rf"\b{v}\b", query, re.IGNORECASE)}
 
     def _views(self, con: duckdb.DuckDBPyConnection, views: Collection[str] | None) -> duckdb.DuckDBPyConnection:
-        manifests = self.manifests()
-        wanted = set(views) if views is not None else {*LAKE_TABLES, "episodes", "ingest_files", *self.views}
+        wanted = set(views) if views is not None else {*_OWN_VIEWS, *self.views}
         if "episodes" in wanted:
             wanted |= {"episode_starts", "episode_ends"}
+        manifests = self.manifests() if wanted & {*LAKE_TABLES, "ingest_files"} else []
         for table in LAKE_TABLES:
             if table in wanted:
                 run(con, f"CREATE VIEW {quote(table)} AS {self.table_sql(table, manifests)}")
@@ -122,43 +110,20 @@ class Store:
     def table_sql(self, table: str, manifests: list[dict[str, Any]]) -> str:
         """A SELECT of a lake table's committed rows, typed as `dmn.records` says (typed and empty with no files).
 
-        Files are read in groups of one column set (the manifests' `columns` tags), each group bound by its
-        first file, and the groups joined by name: DuckDB reads one file's schema per group, not every file's,
-        so a query over a thousand nights binds as fast as one over a single night. Files from before the
-        tags are read together by name, every one's schema read. An empty file with every column of the
-        contract comes last, so that a column the files lack reads as NULL.
-        """
+        Files are read in groups of one column set (the manifests' `columns`), joined by name: DuckDB reads one
+        schema per group, not one per file (files from before the tags: every one's). An empty file with every
+        column of the contract comes last, so that a column the files lack reads as NULL."""
         cols = columns(table)
         groups: dict[str | None, list[str]] = {}
-        staging = self._staging()
-        for m in manifests:
-            files = m["files"].get(table, [])
-            if files:
-                groups.setdefault(m.get("columns", {}).get(table), []).extend(
-                    self._resolve(m["batch"], f, staging) for f in files)
+        for m, files in _located(self.home, table, manifests):
+            groups.setdefault(m.get("columns", {}).get(table), []).extend(files)
         if not groups:
             return _no_rows(cols)
-        schema = self._schema_file(table, cols)
+        schema = _schema_file(self.home, table, cols)
         reads = [_read_parquet(files, by_name=tag is None) for tag, files in groups.items()]
         casts = ", ".join(f"{quote(c)}::{t} AS {quote(c)}" for c, t in cols.items())
         source = " UNION ALL BY NAME ".join(reads + ([_read_parquet([schema], by_name=False)] if schema else []))
         return f"SELECT {casts} FROM ({source})"
-
-    def _schema_file(self, table: str, cols: dict[str, str]) -> str | None:
-        """An empty Parquet file with every column of `table`, read with its files so that a column added
-        to the contract after they were written reads as NULL rather than missing. None if it cannot be written."""
-        tag = hashlib.sha256(json.dumps(cols).encode()).hexdigest()[:12]
-        path = self.home.lake / "_schema" / f"{table}-{tag}.parquet"
-        if not path.exists():
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                staged = self.home.tmp / f"{path.name}.{os.getpid()}.tmp"
-                with duckdb.connect() as con:
-                    run(con, f"COPY ({_no_rows(cols)}) TO '{staged}' (FORMAT parquet)")
-                os.replace(staged, path)
-            except (OSError, duckdb.Error):
-                return None
-        return str(path)
 
     def sql(self, query: str, params: list[Any] | None = None) -> duckdb.DuckDBPyConnection:
         """Run a SQL query over the store's views and return its result (fetchall(), to_arrow_table(), ...).
@@ -223,6 +188,56 @@ class Store:
             fsync(dst.parent)
             faults.point("ingest.rolled")
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _located(home: Home, table: str, manifests: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[str]]]:
+    """Per batch with files of `table`, where they are: in lake/ once rolled forward; a reader racing the
+    roll-forward finds them in staging (only a batch with a staging folder is looked for there)."""
+    staging = {p.name for p in home.tmp.iterdir()} if home.tmp.is_dir() else set()
+    out = []
+    for m in manifests:
+        files = []
+        for rel in m["files"].get(table, []):
+            final, staged = home.lake / rel, home.tmp / m["batch"] / rel
+            files.append(str(staged if m["batch"] in staging and not final.exists() and staged.exists() else final))
+        if files:
+            out.append((m, files))
+    return out
+
+
+def _schema_file(home: Home, table: str, cols: dict[str, str]) -> str | None:
+    """An empty Parquet file with every column of `table`, read with its files so that a column added
+    to the contract after they were written reads as NULL rather than missing. None if it cannot be written."""
+    tag = hashlib.sha256(json.dumps(cols).encode()).hexdigest()[:12]
+    path = home.lake / "_schema" / f"{table}-{tag}.parquet"
+    if not path.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            staged = home.tmp / f"{path.name}.{os.getpid()}.tmp"
+            with duckdb.connect() as con:
+                run(con, f"COPY ({_no_rows(cols)}) TO '{staged}' (FORMAT parquet)")
+            os.replace(staged, path)
+        except (OSError, duckdb.Error):
+            return None
+    return str(path)
+
+
+_MANIFESTS: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+"""Manifests read by this process, by path, with the (inode, size, mtime) they were read at."""
+
+
+def _read_manifest(path: os.PathLike) -> dict[str, Any]:
+    """A manifest, read once per process: a committed manifest is written once (renamed into place) and never
+    changed, and a night reads them all several times (ingest, then what is new, then its views)."""
+    st = os.stat(path)
+    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    cached = _MANIFESTS.get(str(path))
+    if cached is None or cached[0] != stamp:
+        manifest = json.loads(Path(path).read_bytes())
+        if not isinstance(manifest, dict) or not {"batch", "committed_at", "files", "ledger"} <= set(manifest):
+            raise ValueError("fields are missing")
+        cached = _MANIFESTS[str(path)] = (stamp, manifest)
+    return cached[1]
 
 
 LEDGER_SCHEMA = pa.schema([

@@ -129,7 +129,7 @@ def pairs(store: Store) -> list[tuple[str, str, str]]:
     older = [m for m in manifests if "decisions" not in m and m["files"].get("decisions")]
     if older:
         for row in run(connect(), f"""SELECT world, encoder, max(batch), epoch(max(coalesce(ts, ingested_at)))
-                                               FROM ({store.table_sql('decisions', older)}) GROUP BY ALL"""):
+                                      FROM ({store.table_sql('decisions', older)}) GROUP BY ALL"""):
             seen(*row)
     return [(w, e, batch) for (w, e), (batch, _) in sorted(newest.items(), key=lambda item: (item[0][0], -item[1][1]))]
 

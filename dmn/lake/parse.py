@@ -50,12 +50,12 @@ class Parser:
     def add(self, file_index: int, lines: pa.Table) -> None:
         """Queue lines (`line`, `raw`) of the file `file_index` of the batch; parse once enough have gathered."""
         n = lines.num_rows
+        self.pending_bytes += lines.nbytes  # before `text`, which shares the bytes of `raw`
         lines = lines.append_column("text", pa.chunked_array([_ascii_text(c) for c in lines["raw"].chunks],
                                                             pa.large_string()))
         lines = lines.append_column("file_index", pa.array(np.full(n, file_index, np.int32)))
         self.pending.append(lines.append_column("seq", pa.array(np.arange(self.rows, self.rows + n, dtype=np.int64))))
         self.rows += n
-        self.pending_bytes += lines.nbytes
         if self.pending_bytes >= min(self.chunk_bytes, FIRST_PASS_BYTES << self.passes):
             self.flush()
 

@@ -82,11 +82,16 @@ def _ascii_text(raw: pa.Array) -> pa.Array:
     raw = raw.cast(pa.large_binary())
     if len(raw) == 0:
         return pa.nulls(0, pa.large_string())
-    _, offsets, data = raw.buffers()
-    start, end = (int(x) for x in np.frombuffer(offsets, np.int64)[[raw.offset, raw.offset + len(raw)]])
+    offsets, data = _offsets(raw), raw.buffers()[2]
+    start, end = int(offsets[0]), int(offsets[-1])
     if raw.null_count or (end > start and np.frombuffer(data, np.uint8, end - start, start).max() >= 128):
         return pa.nulls(len(raw), pa.large_string())
-    return pa.LargeStringArray.from_buffers(len(raw), offsets, data, offset=raw.offset)
+    return pa.LargeStringArray.from_buffers(len(raw), raw.buffers()[1], data, offset=raw.offset)
+
+
+def _offsets(array: pa.Array) -> np.ndarray:
+    """The (n + 1) byte offsets of a large binary array's rows into its data buffer (a view, no copy)."""
+    return np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset: array.offset + len(array) + 1]
 
 
 def decode_tensors(blobs: pa.Array | pa.ChunkedArray, dtypes: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -99,8 +104,7 @@ def decode_tensors(blobs: pa.Array | pa.ChunkedArray, dtypes: pa.Array | pa.Chun
         blobs = blobs.combine_chunks()
     blobs = blobs.cast(pa.large_binary())
     dtype_names = dtypes.to_pylist()
-    offsets = np.frombuffer(blobs.buffers()[1], dtype=np.int64)[blobs.offset: blobs.offset + len(blobs) + 1]
-    data = blobs.buffers()[2]
+    offsets, data = _offsets(blobs), blobs.buffers()[2]
     raw = np.frombuffer(data, dtype=np.uint8) if data is not None else np.empty(0, np.uint8)
     if (len(blobs) and blobs.null_count == 0 and offsets[0] % 4 == 0 and not (np.diff(offsets) % 4).any()
             and np.diff(offsets).all() and all(d in (None, "float32") for d in dtype_names)):

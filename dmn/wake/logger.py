@@ -86,7 +86,7 @@ class EpisodeLogger:
                  *_flags(vetoed=vetoed), *_numbers(cost_ms=cost_ms), *_action_field("action", action)]
         for name, vector in (("state", state), ("predicted", predicted)):
             if vector is not None:
-                parts += (b',"%s":' % name.encode(), *tensor_json(as_vector(vector, name)))
+                parts += _vector_field(name, as_vector(vector, name))
         parts.append(b"}\n")
         self._add(parts)
 
@@ -118,7 +118,7 @@ class EpisodeLogger:
                  % (self._id(episode_id), _step(step), source.encode(), time.time()),
                  *_numbers(confidence=confidence, latency_ms=latency_ms), *_action_field("action", action),
                  *(() if reflex is None else _action_field("reflex", reflex)),
-                 b',"state":', *tensor_json(as_vector(state, "state")), b"}\n"]
+                 *_vector_field("state", as_vector(state, "state")), b"}\n"]
         self._add(parts)
 
     def outcome(self, step: int, *, reward: float | None = None, done: bool | None = None,
@@ -291,11 +291,16 @@ def _action(action: Any, name: str = "action") -> int | str | np.ndarray:
     return action
 
 
+def _vector_field(name: str, vector: np.ndarray) -> tuple[bytes, ...]:
+    """The vector field `name` (a checked float32 vector) as JSON pieces: `,"name":` and its tensor object."""
+    return (b',"%s":' % name.encode(), *tensor_json(vector))
+
+
 def _action_field(name: str, action: Any) -> tuple[bytes, ...]:
     """The action field `name` as JSON pieces: a label as it is, a vector as a tensor object."""
     value = _action(action, name)
     if isinstance(value, np.ndarray):
-        return (b',"%s":' % name.encode(), *tensor_json(value))
+        return _vector_field(name, value)
     return (b',"%s":%s' % (name.encode(), _quoted(value) if isinstance(value, str) else b"%d" % value),)
 
 
@@ -317,11 +322,11 @@ def _candidate_parts(head: bytes, actions: Any, scores: Any, predicted: Any, vet
     parts: list[bytes] = []
     for i, score in enumerate(scores.tolist()):
         parts += (template, b"%r" % score)
-        parts += _action_field("action", actions[i]) if labels else (b',"action":', *tensor_json(actions[i]))
+        parts += _action_field("action", actions[i]) if labels else _vector_field("action", actions[i])
         if vetoed is not None:
             parts.append(b',"vetoed":true' if vetoed[i] else b',"vetoed":false')
         if predicted is not None:
-            parts += (b',"predicted":', *tensor_json(predicted[i]))
+            parts += _vector_field("predicted", predicted[i])
         parts.append(b"}\n")
     return parts, k
 

@@ -6,7 +6,9 @@
 For each size, on a fresh home: synthetic System 2 logs (`dmn.worlds.synthetic`: Gaussian situations with
 known best actions) are written and ingested first (timed apart), then `consolidate` runs from the
 lake to a published bundle. Prints per-stage seconds, simulations per second, and the ratio
-time(2N) / time(N) measured in the same run (linear scaling gives 2.0).
+time(2N) / time(N) measured in the same run (linear scaling gives 2.0). A small night runs first, untimed,
+so that neither size pays the process's one-time imports (torch and the compiler stack its optimisers load,
+scikit-learn: about 2.5 s, which `benchmarks/startup.py` and a whole `dmn consolidate` process show).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--situations", type=int, default=256)
     args = parser.parse_args()
+    night(2_000, args.dim, 16)  # the imports, paid once
     totals = []
     for n in (args.simulations, 2 * args.simulations):
         ingest_s, seconds, result = night(n, args.dim, args.situations)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
+from dmn.bundle.decide import nearest
+
 PCA_SAMPLE = 50_000
 """Rows the PCA is fitted on: plenty for a covariance in a few hundred dimensions."""
 REFINE_CANDIDATES = 8
@@ -35,12 +37,36 @@ def kmeans(x: np.ndarray, k: int, weights: np.ndarray | None = None, seed: int =
     k = max(1, min(k, len(x)))
     rng = np.random.default_rng(seed)
     sample = x[rng.choice(len(x), min(len(x), max(20 * k, 2000)), replace=False)]
-    seeds, _ = kmeans_plusplus(sample, k, random_state=seed)
+    seeds, _ = kmeans_plusplus(sample.astype(np.float64), k, random_state=seed)  # float32 is upcast piece by piece: 3x slower
     model = faiss.Kmeans(x.shape[1], k, niter=20, seed=seed, min_points_per_centroid=1, max_points_per_centroid=256,
                          verbose=False)
     model.train(x, weights=None if weights is None else np.ascontiguousarray(weights, dtype=np.float32),
                 init_centroids=np.ascontiguousarray(seeds, dtype=np.float32))
     return model.centroids
+
+
+def outcome_types(pieces: list[np.ndarray], dim: int, k: int, seed: int = 0) -> tuple[faiss.IndexFlatL2, np.ndarray]:
+    """Cluster imagined consequences into k outcome types: (the index over their centroids, each row's
+    type, -1 where nothing was imagined).
+
+    `pieces` are consecutive (rows, d) blocks of one matrix, NaN rows where nothing was imagined: the
+    k-means is fitted on a sample of up to 256 rows a type (as many as FAISS would use), and the rows are
+    then searched piece by piece, never copied into one matrix.
+    """
+    imagined = np.concatenate([~np.isnan(p[:, 0]) for p in pieces]) if pieces and dim else np.zeros(0, bool)
+    index, types = faiss.IndexFlatL2(dim), np.full(sum(len(p) for p in pieces), -1)
+    if not imagined.any():
+        return index, types
+    rows = np.flatnonzero(imagined)
+    sample = np.sort(np.random.default_rng(seed).choice(rows, min(len(rows), 256 * k), replace=False))
+    starts = np.cumsum([0] + [len(p) for p in pieces])
+    piece = np.searchsorted(starts, sample, side="right") - 1
+    index.add(kmeans(np.concatenate([pieces[i][sample[piece == i] - starts[i]] for i in np.unique(piece)]), k,
+                     None, seed))
+    for p, start, wanted in zip(pieces, starts, np.split(imagined, starts[1:-1])):
+        if wanted.any():
+            types[start: start + len(p)][wanted] = nearest(index, p if wanted.all() else p[wanted])[0]
+    return index, types
 
 
 def situation_index(states: np.ndarray, k: int, weights: np.ndarray, pca_dims: int, seed: int) -> faiss.Index:

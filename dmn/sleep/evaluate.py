@@ -49,17 +49,21 @@ def split(exp: Experience, settings: ConsolidateSettings) -> Split:
     that recent life still teaches: the hard states of the last day, where System 1 was silent or
     audited, are in the training set too, not only in the test.
     """
-    order = np.argsort(exp.ts, kind="stable")
-    episodes, first, steps = np.unique(exp.episode[order], return_index=True, return_counts=True)
+    n = len(exp.label)
+    rank = np.empty(n, np.int64)
+    rank[np.argsort(exp.ts, kind="stable")] = np.arange(n)  # each step's place in time
+    episodes, episode, steps = np.unique(exp.episode, return_inverse=True, return_counts=True)
     if len(episodes) < 3:
         raise ValueError(f"{len(episodes)} episode(s): at least 3 are needed to train, validate and test")
-    parts: dict[str, list] = {"train": [], "validation": [], "test": []}
-    held, wanted = 0, (settings.validation_share + settings.test_share) * len(exp.label)
-    for turn, e in enumerate(np.argsort(-first, kind="stable")):  # newest first
-        part = ("test", "train", "validation", "train")[turn % 4] if held < wanted or turn < 3 else "train"
-        parts[part].append(episodes[e])
-        held += steps[e] if part != "train" else 0
-    return Split(*(np.flatnonzero(np.isin(exp.episode, parts[p])) for p in ("train", "validation", "test")))
+    first = np.full(len(episodes), n)
+    np.minimum.at(first, episode, rank)
+    part = np.zeros(len(episodes), np.int64)  # of each episode: 0 train, 1 validation, 2 test
+    held, wanted = 0, (settings.validation_share + settings.test_share) * n
+    for turn, e in enumerate(np.argsort(-first)):  # newest first
+        part[e] = (2, 0, 1, 0)[turn % 4] if held < wanted or turn < 3 else 0
+        held += steps[e] if part[e] else 0
+    part = part[episode]
+    return Split(*(np.flatnonzero(part == p) for p in range(3)))
 
 
 def thresholds(table: Answers, policy: Answers, exp: Experience, rows: np.ndarray, target: float,

@@ -67,8 +67,10 @@ class Experience:
     sim_action: np.ndarray
     sim_score: np.ndarray
     sim_vetoed: np.ndarray
-    sim_predicted: np.ndarray
-    """(m, d) imagined consequences; rows of NaN where none was logged."""
+    sim_predicted: list[np.ndarray]
+    """(m, d) imagined consequences, as consecutive pieces of rows (as DuckDB read them: a night's are
+    hundreds of megabytes, and joining them into one matrix would copy them all); rows of NaN where none was
+    logged."""
     # A continuous world's actions (empty in a discrete world, whose actions are the indices above):
     target: np.ndarray
     """(n, a) System 2's action at each step."""
@@ -146,7 +148,7 @@ def select(store: Store, world: str, encoder: str, settings: ConsolidateSettings
     run(con, """
         CREATE TEMP TABLE steps AS
         WITH d AS (
-            SELECT episode_id, step, state, action, action_vector, source, reflex, reflex_vector,
+            SELECT episode_id, step, action, action_vector, source, reflex, reflex_vector,
                    epoch(coalesce(ts, ingested_at)) AS t
             FROM decisions
             WHERE world = $world AND encoder = $encoder AND epoch(coalesce(ts, ingested_at)) >= $since),
@@ -168,7 +170,7 @@ def select(store: Store, world: str, encoder: str, settings: ConsolidateSettings
                       sum(audit::INT) OVER e AS audits
             FROM j WINDOW e AS (PARTITION BY episode_id))
         SELECT row_number() OVER (ORDER BY w.t DESC, w.episode_id, w.step) - 1 AS i, w.episode_id, w.step, w.t,
-               w.state, CASE WHEN w.source = 'system2' THEN w.action ELSE w.best END AS label,
+               CASE WHEN w.source = 'system2' THEN w.action ELSE w.best END AS label,
                CASE WHEN w.source = 'system2' THEN w.action_vector ELSE w.best_vector END AS label_vector,
                CASE WHEN w.source = 'system1' THEN w.action ELSE w.reflex END AS reflex,
                CASE WHEN w.source = 'system1' THEN w.action_vector ELSE w.reflex_vector END AS reflex_vector,
@@ -176,11 +178,15 @@ def select(store: Store, world: str, encoder: str, settings: ConsolidateSettings
         FROM w LEFT JOIN outcomes o ON o.episode_id = w.episode_id AND o.step = w.step
         WHERE w.source = 'system2' OR w.imagined
         ORDER BY i LIMIT $limit""", params)
-    steps = con.sql("""SELECT episode_id, t, state, label, label_vector, reflex, reflex_vector, represents, reward
+    steps = con.sql("""SELECT episode_id, t, label, label_vector, reflex, reflex_vector, represents, reward
                        FROM steps ORDER BY i""").to_arrow_table()
     if steps.num_rows == 0:
         raise DmnError(f"no System 2 decisions for world {world!r}, encoder {encoder!r} in the last "
                        f"{settings.window_days:g} days")
+    # The latents are read last, in order, and carried through no sort or window before.
+    state = con.sql("""SELECT d.state FROM steps s JOIN decisions d USING (episode_id, step)
+                       WHERE d.world = $world AND d.encoder = $encoder ORDER BY s.i""",
+                    params={"world": world, "encoder": encoder}).to_arrow_table()["state"]
     sims = con.sql("""
         SELECT s.i, m.action, m.action_vector, m.score, coalesce(m.vetoed, false) AS vetoed, m.predicted
         FROM simulations m JOIN steps s USING (episode_id, step)
@@ -190,7 +196,7 @@ def select(store: Store, world: str, encoder: str, settings: ConsolidateSettings
     actions = [] if action_dim else sorted(set(steps["label"].to_pylist()) | set(steps["reflex"].drop_null().to_pylist())
                                            | set(sims["action"].to_pylist()), key=_action_order)
     index = {a: i for i, a in enumerate(actions)}
-    states = _matrix(steps["state"])
+    states = _matrix(state)
     t = steps["t"].to_numpy().astype(np.float64)
     n = steps.num_rows
     sim_step = sims["i"].to_numpy().astype(np.int64)
@@ -220,7 +226,7 @@ def select(store: Store, world: str, encoder: str, settings: ConsolidateSettings
         reward=steps["reward"].to_numpy(zero_copy_only=False).astype(np.float64),
         reflex=reflex, represents=steps["represents"].to_numpy().astype(np.float64),
         sim_step=sim_step, sim_action=sim_action, sim_score=sim_score, sim_vetoed=sim_vetoed,
-        sim_predicted=_matrix(sims["predicted"], states.shape[1]),
+        sim_predicted=_pieces(sims["predicted"], states.shape[1]),
         target=target, reflex_vector=reflex_vector, sim_vector=sim_vector, low=low, high=high,
         tolerance=settings.action_tolerance,
     )
@@ -259,27 +265,28 @@ def acceptable(label: np.ndarray, n_actions: int, sim_step: np.ndarray, sim_acti
 
 
 def _matrix(column: pa.ChunkedArray, dim: int | None = None) -> np.ndarray:
-    """A list column of equal-length vectors as an (n, d) float32 matrix (NULL rows become NaN).
+    """A list column of equal-length vectors as an (n, d) float32 matrix (NULL rows become NaN); no copy
+    where the column is one chunk without NULLs."""
+    pieces = _pieces(column, dim)
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces) if pieces else np.zeros((0, dim or 0), np.float32)
 
-    Filled chunk by chunk, with no copy where it is one chunk without NULLs: a night's latents are hundreds
-    of megabytes, and each copy of them costs.
-    """
+
+def _pieces(column: pa.ChunkedArray, dim: int | None = None) -> list[np.ndarray]:
+    """A list column of equal-length vectors as (rows, d) float32 matrices, one per non-empty chunk, in
+    order (NULL rows become NaN): views of the chunks' values where a chunk has no NULLs."""
     if dim is None:
         dim = len(column[0]) if len(column) else 0
-    if column.num_chunks == 1 and column.null_count == 0 and len(values := column.chunk(0).flatten()) == len(column) * dim:
-        return values.to_numpy().astype(np.float32, copy=False).reshape(len(column), dim)
-    out = np.empty((len(column), dim), np.float32)
-    row = 0
+    pieces = []
     for chunk in (c for c in column.chunks if len(c)):
-        rows, row = out[row: row + len(chunk)], row + len(chunk)
-        if chunk.null_count == 0:
-            rows[...] = chunk.flatten().to_numpy().reshape(-1, dim)
+        if chunk.null_count == 0 and len(values := chunk.flatten()) == len(chunk) * dim:
+            pieces.append(values.to_numpy().astype(np.float32, copy=False).reshape(len(chunk), dim))
             continue
+        rows = np.full((len(chunk), dim), np.nan, np.float32)
         valid = chunk.is_valid().to_numpy(zero_copy_only=False)
-        rows[~valid] = np.nan
         if valid.any():
             rows[valid] = chunk.filter(valid).flatten().to_numpy().reshape(-1, dim)
-    return out
+        pieces.append(rows)
+    return pieces
 
 
 def _action_order(action: str) -> tuple[int, float | str]:

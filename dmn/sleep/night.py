@@ -40,7 +40,7 @@ from dmn.config import ConsolidateSettings
 from dmn.errors import DmnError
 from dmn.home import Home, write_atomic
 from dmn.lake.store import Store
-from dmn.sleep.cluster import kmeans, situation_count, situation_index
+from dmn.sleep.cluster import outcome_types, situation_count, situation_index
 from dmn.sleep.evaluate import curve, metrics, split, thresholds, wilson_lower
 from dmn.sleep.experience import Experience, pairs, select
 from dmn.sleep.table import candidate_table, heuristic_table, outcome_table
@@ -148,13 +148,7 @@ def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateS
     cluster, distance = nearest(index, exp.states[train])
     clock.lap("cluster")
 
-    imagined = ~np.isnan(exp.sim_predicted[:, 0]) if len(exp.sim_step) else np.zeros(0, bool)
-    outcome = np.full(len(exp.sim_step), -1)
-    outcome_index = faiss.IndexFlatL2(exp.dim)
-    if imagined.any():
-        predicted = exp.sim_predicted if imagined.all() else exp.sim_predicted[imagined]  # copied only if need be
-        outcome_index.add(kmeans(predicted, s.outcome_types, None, s.seed))
-        outcome[imagined] = nearest(outcome_index, predicted)[0]
+    outcome_index, outcome = outcome_types(exp.sim_predicted, exp.dim, s.outcome_types, s.seed)
     clock.lap("outcomes")
 
     table = heuristic_table(exp, train, cluster, distance, index.ntotal, outcome, max(outcome_index.ntotal, 1), s)

@@ -24,6 +24,9 @@ from dmn.config import ConsolidateSettings
 from dmn.sleep.experience import Experience
 from dmn.sleep.policy import Policy, export
 
+CHECK_SAMPLES = 16_384
+"""Training samples between two validation checks of a long epoch (`_fit`)."""
+
 
 def targets(exp: Experience, soft_weight: float) -> np.ndarray:
     """(n, actions) training targets in [0, 1]: whether each action was acceptable at each step (hard),
@@ -47,40 +50,49 @@ def train_policy(exp: Experience, train: np.ndarray, val: np.ndarray, far_val: n
     torch.manual_seed(settings.seed)
     x = exp.states[train]
     mean, std = x.mean(0), x.std(0) + 1e-6
-    norm = lambda v: torch.from_numpy(((v - mean) / std).astype(np.float32))  # noqa: E731
-    xt, xv, wt = norm(x), norm(exp.states[val]), torch.from_numpy((exp.weight[train] / exp.weight[train].mean()
-                                                                     ).astype(np.float32))
+    del x  # only its moments: the minibatches are gathered from `exp.states` as they come
+    xv = torch.from_numpy(exp.states[val])
+    wt = torch.from_numpy((exp.weight[train] / exp.weight[train].mean()).astype(np.float32))
     if exp.action_dim:
         a, low, span = exp.action_dim, exp.low, action_span(exp.low, exp.high)
         u = lambda rows: torch.from_numpy(((exp.target[rows] - low) / span).astype(np.float32))  # noqa: E731
         yt, yv = u(train), u(val)
-        model = Policy(x.shape[1], 2 * a, settings.policy_hidden)
+        model = Policy(exp.dim, 2 * a, settings.policy_hidden, mean, std)
         loss = lambda out, y: _gaussian_nll(out, y, a).sum(1)  # noqa: E731
     else:
         yt = torch.from_numpy(targets(exp, settings.soft_weight)[train].astype(np.float32))
         yv = torch.from_numpy(exp.acceptable[val].astype(np.float32))
-        model = Policy(x.shape[1], len(exp.actions), settings.policy_hidden)
+        model = Policy(exp.dim, len(exp.actions), settings.policy_hidden, mean, std)
         loss = lambda out, y: F.binary_cross_entropy_with_logits(out, y, reduction="none").sum(1)  # noqa: E731
-    _fit(model, xt, yt, wt, xv, yv, loss, settings)
-    weights = export(model, mean, std, (1.0, 0.0, 0.0), exp.low, exp.high)
+    _fit(model, exp.states, train, yt, wt, xv, yv, loss, settings)
+    weights = export(model, (1.0, 0.0, 0.0), exp.low, exp.high)
     if len(val):
         action, top = policy_outputs(weights, exp.states[val])
         weights["scale"], weights["distance"], weights["shift"] = _calibration(top, far_val, exp.right(action, val))
     return weights
 
 
-def _fit(model: Policy, xt: torch.Tensor, yt: torch.Tensor, wt: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor,
-         loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], settings: ConsolidateSettings) -> None:
-    """Adam on the age-weighted `loss` of the training steps; keep the weights of the best validation loss,
-    stopping after three epochs without improvement."""
+def _fit(model: Policy, states: np.ndarray, train: np.ndarray, yt: torch.Tensor, wt: torch.Tensor, xv: torch.Tensor,
+         yv: torch.Tensor, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], settings: ConsolidateSettings
+         ) -> None:
+    """Adam on the age-weighted `loss` of the training steps (rows `train` of `states`, each minibatch gathered
+    as it comes: no copy of them all); keep the weights of the best validation loss, stopping after three
+    checks without improvement. Validation is checked every epoch, or every `CHECK_SAMPLES` training samples
+    where an epoch is longer: three epochs of a large night confirming that nothing improves would cost as
+    much as the rest of its training."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5, fused=True)  # one kernel per step
-    best, best_loss, patience = None, math.inf, 0
-    for _ in range(settings.policy_epochs):
-        for batch in torch.randperm(len(xt)).split(settings.policy_batch):
-            step_loss = (loss(model(xt[batch]), yt[batch]) * wt[batch]).mean()
-            opt.zero_grad()
-            step_loss.backward()
-            opt.step()
+    best, best_loss, patience, seen = None, math.inf, 0, 0
+    check_every = min(len(train), CHECK_SAMPLES)
+    batches = (b for _ in range(settings.policy_epochs) for b in torch.randperm(len(train)).split(settings.policy_batch))
+    for batch in batches:
+        x = torch.from_numpy(states[train[batch.numpy()]])
+        step_loss = (loss(model(x), yt[batch]) * wt[batch]).mean()
+        opt.zero_grad()
+        step_loss.backward()
+        opt.step()
+        if (seen := seen + len(batch)) < check_every:
+            continue
+        seen = 0
         with torch.no_grad():
             val_loss = loss(model(xv), yv).mean().item() / yv.shape[1] if len(xv) else 0.0  # per target
         if val_loss < best_loss - 1e-4:

@@ -12,15 +12,26 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    SpinnerColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.progress import Progress as ProgressBar
 from rich.table import Table
 
 from dmn.errors import DmnError
 from dmn.home import Home
+from dmn.progress import Progress, quiet
 
 app = typer.Typer(
     help="dmn: sleep-time memory consolidation for world-model agents.",
@@ -47,7 +58,8 @@ def ingest(
     with _needs("night"):
         from dmn.lake.ingest import ingest as run_ingest
 
-    report = run_ingest(Home.resolve(home), [str(p) for p in paths] if paths else None)
+    with _progress() as say:
+        report = run_ingest(Home.resolve(home), [str(p) for p in paths] if paths else None, on_progress=say)
     if as_json:
         out.print_json(json.dumps(report.to_dict()))
         return
@@ -87,7 +99,7 @@ def sql(
         raise DmnError(f"--format must be table, csv or json, not {fmt!r}")
     if not query.strip():
         raise DmnError("the query is empty")
-    result = store(Home.resolve(home, create=False)).sql(query)
+    result = store(_existing(home)).sql(query)
     if result.description is None:  # a statement without a result set
         return
     names = [d[0] for d in result.description]
@@ -112,12 +124,14 @@ def consolidate(
     job_file: Optional[Path] = typer.Option(None, "--job", help="Run this job's stages once instead (e.g. jobs/nightly.toml)."),
     wait: float = typer.Option(0.0, "--wait", min=0.0,
                                help="If another consolidation is running, wait up to this many seconds (default: exit 1)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Publish nothing and record no run: say what the gate would "
+                                 "decide and what would change (the inbox is not ingested)."),
     home: Optional[Path] = HomeOption,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per world."),
 ) -> None:
     """Ingest the inbox, then distil System 2's simulations into System 1 bundles (the nightly job).
 
-    Example: dmn consolidate --world CartPole-v1   or   dmn consolidate --job jobs/nightly.toml
+    Example: dmn consolidate --world CartPole-v1   or   dmn consolidate --job jobs/nightly.toml   or   dmn consolidate --dry-run
     """
     with _needs("night"):
         from dmn.ops.jobs import load, nightly, run
@@ -126,7 +140,7 @@ def consolidate(
         raise DmnError("--job and --world do not go together: a job's stages name their worlds")
     job = load(job_file) if job_file else nightly(world)
     with _progress() as say:
-        nights = run(Home.resolve(home), job, on_progress=say, wait=wait)
+        nights = run(Home.resolve(home), job, on_progress=say, wait=wait, dry_run=dry_run)
     if as_json:
         for night in nights:
             sys.stdout.write(json.dumps(night.to_dict()) + "\n")
@@ -135,6 +149,8 @@ def consolidate(
     else:
         for night in nights:
             out.print(_night_table(night))
+            if "diff" in night.metrics:
+                out.print(_diff_table(night.metrics["diff"]))
     failed = [f"{n.world}: {n.reason}" for n in nights if n.status == "failed"]
     if failed:
         raise DmnError("consolidation failed for " + "; ".join(failed))
@@ -162,6 +178,52 @@ def _night_table(night: Any) -> Table:
 
 
 @app.command()
+def diff(
+    world: str = typer.Option(..., "--world", "-w", help="The world whose bundles to compare."),
+    old: Optional[str] = typer.Argument(None, help="The older bundle (default: the one kept before NEW)."),
+    new: Optional[str] = typer.Argument(None, help="The newer bundle (default: the current one)."),
+    everything: bool = typer.Option(False, "--all", help="List the situations that stayed the same too."),
+    home: Optional[Path] = HomeOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the difference as one JSON object."),
+) -> None:
+    """What changed between two bundles of a world: situations added, gone, or whose action, demotion or
+    confidence changed (matched by their centroids), and the thresholds and held-out figures.
+
+    Example: dmn diff --world CartPole-v1   or   dmn diff --world CartPole-v1 v000002 v000004 --json
+    """
+    with _needs("night"):
+        from dmn.bundle.diff import compare
+
+    change = compare(_existing(home), world, old, new).to_dict()
+    if as_json:
+        out.print_json(json.dumps(change))
+    else:
+        out.print(_diff_table(change, everything))
+
+
+def _diff_table(change: dict[str, Any], everything: bool = False) -> Table:
+    """A bundle difference (`BundleDiff.to_dict`) as a table: a row per situation that changed (`everything`:
+    per situation), the counts and the held-out figures in its caption."""
+    counts = ", ".join(f"{n} {c}" for c, n in change["counts"].items()) or "no situations"
+    figures = "; ".join(f"{key.replace('_', ' ')} {_share(a)} -> {_share(b)}"
+                        for key, (a, b) in change["metrics"].items() if a or b)
+    limits = "; ".join(f"{part} threshold {_figure(a)} -> {_figure(b)}" for part, (a, b) in change["thresholds"].items())
+    table = Table(title=f"{escape(change['world'])}: {change['old'] or '(none)'} -> {change['new']}",
+                  caption=escape(f"{counts}. Held-out {figures}; {limits}.{' ' + change['note'] if change['note'] else ''}"))
+    for column in ("now", "was", "change", "action", "confidence", "distance"):
+        table.add_column(column, justify="left" if column in ("change", "action") else "right")
+    for row in change["situations"]:
+        if row["change"] == "same" and not everything:
+            continue
+        action = row["action"] if row["previous_action"] in (None, row["action"]) else row["previous_action"] \
+            if row["action"] is None else f"{row['previous_action']} -> {row['action']}"
+        table.add_row(_figure(row["situation"]), _figure(row["previous"]), row["change"], escape(action or "-"),
+                      f"{_figure(row['previous_confidence'])} -> {_figure(row['confidence'])}",
+                      _figure(row["distance"]))
+    return table
+
+
+@app.command()
 def rollback(
     world: str = typer.Option(..., "--world", "-w", help="The world whose bundle to roll back."),
     to: Optional[str] = typer.Option(None, "--to", help="The version to publish again (default: the one before)."),
@@ -173,7 +235,7 @@ def rollback(
     """
     from dmn.bundle.publish import rollback as run_rollback
 
-    out.print(f"{world}: now serving {run_rollback(Home.resolve(home, create=False), world, to)}")
+    out.print(f"{world}: now serving {run_rollback(_existing(home), world, to)}")
 
 
 world_app = typer.Typer(help="The reference world: a JEPA world-model agent on Gymnasium (extra `worlds`).",
@@ -230,22 +292,11 @@ def status(
     with _needs("night"):
         from dmn.ops.status import status as home_status
 
-    state = home_status(Home.resolve(home, create=False))
+    state = home_status(_existing(home))
     if as_json:
         out.print_json(json.dumps(state, default=str))
         return
-    table = Table(title=f"dmn status: {state['home']}")
-    for column in ("world", "bundle", "coverage", "precision", "last night", "live precision", "episodes",
-                   "decisions", "simulations"):
-        table.add_column(column, justify="left" if column in ("world", "bundle", "last night") else "right")
-    for world, w in state["worlds"].items():
-        bundle, night, lake = w["bundle"] or {}, w["last_night"] or {}, w["lake"]
-        table.add_row(escape(world), bundle.get("version", "-"), _share(bundle.get("coverage")),
-                      _share(bundle.get("precision")),
-                      escape(f"{night['status']} ({night['ended_at'][:19]})") if night else "-",
-                      _share(night.get("live_precision")), f"{lake['episodes']:,}", f"{lake['decisions']:,}",
-                      f"{lake['simulations']:,}")
-    _print_wide(table)
+    _status_grid(state).show(out)
     inbox = state["inbox"]
     out.print(f"inbox: {inbox['files']:,} file{'' if inbox['files'] == 1 else 's'} ({inbox['bytes']:,} bytes) "
               "waiting to be ingested; quarantined: "
@@ -290,7 +341,7 @@ def report(
     with _needs("night"):
         from dmn.ops.report import report as write_report
 
-    out.print(str(write_report(Home.resolve(home, create=False), world, out_dir)))
+    out.print(str(write_report(_existing(home), world, out_dir)))
 
 
 @app.command()
@@ -301,7 +352,8 @@ def daemon(
     interval: Optional[float] = typer.Option(None, "--interval", help="Run every this many seconds instead."),
     idle_after: Optional[float] = typer.Option(None, "--idle-after", min=0.0,
                                                help="Also run once no new logs have arrived for this many seconds."),
-    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics on this port."),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics (/metrics), the "
+                                               "latest report (/) and the status (/status) on this port."),
     log_json: bool = typer.Option(False, "--log-json", help="Log one JSON object per line to stderr."),
     home: Optional[Path] = HomeOption,
 ) -> None:
@@ -338,27 +390,13 @@ def demo(
     with _needs("worlds"):
         from dmn.worlds.demo import demo as run_demo
 
-    table = Table(title=f"dmn demo: {env}", caption=(
-        "normalised: (R - R_random) / (R_day0 - R_random), a random policy on the same episodes; System 1: share of "
-        "decisions it served; precision: its withheld answers as good as System 2's choice, on audits; held-out: "
-        "what its bundle's night measured; exact: System 2 chose that very action (discrete actions); faster: mean "
-        "decision latency against day 0's; imagined: action sequences per System 2 decision, from a cold start / "
-        "from System 1's proposal (continuous actions); night: the bundle it published, or what it did"))
-    for column in ("day", "return", "normalised", "System 1", "precision", "held-out", "exact", "ms", "faster",
-                   "imagined", "night"):
-        table.add_column(column, justify="left" if column == "night" else "right")
+    grid = _demo_grid(env)
     first: list[float] = []
 
     def row(day: Any) -> None:
         r = day.run
         first.append(first[0] if first else r["latency_ms"])
-        night = day.night.split(":")[0].replace("published ", "") if day.night else "-"
-        table.add_row(str(day.day), f"{r['mean_return']:.1f}",
-                      "-" if day.normalised_return is None else f"{day.normalised_return:.2f}",
-                      f"{r['system1_share']:.1%}", _share(r["precision"]),
-                      _share(day.held_out["precision"] if day.held_out else None), _share(r["agreement"]),
-                      _ms(r["latency_ms"]), f"{first[0] / r['latency_ms']:.1f}×",
-                      _imagined(r["sequences_per_plan"], r["sequences_per_seeded_plan"]), escape(night))
+        grid.rows.append(_demo_row(day, first[0]))
         err.print(f"day {day.day}: mean return {r['mean_return']:.1f}, System 1 served {r['system1_share']:.1%}"
                   + (f"; night: {day.night}" if day.night else ""), highlight=False)
 
@@ -368,22 +406,123 @@ def demo(
     if as_json:
         out.print_json(json.dumps([d.to_dict() for d in days]))
     else:
-        _print_wide(table)
+        grid.show(out)
 
 
 @contextlib.contextmanager
-def _progress() -> Iterator[Callable[[str], None]]:
-    """Long work's progress as one live status line on a terminal; silent when piped, in the daemon and in CI."""
+def _progress() -> Iterator[Progress]:
+    """Long work's progress on a terminal: what it is doing, and where it says how far it has come, a bar with
+    the time it took and an estimate of the time left (each new kind of work starts its own). Silent when
+    piped, in the daemon and in CI."""
     if not err.is_terminal:
-        yield lambda line: None
+        yield quiet
         return
-    with err.status("starting…") as status:
-        yield lambda line: status.update(escape(line))
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    with ProgressBar(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("starting…", total=None)
+
+        def say(line: str, done: float | None = None, total: float | None = None) -> None:
+            shown = bar.tasks[0]
+            if total != shown.total or (done or 0) < shown.completed:  # other work than the bar measured
+                bar.reset(task, total=total, completed=done or 0, description=escape(line))
+            else:
+                bar.update(task, completed=done or 0, description=escape(line))
+
+        yield say
 
 
-def _print_wide(table: Table) -> None:
-    """Piped or logged, a wide table keeps its figures whole rather than squeezing into 80 columns."""
-    (out if out.is_terminal else Console(width=160)).print(table)
+def _status_grid(state: dict[str, Any]) -> Grid:
+    """`dmn status`'s table: a row per world."""
+    grid = Grid(f"dmn status: {escape(state['home'])}", [
+        ("world", "world"), ("bundle", "bundle"), ("coverage", "cover"), ("precision", "prec"),
+        ("last night", "last night"), ("live precision", "live"), ("episodes", "episodes"),
+        ("decisions", "decisions"), ("simulations", "sims")], left={"world", "bundle", "last night"})
+    for world, w in state["worlds"].items():
+        bundle, night, lake = w["bundle"] or {}, w["last_night"] or {}, w["lake"]
+        grid.rows.append([escape(world), bundle.get("version", "-"), _share(bundle.get("coverage")),
+                          _share(bundle.get("precision")),
+                          escape(f"{night['status']} ({night['ended_at'][:19]})") if night else "-",
+                          _share(night.get("live_precision")), f"{lake['episodes']:,}", f"{lake['decisions']:,}",
+                          f"{lake['simulations']:,}"])
+    return grid
+
+
+def _demo_grid(env: str) -> Grid:
+    """`dmn demo`'s table, a row per day (`_demo_row`)."""
+    return Grid(f"dmn demo: {env}", [
+        ("day", "day"), ("return", "R"), ("normalised", "norm"), ("System 1", "S1"), ("precision", "prec"),
+        ("held-out", "held"), ("exact", "exact"), ("ms", "ms"), ("faster", "×"), ("imagined", "imag"), ("night", "night")],
+        left={"night"}, caption=(
+        "normalised (norm): (R - R_random) / (R_day0 - R_random), a random policy on the same episodes; System 1 (S1): "
+        "share of decisions it served; precision (prec): its withheld answers as good as System 2's choice, on audits; "
+        "held-out (held): what its bundle's night measured; exact: System 2 chose that very action (discrete actions); "
+        "faster (×): mean decision latency against day 0's; imagined (imag): action sequences per System 2 decision, "
+        "from a cold start / from System 1's proposal (continuous actions); night: the bundle it published, or what it did"))
+
+
+def _demo_row(day: Any, day0_ms: float) -> list[str]:
+    r = day.run
+    night = day.night.split(":")[0].replace("published ", "") if day.night else "-"
+    return [str(day.day), f"{r['mean_return']:.1f}", "-" if day.normalised_return is None else f"{day.normalised_return:.2f}",
+            f"{r['system1_share']:.1%}", _share(r["precision"]), _share(day.held_out["precision"] if day.held_out else None),
+            _share(r["agreement"]), _ms(r["latency_ms"]), f"{day0_ms / r['latency_ms']:.1f}×",
+            _imagined(r["sequences_per_plan"], r["sequences_per_seeded_plan"]), escape(night)]
+
+
+@dataclasses.dataclass
+class Grid:
+    """A table's columns and rows, laid out when printed to fit the console (`show`)."""
+
+    title: str
+    columns: list[tuple[str, str]]
+    """(header, its short form) of each column."""
+    left: set[str] = dataclasses.field(default_factory=set)
+    """The headers of the columns aligned left (the others, figures, right)."""
+    caption: str = ""
+    rows: list[list[str]] = dataclasses.field(default_factory=list)
+
+    def show(self, console: Console) -> None:
+        """Print the table whole: with its headers, else its short headers in a lighter frame without the columns
+        that are empty in every row, else one two-column table per row. Piped or logged, it keeps its figures
+        whole at up to 160 columns rather than squeezing into 80."""
+        console = console if console.is_terminal else Console(file=console.file, width=max(console.width, 160))
+        kept = [i for i, _ in enumerate(self.columns) if any(row[i] != "-" for row in self.rows) or not self.rows]
+        unbounded = console.options.update(max_width=10_000)
+        for table in (self._table(range(len(self.columns)), short=False), self._table(kept, short=True)):
+            if console.measure(table, options=unbounded).maximum <= console.width:  # the caption wraps
+                table.caption = self.caption or None
+                console.print(table)
+                return
+        for row in self.rows:
+            stacked = Table(title=f"{self.title}\n{self.columns[0][0]} {row[0]}", show_header=False)
+            for i in kept[1:]:
+                stacked.add_row(self.columns[i][0], row[i])
+            console.print(stacked)
+        if self.caption:
+            console.print(self.caption, style="dim")
+
+    def _table(self, columns: Iterable[int], short: bool) -> Table:
+        columns = list(columns)
+        table = Table(title=self.title, box=box.SIMPLE_HEAD if short else box.HEAVY_HEAD,
+                      pad_edge=not short, collapse_padding=short)
+        for i in columns:
+            header = self.columns[i][0]
+            table.add_column(self.columns[i][short], justify="left" if header in self.left else "right", no_wrap=True)
+        for row in self.rows:
+            table.add_row(*(row[i] for i in columns))
+        return table
+
+
+def _existing(home: Optional[Path]) -> Home:
+    """An existing home, for a command that does not read its settings: a broken dmn.toml is said on stderr
+    all the same (the next night stops on it), and the command goes on."""
+    root = Home.resolve(home, create=False)
+    try:
+        root.settings()
+    except DmnError as exc:
+        err.print(f"[yellow]warning:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    return root
 
 
 @contextlib.contextmanager
@@ -401,6 +540,10 @@ def _needs(extra: str) -> Iterator[None]:
 def _imagined(cold: float | None, seeded: float | None) -> str:
     """Sequences per System 2 plan: cold, then (where any were) those started from System 1's proposal."""
     return (f"{cold:,.0f}" if cold else "-") + (f" / {seeded:,.0f}" if seeded else "")
+
+
+def _figure(value: float | int | None) -> str:
+    return "-" if value is None else str(value) if isinstance(value, int) else f"{value:.3f}"
 
 
 def _share(value: float | None) -> str:

@@ -29,6 +29,7 @@ from gymnasium.wrappers import TimeLimit
 from dmn import Home, Reflexes
 from dmn.integrations.lar import System1, TensorAuditLogger, Veto, import_lar, latent
 from dmn.ops import jobs
+from dmn.progress import Printed
 from dmn.worlds.agent import random_returns
 from dmn.worlds.plan import Planner, one_thread
 from dmn.worlds.settings import ReferenceSettings
@@ -138,7 +139,7 @@ def main() -> None:
     # Runs are signed; the night verifies them with the same secret (`[lar] hmac_secret` would do as well).
     secret = os.environ.setdefault("DMN_LAR_HMAC_SECRET", secrets.token_hex(16))
     settings = ReferenceSettings.load(home)
-    world = load_world(home, args.env, settings.world, on_train=print)
+    world = load_world(home, args.env, settings.world, on_train=Printed())
     print("| day | return | normalised | System 1 share | ms per decision | night |")
     print("| --- | --- | --- | --- | --- | --- |")
     first = None

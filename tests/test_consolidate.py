@@ -15,6 +15,7 @@ import pytest
 from conftest import decision, dmn, episode, night, simulation, write_jsonl
 from dmn import EpisodeLogger
 from dmn.bundle import publish
+from dmn.bundle.diff import compare
 from dmn.bundle.load import load
 from dmn.config import ConsolidateSettings
 from dmn.errors import Busy, DmnError
@@ -277,6 +278,11 @@ def test_a_bundle_that_is_wrong_live_does_not_keep_serving(tmp_path):
     answered_changed = ~np.isnan(again.confidence) & np.isin(which, changed)
     assert answered_changed.mean() < 0.1 * np.isin(which, changed).mean()  # silent where it failed
     assert (~np.isnan(again.confidence) & ~np.isin(which, changed)).sum() > 0.5 * (~np.isin(which, changed)).sum()
+    # `dmn diff` names the situations demoted, and nothing else changed: the same centroids, a column flipped.
+    change = compare(home, "synthetic").situations.to_pylist()
+    audited = ~np.isnan(answers.confidence) & np.isin(which, changed)
+    assert {r["situation"] for r in change if r["change"] == "demoted"} == set(answers.situation[audited].tolist())
+    assert {r["change"] for r in change} == {"demoted", "same"} and all(r["distance"] == 0 for r in change)
 
 
 def test_thresholds_ask_each_answer_to_be_likely_right_until_system1_is_seen_live():

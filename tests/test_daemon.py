@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -47,6 +48,15 @@ def test_the_daemon_consolidates_refuses_a_second_and_stops_on_sigterm(home, tmp
             time.sleep(0.05)
         assert 'dmn_bundle_version{world="synthetic"} 1.0' in metrics and "dmn_last_run_success 1.0" in metrics
         assert 'dmn_lake_records{kind="decisions",world="synthetic"} 800.0' in metrics
+        served = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10).read())
+        assert served["worlds"]["synthetic"]["bundle"]["version"] == "v000001"
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=120).read().decode()
+        assert "synthetic" in page and "v000001" in page and "data:image/png;base64," in page
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/nothing", timeout=10)
+            raise AssertionError("a page that is not there was served")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 404
         second = dmn("daemon", "--interval", "2", home=home, timeout=60)
         assert second.returncode == 1 and "another dmn daemon is running" in second.stderr
         assert "Traceback" not in second.stderr

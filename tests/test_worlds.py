@@ -19,6 +19,7 @@ from dmn import ANY_ENCODER, Asked
 from dmn.errors import DmnError
 from dmn.lake.ingest import ingest
 from dmn.lake.store import Store
+from dmn.progress import Printed
 from dmn.worlds.agent import run
 from dmn.worlds.model import WorldModel
 from dmn.worlds.plan import Planner
@@ -119,9 +120,10 @@ def test_an_environment_that_cannot_be_copied_trains_from_resets_and_says_so(wra
     if env_id not in gym.registry:
         gym.register(env_id, entry_point=lambda **kw: wrapper(gym.make("CartPole-v1")), max_episode_steps=500)
     said = []
-    _, meta = train(env_id, TINY.world, say=said.append)
+    _, meta = train(env_id, TINY.world, say=Printed(said.append))
     assert meta["restarts"].startswith("resets only") and meta["transitions"] >= TINY.world.explore_steps
-    assert len(said) == 1 and "cannot be restarted from copies" in said[0]
+    assert said[0].startswith(env_id) and "cannot be restarted from copies" in said[0]
+    assert said[1:] == [f"training the {env_id} world model"]  # then how far the training is
 
 
 def test_training_teaches_imagination_to_foresee_the_end_without_collapse():
@@ -154,9 +156,11 @@ def test_training_teaches_imagination_to_foresee_the_end_without_collapse():
 
 def test_a_trained_world_is_cached_and_checked(home):
     trained = []
-    world = load_world(home, "CartPole-v1", TINY.world, on_train=trained.append)
-    again = load_world(home, "CartPole-v1", TINY.world, on_train=trained.append)
-    assert len(trained) == 1 and again.encoder == world.encoder and world.encoder.startswith("jepa-")
+    world = load_world(home, "CartPole-v1", TINY.world, on_train=Printed(trained.append))
+    said = len(trained)
+    again = load_world(home, "CartPole-v1", TINY.world, on_train=Printed(trained.append))
+    assert said == len(trained) and trained[0].startswith("training the CartPole-v1 world model (once")
+    assert again.encoder == world.encoder and world.encoder.startswith("jepa-")
     assert world.meta["transitions"] >= 400 + 60 and world.meta["failure"] is True  # ending CartPole is failing
     z = world.encode(np.zeros(4, np.float32))
     assert z.shape == (16,) and np.array_equal(z, again.encode(np.zeros(4, np.float32)))

@@ -72,17 +72,23 @@ def load_path(path: Path) -> Bundle:
         raise DmnError(f"bundle {path} has format {manifest.get('format')}; this dmn serves format "
                        f"{publish.BUNDLE_FORMAT} (the next night publishes one)")
     try:
-        index = faiss.deserialize_index(np.frombuffer((path / "situations.faiss").read_bytes(), np.uint8))
-        outcome_index = faiss.deserialize_index(np.frombuffer((path / "outcomes.faiss").read_bytes(), np.uint8))
-        table = pq.read_table(path / "table.parquet")
-        with np.load(io.BytesIO((path / "policy.npz").read_bytes()), allow_pickle=False) as npz:
-            stored = {"low": np.zeros(0, np.float32), "high": np.zeros(0, np.float32),  # bundles from before
-                      **{k: npz[k] for k in npz.files}}                              # vector actions: none
-        policy = {k: stored[k] for k in POLICY_KEYS}
-        rule = Rule.prepare(index, table_columns(table, manifest["actions"]), policy, manifest["thresholds"],
-                            manifest["min_support"], manifest["policy_reach"])
-        outcomes = pq.read_table(path / "outcomes.parquet")
-        candidates = pq.read_table(path / "candidates.parquet") if "candidates.parquet" in manifest["files"] else None
+        return from_files(manifest, {name: (path / name).read_bytes() for name in manifest["files"]})
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
         raise DmnError(f"bundle {path} cannot be loaded ({exc})") from None
+
+
+def from_files(manifest: dict[str, Any], files: dict[str, bytes]) -> Bundle:
+    """A bundle from its manifest and its files' bytes, unverified: what `load_path` reads, or what a night
+    would publish (`dmn consolidate --dry-run` compares it with the current one before anything is written)."""
+    index = faiss.deserialize_index(np.frombuffer(files["situations.faiss"], np.uint8))
+    outcome_index = faiss.deserialize_index(np.frombuffer(files["outcomes.faiss"], np.uint8))
+    table = pq.read_table(io.BytesIO(files["table.parquet"]))
+    with np.load(io.BytesIO(files["policy.npz"]), allow_pickle=False) as npz:
+        stored = {"low": np.zeros(0, np.float32), "high": np.zeros(0, np.float32),  # bundles from before
+                  **{k: npz[k] for k in npz.files}}                              # vector actions: none
+    policy = {k: stored[k] for k in POLICY_KEYS}
+    rule = Rule.prepare(index, table_columns(table, manifest["actions"]), policy, manifest["thresholds"],
+                        manifest["min_support"], manifest["policy_reach"])
+    outcomes = pq.read_table(io.BytesIO(files["outcomes.parquet"]))
+    candidates = pq.read_table(io.BytesIO(files["candidates.parquet"])) if "candidates.parquet" in files else None
     return Bundle(manifest, index, table, outcomes, outcome_index, policy, candidates, rule)

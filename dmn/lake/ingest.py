@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow.compute as pc
 
 from dmn import faults
 from dmn.config import Settings
@@ -43,6 +44,7 @@ from dmn.lake.read import Lines, Pending, Problem, read
 from dmn.lake.resolve import resolve
 from dmn.lake.rules import RAW_KEEP_BYTES
 from dmn.lake.store import Store
+from dmn.progress import Progress, quiet
 
 
 @dataclass
@@ -74,8 +76,10 @@ class IngestReport:
         return asdict(self)
 
 
-def ingest(home: Home, paths: list[str | os.PathLike] | None = None, *, wait: float = 0.0) -> IngestReport:
-    """Ingest `paths` (files or folders; default: the home's inbox) into the home's store.
+def ingest(home: Home, paths: list[str | os.PathLike] | None = None, *, wait: float = 0.0,
+           on_progress: Progress | None = None) -> IngestReport:
+    """Ingest `paths` (files or folders; default: the home's inbox) into the home's store, telling
+    `on_progress` how many of the bytes to read were read.
 
     Raises `Busy` if another ingest still holds the home after `wait` seconds.
     """
@@ -87,7 +91,8 @@ def ingest(home: Home, paths: list[str | os.PathLike] | None = None, *, wait: fl
         faults.point("ingest.recovered")
         try:
             with Parser(settings.ingest, home.tmp) as parser:
-                _batch(home, settings, store, parser, [Path(p) for p in paths] if paths else [home.inbox], report)
+                _batch(home, settings, store, parser, [Path(p) for p in paths] if paths else [home.inbox], report,
+                       on_progress or quiet)
         except OSError as exc:  # a full or read-only disk: nothing was committed, the next run cleans up
             raise DmnError(f"ingest stopped, nothing was committed: {exc.strerror or exc} "
                            f"({exc.filename or home.root})") from None
@@ -102,12 +107,13 @@ def ingest(home: Home, paths: list[str | os.PathLike] | None = None, *, wait: fl
 
 
 def _batch(home: Home, settings: Settings, store: Store, parser: Parser, paths: list[Path],
-           report: IngestReport) -> None:
+           report: IngestReport, say: Progress) -> None:
     """One batch: every new line of `paths` read and parsed, the rules across records, one commit."""
     now = datetime.now(timezone.utc)
     manifests = store.manifests()
     ledger = Ledger(home, manifests)
     files, skipped = discover(paths, home)
+    done, total = 0, sum(ledger.unread(path) for path in files)
     skips = Counter(reason for _, reason in skipped)
     entries: list[Entry] = []
     problems: list[dict[str, Any]] = []
@@ -121,6 +127,8 @@ def _batch(home: Home, settings: Settings, store: Store, parser: Parser, paths: 
             for event in events:
                 if isinstance(event, Lines):
                     parser.add(len(entries), event.table)
+                    done += pc.sum(pc.binary_length(event.table["raw"])).as_py() + event.table.num_rows  # newlines
+                    say(f"ingesting {path.name}", done=min(done, total), total=total)
                 elif isinstance(event, Problem):
                     problems.append(_quarantine_row(todo.entry.path, event))
                 elif isinstance(event, Pending):

@@ -155,6 +155,14 @@ class Ledger:
         entry = Entry(key, kind, st.st_size, st.st_mtime_ns, offset, line)
         return Read(path, entry, offset, hasher, settled=time.time() - st.st_mtime > settle_seconds)
 
+    def unread(self, path: Path) -> int:
+        """About how many bytes of `path` no batch has consumed yet: what reading it will take."""
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return 0
+        return max(size - self.files.get(self.key(path), {}).get("bytes_consumed", 0), 0)
+
     def consumed(self, entry: Entry) -> None:
         """Remember what this batch consumed, so that a copy of it later in the same run is skipped."""
         self.contents.add((entry.bytes_consumed, entry.sha256))

@@ -18,9 +18,12 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -46,7 +49,7 @@ def serve(home: Home, job: Job | None = None, *, interval: float | None = None,
         trigger = IntervalTrigger(seconds=interval) if interval else CronTrigger.from_crontab(cron)
     except ValueError as exc:
         raise DmnError(f"cron {cron!r} is not a 5-field cron expression ({exc})") from None
-    metrics = _Metrics(metrics_port) if metrics_port else None
+    metrics = _Metrics(home, metrics_port) if metrics_port else None
     try:
         with home.lock("daemon"):
             scheduler = BlockingScheduler()
@@ -126,10 +129,10 @@ class _IdleWatch:
 
 
 class _Metrics:
-    """Prometheus gauges about the last night, served on `port`."""
+    """Prometheus gauges about the last night, served on `port` with the home's pages (`_serve`)."""
 
-    def __init__(self, port: int):
-        from prometheus_client import Gauge, start_http_server
+    def __init__(self, home: Home, port: int):
+        from prometheus_client import Gauge
 
         self.last_run = Gauge("dmn_last_run_timestamp_seconds", "When the last night ended (Unix seconds).")
         self.duration = Gauge("dmn_last_run_duration_seconds", "How long the last night took.")
@@ -140,7 +143,7 @@ class _Metrics:
         self.live = Gauge("dmn_system1_live_precision", "System 1's agreement with System 2 on audits.", ["world"])
         self.records = Gauge("dmn_lake_records", "Records ingested into the lake.", ["world", "kind"])
         self.quarantined = Gauge("dmn_quarantined_records", "Records in quarantine.", ["reason"])
-        start_http_server(port)
+        _serve(home, port)
 
     def ran(self, home: Home, started: float, ok: bool, nights: list) -> None:
         try:
@@ -163,6 +166,59 @@ class _Metrics:
                 self.precision.labels(n.world).set(n.metrics["combined"]["precision"])
             if n.metrics.get("live", {}).get("precision") is not None:
                 self.live.labels(n.world).set(n.metrics["live"]["precision"])
+
+
+def _serve(home: Home, port: int) -> None:
+    """Serve, on every interface at `port`, from a thread: Prometheus metrics at /metrics, the latest report at /
+    (written again when a night or an ingest came after it), and `dmn status --json` at /status: one address
+    for a person and for a scraper."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    writing = threading.Lock()
+
+    class Pages(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            path = urlsplit(self.path).path
+            try:
+                if path == "/metrics":
+                    self._send(200, CONTENT_TYPE_LATEST, generate_latest())
+                elif path == "/status":
+                    self._send(200, "application/json", json.dumps(status(home), default=str).encode())
+                elif path in ("/", "/index.html"):
+                    with writing:
+                        page = _latest_report(home)
+                    self._send(200, "text/html; charset=utf-8", page)
+                else:
+                    self._send(404, "text/plain; charset=utf-8", b"not found: /, /status and /metrics are served\n")
+            except DmnError as exc:
+                self._send(503, "text/plain; charset=utf-8", f"{exc}\n".encode())
+
+        def _send(self, code: int, kind: str, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the daemon logs its nights, not its requests
+            pass
+
+    try:
+        server = ThreadingHTTPServer(("", port), Pages)
+    except OSError as exc:
+        raise DmnError(f"cannot serve on port {port}: {exc.strerror}") from None
+    threading.Thread(target=server.serve_forever, name="dmn-pages", daemon=True).start()
+
+
+def _latest_report(home: Home) -> bytes:
+    """The home's report page, written again first when a night or an ingest came after it (`dmn.ops.report`)."""
+    from dmn.ops.report import report  # matplotlib: only when the page is asked for
+
+    page = home.root / "report" / "index.html"
+    changed = max((d.stat().st_mtime for d in (home.runs, home.catalog) if d.is_dir()), default=0.0)
+    if not page.is_file() or page.stat().st_mtime < changed:
+        page = report(home)
+    return page.read_bytes()
 
 
 class JsonLines(logging.Formatter):

@@ -14,13 +14,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from dmn import faults
 from dmn.config import ConsolidateSettings, Section, bounded, choice, read_toml, section
 from dmn.errors import DmnError
 from dmn.home import Home
 from dmn.lake.ingest import ingest
+from dmn.progress import Progress, quiet
 from dmn.sleep.night import Consolidation, consolidate
 
 STAGES = ("ingest", "consolidate", "report")
@@ -82,20 +83,24 @@ def load(path: Path) -> Job:
     return Job(path.stem, schedule, stages)
 
 
-def run(home: Home, job: Job, on_progress: Callable[[str], None] | None = None,
-        wait: float = 0.0) -> list[Consolidation]:
+def run(home: Home, job: Job, on_progress: Progress | None = None,
+        wait: float = 0.0, dry_run: bool = False) -> list[Consolidation]:
     """Run the job's stages in order, once; returns the nights its consolidate stages ran. Each stage waits up
-    to `wait` seconds for another ingest or consolidation of the home to finish (else `Busy`)."""
-    say = on_progress or (lambda line: None)
+    to `wait` seconds for another ingest or consolidation of the home to finish (else `Busy`). A `dry_run`
+    changes nothing: its consolidate stages publish nothing and record no run (`consolidate`), and the
+    ingest and report stages, which would write, are left out (the night reads the lake as it is)."""
+    say = on_progress or quiet
     nights: list[Consolidation] = []
     for stage in job.stages:
+        if dry_run and stage.run != "consolidate":
+            continue
         if stage.run == "ingest":
             say("ingesting the inbox")
-            ingest(home, wait=wait)
+            ingest(home, wait=wait, on_progress=say)
             faults.point("job.ingested")
         elif stage.run == "consolidate":
             settings = dataclasses.replace(home.settings().consolidate, **stage.settings)
-            nights += consolidate(home, stage.world, settings=settings, on_progress=say, wait=wait)
+            nights += consolidate(home, stage.world, settings=settings, on_progress=say, wait=wait, dry_run=dry_run)
         else:
             from dmn.ops.report import report  # matplotlib: only for a job that reports
 

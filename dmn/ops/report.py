@@ -92,7 +92,9 @@ def _days(con: Any, world: str) -> plt.Figure | None:
     share.set_ylim(0, 100)
     share.set_ylabel("System 1 share of decisions (%)")
     ax.set_title(f"{world}: System 1 takes over (per {'day' if daily else 'ingest batch'})")
-    fig.legend(loc="upper left", bbox_to_anchor=(0.1, 0.88), fontsize=8)
+    _few(ax, len(rows))
+    (bars, left), (line, right) = ax.get_legend_handles_labels(), share.get_legend_handles_labels()
+    ax.legend(bars + line, left + right, fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     return fig
 
 
@@ -130,12 +132,16 @@ def _map(home: Home, world: str) -> plt.Figure | None:
     actions = bundle.actions
     support = np.array([r["support"] for r in rows])
     fig, ax = plt.subplots(figsize=SIZE)
-    colours = plt.get_cmap("tab10")
+    colours, size = plt.get_cmap("tab10"), 20 + 300 * support / max(support.max(), 1e-12)
     for j, action in enumerate(actions):
         mine = np.array([r["best_action"] == action for r in rows])
         if mine.any():
-            ax.scatter(xy[mine, 0], xy[mine, 1], s=20 + 300 * support[mine] / support.max(), alpha=0.7,
-                       color=colours(j % 10), label=f"System 2 chose {action}")
+            ax.scatter(xy[mine, 0], xy[mine, 1], s=size[mine], alpha=0.7, color=colours(j % 10),
+                       label=f"System 2 chose {action}")
+    if not actions:  # a continuous world: colour by the first dimension of System 2's action there
+        first = np.array([r["best_action"][0] for r in rows])
+        dots = ax.scatter(xy[:, 0], xy[:, 1], s=size, alpha=0.7, c=first, cmap="viridis")
+        fig.colorbar(dots, ax=ax, label="System 2's action, dimension 1")
     avoid = np.array([bool(r["avoid"]) for r in rows])
     if avoid.any():
         ax.scatter(xy[avoid, 0], xy[avoid, 1], marker="x", color="black", s=25, label="has an avoid list")
@@ -146,7 +152,8 @@ def _map(home: Home, world: str) -> plt.Figure | None:
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
     ax.set_title(f"{world} {bundle.version}: {k} situations (size = support)")
-    ax.legend(fontsize=8, loc="best")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), markerscale=0.6)
     return fig
 
 
@@ -169,7 +176,8 @@ def _timings(con: Any, world: str) -> plt.Figure | None:
                   rotation=45, ha="right")
     ax.set_ylabel("seconds")
     ax.set_title(f"{world}: the nights' stages")
-    ax.legend(fontsize=7, ncol=4)
+    _few(ax, len(nights))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     return fig
 
 
@@ -190,8 +198,9 @@ def _page(home: Home, sections: list, quarantine_png: bytes | None) -> str:
     parts = [f"<h1>dmn: what the agents learned</h1><p class=dim>{html.escape(str(home.root))}</p>"]
     for world, state, images in sections:
         bundle, night, lake = state["bundle"] or {}, state["last_night"] or {}, state["lake"]
-        rows = [("published bundle", bundle.get("version", "none")),
-                ("held-out coverage / precision", _pair(bundle.get("coverage"), bundle.get("precision"))),
+        rows = [("published bundle", bundle.get("version", "none yet")),
+                ("held-out coverage / precision", _pair(bundle.get("coverage"), bundle.get("precision"))
+                 if bundle else "no bundle yet"),
                 ("live precision (audits)", _pct(night.get("live_precision"))),
                 ("last night", f"{night.get('status', '-')} {night.get('ended_at', '')[:19]}"
                                + (f": {night['reason']}" if night.get("reason") else "")),
@@ -201,12 +210,22 @@ def _page(home: Home, sections: list, quarantine_png: bytes | None) -> str:
             f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows) + "</table>")
         parts += [f"<img alt='{name}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
                   for name, png in images]
+        shown = {name for name, _ in images}
+        if "curve" not in shown:
+            parts.append("<p class=empty>No bundle yet: once a night publishes one, its coverage–precision curve "
+                         "and its map of situations appear here.</p>")
+        if "timings" not in shown:
+            parts.append("<p class=empty>No night has consolidated this world yet (<code>dmn consolidate</code>).</p>")
+    if not sections:
+        parts.append("<p class=empty>No worlds yet: log agents' deliberation into the inbox, then <code>dmn "
+                     "consolidate</code> (or <code>dmn demo</code> to watch the reference agent).</p>")
     parts.append("<h2>Quarantine</h2>" + (
         f"<img alt='quarantine' src='data:image/png;base64,{base64.b64encode(quarantine_png).decode()}'>"
         if quarantine_png else "<p>Nothing was quarantined.</p>"))
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "img{max-width:49%;margin:.3em 0}table{border-collapse:collapse;margin:.5em 0}"
-             "th,td{text-align:left;padding:.2em .8em;border-bottom:1px solid #ddd}.dim{color:#777}")
+             "th,td{text-align:left;padding:.2em .8em;border-bottom:1px solid #ddd}.dim{color:#777}"
+             ".empty{color:#555;background:#f6f6f6;padding:.6em 1em;border-radius:4px}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>dmn report</title><style>{style}</style>"
             f"</head><body>{''.join(parts)}</body></html>")
 
@@ -214,10 +233,16 @@ def _page(home: Home, sections: list, quarantine_png: bytes | None) -> str:
 def _save(fig: plt.Figure, path: Path) -> bytes:
     sink = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(sink, format="png", dpi=110)
+    fig.savefig(sink, format="png", dpi=110, bbox_inches="tight")  # legends outside the axes included
     plt.close(fig)
     write_atomic(path, sink.getvalue())  # a full disk fails in one line, and leaves no half-written plot
     return sink.getvalue()
+
+
+def _few(ax: plt.Axes, n: int) -> None:
+    """Bars of a chart with few of them at their usual width, not stretched across it."""
+    if n < 6:
+        ax.set_xlim(-0.5 - (6 - n) / 2, n - 0.5 + (6 - n) / 2)
 
 
 def _slug(world: str) -> str:

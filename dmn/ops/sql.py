@@ -3,7 +3,9 @@
     >>> store(Home.resolve()).sql("SELECT world, status, version FROM consolidations").fetchall()  # doctest: +SKIP
 
 `consolidations` is one row per night and world (`<home>/runs/`, written by `dmn.sleep.night`);
-`artifacts` one row per kept bundle (its manifest, `dmn.bundle.publish`). `dmn sql` reads through here.
+`artifacts` one row per kept bundle (its manifest, `dmn.bundle.publish`); `situations`, `lessons` and
+`bundle_changes` tie the bundles' situations to the decisions they came from and to each other
+(`dmn.ops.provenance`). `dmn sql` reads through here.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from dmn.bundle import publish
 from dmn.home import Home
 from dmn.lake.duck import run
 from dmn.lake.store import Store
+from dmn.ops import provenance
 from dmn.sleep.night import runs
 
 VIEWS = ("episodes", "simulations", "decisions", "outcomes", "episode_ends", "quarantine", "ingest_files",
-         "consolidations", "artifacts")
+         "consolidations", "artifacts", "situations", "lessons", "bundle_changes")
 """Every view a query over a home can read."""
 
 RUN_COLUMNS = ("run_id", "world", "encoder", "status", "reason", "version", "current", "started_at", "ended_at",
@@ -32,8 +35,11 @@ ARTIFACT_COLUMNS = ("world", "version", "current", "encoder", "dim", "created_at
 
 def store(home: Home) -> Store:
     """The home's store with every view in `VIEWS`."""
-    return Store(home, views={"consolidations": lambda con: _consolidations(con, home),
-                              "artifacts": lambda con: _artifacts(con, home)})
+    views = {"consolidations": lambda con: _consolidations(con, home), "artifacts": lambda con: _artifacts(con, home)}
+    for name, make in (("situations", provenance.situations), ("lessons", provenance.lessons),
+                       ("bundle_changes", provenance.bundle_changes)):
+        views[name] = lambda con, name=name, make=make: con.register(name, make(home))
+    return Store(home, views=views)
 
 
 def _consolidations(con: duckdb.DuckDBPyConnection, home: Home) -> None:

@@ -76,6 +76,10 @@ def check(home: Home) -> dict[str, Any]:
     []
     """
     lake, problems = Store(home), []
+    try:
+        home.settings()
+    except DmnError as exc:  # the next night would stop on it
+        problems.append(str(exc))
     manifests = lake.manifests()  # raises DmnError when the catalog itself is damaged
     files = [f for table in LAKE_TABLES for f in lake.files(table, manifests)]
     for path in files:

@@ -25,7 +25,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import partial
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import faiss
 import numpy as np
@@ -35,11 +35,13 @@ import pyarrow.parquet as pq
 from dmn import faults
 from dmn.bundle import publish
 from dmn.bundle.decide import Answers, Rule, nearest, table_columns
-from dmn.bundle.load import Bundle, load
+from dmn.bundle.diff import diff
+from dmn.bundle.load import Bundle, from_files, load
 from dmn.config import ConsolidateSettings
 from dmn.errors import DmnError
 from dmn.home import Home, write_atomic
 from dmn.lake.store import Store
+from dmn.progress import Progress, quiet
 from dmn.sleep.cluster import outcome_types, situation_count, situation_index
 from dmn.sleep.evaluate import curve, metrics, split, thresholds, wilson_lower
 from dmn.sleep.experience import Experience, pairs, select
@@ -56,7 +58,8 @@ class Consolidation:
     status: str
     """published; kept (the gate refused the new bundle, the current one serves on); demoted (the gate refused
     it, and the current one, failing live, is published again with the situations it failed in demoted);
-    refused (the gate refused it, and no bundle serves); nothing new; or failed."""
+    refused (the gate refused it, and no bundle serves); nothing new; or failed. A dry run publishes nothing
+    and says what the night would have done: would publish, would keep, would demote, would refuse."""
     reason: str = ""
     version: str | None = None
     """The bundle published now (None when nothing was published)."""
@@ -75,17 +78,19 @@ class Consolidation:
 
 
 def consolidate(home: Home, world: str | None = None, *, settings: ConsolidateSettings | None = None,
-                now: float | None = None, on_progress: Callable[[str], None] | None = None,
-                wait: float = 0.0) -> list[Consolidation]:
+                now: float | None = None, on_progress: Progress | None = None,
+                wait: float = 0.0, dry_run: bool = False) -> list[Consolidation]:
     """Consolidate every world with new System 2 experience in the lake (or `world`).
 
-    Raises `Busy` if another consolidation still holds the home after `wait` seconds.
+    Raises `Busy` if another consolidation still holds the home after `wait` seconds. A `dry_run` does the
+    whole night but publishes nothing and records no run: each world's result says what the gate would
+    decide, and its `metrics["diff"]` what would change against the current bundle (`dmn.bundle.diff`).
 
     >>> for night in consolidate(Home.resolve()):  # doctest: +SKIP
     ...     print(night.world, night.status, night.version)
     """
     settings = settings or home.settings().consolidate
-    say = on_progress or (lambda line: None)
+    say = on_progress or quiet
     with home.lock("consolidate", wait=wait):
         store = Store(home)
         found = pairs(store)
@@ -98,12 +103,12 @@ def consolidate(home: Home, world: str | None = None, *, settings: ConsolidateSe
             if w in seen:
                 continue  # an older encoder of a world: its latents are not the ones agents now send
             seen.add(w)
-            nights.append(_night(home, store, w, encoder, watermark, settings, now, say))
+            nights.append(_night(home, store, w, encoder, watermark, settings, now, say, dry_run))
         return nights
 
 
 def _night(home: Home, store: Store, world: str, encoder: str, watermark: str, settings: ConsolidateSettings,
-           now: float | None, say: Callable[[str], None]) -> Consolidation:
+           now: float | None, say: Progress, dry_run: bool = False) -> Consolidation:
     night = Consolidation(world, encoder, "failed", started_at=_iso(), watermark=watermark,
                           current=publish.current(home, world))
     last = _last_run(home, world)
@@ -111,7 +116,7 @@ def _night(home: Home, store: Store, world: str, encoder: str, watermark: str, s
         night.status, night.reason = "nothing new", f"no new System 2 experience since run {last['run_id']}"
     else:
         try:
-            _consolidate(home, store, night, settings, now, say)
+            _consolidate(home, store, night, settings, now, say, dry_run)
         except (DmnError, ValueError) as exc:
             night.reason = str(exc)
         except Exception as exc:  # noqa: BLE001 - recorded, and the other worlds still get their night
@@ -119,6 +124,9 @@ def _night(home: Home, store: Store, world: str, encoder: str, watermark: str, s
     night.ended_at = _iso()
     outcome = (f"{world}: {night.status}{' ' + night.version if night.version else ''}"
                f"{' (' + night.reason + ')' if night.reason else ''}")
+    if dry_run:
+        say(outcome)
+        return night
     try:
         home.runs.mkdir(exist_ok=True)
         write_atomic(home.runs / f"{night.started_at[:19].replace(':', '')}-{night.run_id}.json",
@@ -132,9 +140,9 @@ def _night(home: Home, store: Store, world: str, encoder: str, watermark: str, s
 
 
 def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateSettings, now: float | None,
-                 say: Callable[[str], None]) -> None:
+                 say: Progress, dry_run: bool = False) -> None:
     clock = _Clock(night.seconds)
-    say(f"{night.world}: selecting experience")
+    say(f"{night.world}: selecting experience", done=0, total=4)  # of the night's four long stages
     exp = select(store, night.world, night.encoder, s, now)
     parts = split(exp, s)
     clock.lap("select")
@@ -142,7 +150,7 @@ def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateS
     night.counts = {"steps": len(exp.label), "simulations": len(exp.sim_step), "train": len(train),
                     "validation": len(val), "test": len(test), "episodes": len(set(exp.episode))}
 
-    say(f"{night.world}: clustering {len(train):,} states")
+    say(f"{night.world}: clustering {len(train):,} states", done=1, total=4)
     k = s.situations or situation_count(len(train))
     index = situation_index(exp.states[train], k, exp.weight[train], s.pca_dims, s.seed)
     cluster, distance = nearest(index, exp.states[train])
@@ -155,7 +163,7 @@ def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateS
     outcomes = outcome_table(exp, outcome, max(outcome_index.ntotal, 1))
     clock.lap("table")
 
-    say(f"{night.world}: distilling the policy")
+    say(f"{night.world}: distilling the policy", done=2, total=4)
     near, away = nearest(index, exp.states[val])
     far = away / np.maximum(table["radius"].to_numpy()[near], 1e-12)  # in novelty radii
     # Imported here: torch is paid for by the nights that train, not by every process that reads runs.
@@ -164,7 +172,7 @@ def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateS
     weights = train_policy(exp, train, val, far, s)
     clock.lap("policy")
 
-    say(f"{night.world}: evaluating on {len(test):,} held-out steps")
+    say(f"{night.world}: evaluating on {len(test):,} held-out steps", done=3, total=4)
     columns = table_columns(table, exp.actions)
 
     def system1(states: np.ndarray, table: float, policy: float) -> Answers:  # the decision rule at these thresholds
@@ -187,8 +195,13 @@ def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateS
     }
     clock.lap("evaluate")
 
+    files, manifest = _candidate(night, exp, index, table, outcome_index, outcomes, weights, train, cluster, outcome, s)
     reason = _gate(night, s)
-    if reason and (night.metrics["published"] or {}).get("failing"):
+    failing = bool((night.metrics["published"] or {}).get("failing"))
+    if dry_run:
+        _preview(home, night, files, manifest, reason, failing)
+        return
+    if reason and failing:
         live = night.metrics["published"]["live"]
         night.version, demoted = _demote(home, night, exp, s)
         night.current, night.status = night.version, "demoted"
@@ -200,10 +213,19 @@ def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateS
     if reason:
         night.status, night.reason = ("kept" if night.current else "refused"), reason
         return
-    if (night.metrics["published"] or {}).get("failing"):
+    if failing:
         live = night.metrics["published"]["live"]
         night.reason = (f"replaces {night.current}, which failed live: precision {live['precision']:.3f} on "
                         f"{live['audited']} audits, below the target {s.precision_target}")
+    night.version = publish.publish(home, night.world, files, manifest, s.keep)
+    night.current, night.status = night.version, "published"
+    clock.lap("publish")
+
+
+def _candidate(night: Consolidation, exp: Experience, index: faiss.Index, table: pa.Table, outcome_index: faiss.Index,
+               outcomes: pa.Table, weights: dict[str, np.ndarray], train: np.ndarray, cluster: np.ndarray,
+               outcome: np.ndarray, s: ConsolidateSettings) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """The files and manifest of the bundle this night made, as `publish.publish` takes them."""
     files = {
         "table.parquet": _parquet(table), "outcomes.parquet": _parquet(outcomes),
         "situations.faiss": faiss.serialize_index(index).tobytes(),
@@ -224,9 +246,26 @@ def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateS
         "window": {"from": _iso(float(exp.ts.min())), "to": _iso(float(exp.ts.max())), "steps": len(exp.label)},
         "settings": asdict(s),
     }
-    night.version = publish.publish(home, night.world, files, manifest, s.keep)
-    night.current, night.status = night.version, "published"
-    clock.lap("publish")
+    return files, manifest
+
+
+def _preview(home: Home, night: Consolidation, files: dict[str, bytes], manifest: dict[str, Any], reason: str,
+             failing: bool) -> None:
+    """A dry run's result: what the gate would decide, and what the new bundle would change against the current one."""
+    if not reason:
+        night.status = "would publish"
+    elif failing:
+        night.status = "would demote"
+        reason += f"; and {night.current} is failing live: its failing situations would be demoted"
+    else:
+        night.status = "would keep" if night.current else "would refuse"
+    night.reason = reason
+    try:
+        current = load(home, night.world, night.current) if night.current else None
+    except DmnError:
+        current = None  # damaged: everything the new bundle holds is new
+    candidate = from_files({**manifest, "world": night.world, "version": "(dry run)"}, files)
+    night.metrics["diff"] = diff(current, candidate).to_dict()
 
 
 def _gate(night: Consolidation, s: ConsolidateSettings) -> str:

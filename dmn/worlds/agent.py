@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from gymnasium.wrappers import TimeLimit
 
 from dmn.bundle.decide import action_distance
 from dmn.home import Home
+from dmn.progress import Progress
 from dmn.sleep.experience import acceptable
 from dmn.wake.client import Proposal, Reflexes
 from dmn.wake.decider import Decider, Decision
@@ -78,7 +79,7 @@ class RunReport:
 
 
 def reflexes_for(home: Home, env_id: str, *, audit_rate: float = 0.0, seed: int | None = None,
-                 settings: ReferenceSettings | None = None, on_progress: Callable[[str], None] | None = None) -> Reflexes:
+                 settings: ReferenceSettings | None = None, on_progress: Progress | None = None) -> Reflexes:
     """The System 1 client for the reference agent of `env_id`: the world's bundle, for its world model's encoder."""
     settings = settings or ReferenceSettings.load(home)
     world = load_world(home, env_id, settings.world, on_train=on_progress)
@@ -86,7 +87,7 @@ def reflexes_for(home: Home, env_id: str, *, audit_rate: float = 0.0, seed: int 
 
 
 def run(home: Home, env_id: str, episodes: int, *, seed: int = 0, reflexes: Reflexes | None = None,
-        settings: ReferenceSettings | None = None, on_progress: Callable[[str], None] | None = None) -> RunReport:
+        settings: ReferenceSettings | None = None, on_progress: Progress | None = None) -> RunReport:
     """Run `episodes` episodes of `env_id` and log them into the home's inbox.
 
     >>> report = run(Home.resolve(), "CartPole-v1", episodes=5)  # doctest: +SKIP
@@ -125,7 +126,7 @@ def run(home: Home, env_id: str, episodes: int, *, seed: int = 0, reflexes: Refl
                 log.end(return_=total, success=truncated if bool(world.model.failure) else terminated)
                 report.returns.append(total)
                 if on_progress:
-                    on_progress(f"episode {episode + 1}/{episodes}: return {total:g}")
+                    on_progress(f"episode {episode + 1}/{episodes}: return {total:g}", done=episode + 1, total=episodes)
     finally:
         env.close()
     report.seconds = time.perf_counter() - started

@@ -20,6 +20,7 @@ import numpy as np
 
 from dmn.home import Home
 from dmn.ops import jobs
+from dmn.progress import Progress
 from dmn.worlds.agent import random_returns, reflexes_for, run
 from dmn.worlds.settings import ReferenceSettings
 
@@ -50,7 +51,7 @@ class Day:
 
 def demo(home: Home, env_id: str = "CartPole-v1", *, nights: int = 3, episodes_per_day: int = 20,
          audit_rate: float = 0.03, seed: int = 0, settings: ReferenceSettings | None = None,
-         on_progress: Callable[[str], None] | None = None,
+         on_progress: Progress | None = None,
          on_day: Callable[[Day], None] | None = None) -> list[Day]:
     """Day 0 with System 2 only, then `nights` times: a night of consolidation and a day with reflexes.
     Returns one `Day` per day; `on_day` hears of each as it ends."""

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from dmn.errors import DmnError
 from dmn.home import Home, write_atomic
+from dmn.progress import Progress, quiet
 from dmn.worlds.model import WorldModel
 from dmn.worlds.plan import Planner, one_thread
 from dmn.worlds.settings import PlannerSettings, WorldSettings
@@ -104,7 +105,7 @@ def random_action(space: gym.Space, rng: np.random.Generator) -> int | np.ndarra
 
 
 def load_world(home: Home, env_id: str, settings: WorldSettings,
-               on_train: Callable[[str], None] | None = None) -> World:
+               on_train: Progress | None = None) -> World:
     """The world model for `env_id` from the home's cache, trained first if there is none.
 
     >>> world = load_world(Home.resolve(), "CartPole-v1", WorldSettings())  # doctest: +SKIP
@@ -120,12 +121,13 @@ def load_world(home: Home, env_id: str, settings: WorldSettings,
         return _load(folder)
 
 
-def train(env_id: str, settings: WorldSettings, say: Callable[[str], None] | None = None) -> tuple[WorldModel, dict]:
+def train(env_id: str, settings: WorldSettings, say: Progress | None = None) -> tuple[WorldModel, dict]:
     """Explore, train, then let the planner collect and train on; returns the model and its training facts.
 
     The planner that collects is `COLLECT`, whatever `[planner]` says.
     """
-    started = time.perf_counter()
+    started, say = time.perf_counter(), say or quiet
+    total = settings.updates + settings.rounds * settings.round_updates
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     env = make_env(env_id)
@@ -133,7 +135,7 @@ def train(env_id: str, settings: WorldSettings, say: Callable[[str], None] | Non
     env.reset(seed=settings.seed)
     uncopyable = _uncopyable(env)
     frontier: list | None = None if uncopyable else []
-    if uncopyable and say:
+    if uncopyable:
         say(f"{env_id} cannot be restarted from copies of itself ({uncopyable}): every episode starts from a reset")
 
     def sticky_random(obs: np.ndarray, previous: Action | None) -> Action:
@@ -149,7 +151,11 @@ def train(env_id: str, settings: WorldSettings, say: Callable[[str], None] | Non
         model.action_high.copy_(torch.as_tensor(space.high, dtype=torch.float32))
     _fit_scales(model, episodes, settings.gamma)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
-    losses = fit(model, opt, windows(episodes, settings.rollout, settings.gamma), settings, settings.updates)
+
+    def training(start: int) -> Callable[[int], None]:  # updates done, of all of them
+        return lambda done: say(f"training the {env_id} world model", done=start + done, total=total)
+
+    losses = fit(model, opt, windows(episodes, settings.rollout, settings.gamma), settings, settings.updates, training(0))
     returns = []
     for round_ in range(settings.rounds):
         planner = Planner(model, dataclasses.replace(COLLECT, seed=settings.seed + round_), repeatable=False)
@@ -168,7 +174,7 @@ def train(env_id: str, settings: WorldSettings, say: Callable[[str], None] | Non
         episodes += new + collect(env, settings.round_steps, sticky_random, settings.seed + 2 * round_ + 2, 1.0,
                                   frontier, rng)
         losses = fit(model, opt, windows(episodes, settings.rollout, settings.gamma), settings,
-                     settings.round_updates)
+                     settings.round_updates, training(settings.updates + round_ * settings.round_updates))
     env.close()
     if not all(np.isfinite(list(losses.values()))):
         raise DmnError(f"training the {env_id} world model diverged (losses {losses}); try a lower [world] lr")
@@ -273,11 +279,14 @@ def windows(episodes: list[Episode], rollout: int, gamma: float) -> dict[str, to
 
 
 def fit(model: WorldModel, opt: torch.optim.Optimizer, data: dict[str, torch.Tensor], settings: WorldSettings,
-        updates: int) -> dict[str, float]:
-    """`updates` gradient steps on random windows of `data`; returns the last step's loss terms."""
+        updates: int, progress: Callable[[int], None] | None = None) -> dict[str, float]:
+    """`updates` gradient steps on random windows of `data`; returns the last step's loss terms. Every 50
+    updates, `progress` is told how many were done."""
     rows, (steps, obs_dim), latent = len(data["obs"]), data["next"].shape[1:], settings.latent_dim
     terms: dict[str, torch.Tensor] = {}
-    for _ in range(updates):
+    for update in range(updates):
+        if progress and update % 50 == 0:
+            progress(update)
         pick = torch.randint(rows, (settings.batch,))
         b = {k: v[pick] for k, v in data.items()}
         z = model.encode(b["obs"])

@@ -20,6 +20,7 @@ ENV DMN_HOME=/home/dmn/home
 USER dmn
 RUN mkdir -p "$DMN_HOME"
 VOLUME ["/home/dmn/home"]
-HEALTHCHECK --interval=60s --timeout=30s --start-period=30s CMD ["dmn", "status", "--json"]
+# Alive while the daemon's scheduler beats (every 5 s, through a long night too); a frozen or dead one fails.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s CMD ["dmn", "alive", "--within", "30"]
 ENTRYPOINT ["dmn"]
 CMD ["daemon"]

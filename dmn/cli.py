@@ -75,6 +75,9 @@ def ingest(
         summary.add_row("duplicates dropped", f"{report.duplicates:,}")
     if report.pending_bytes:
         summary.add_row("unterminated bytes left for next run", f"{report.pending_bytes:,}")
+    if report.retired:
+        summary.add_row("ingested files removed from the inbox", f"{report.retired['files']:,} "
+                                                                  f"({report.retired['bytes']:,} bytes)")
     summary.add_row("seconds", f"{report.seconds:.2f}")
     out.print(summary)
     for line in report.recovered:
@@ -298,8 +301,10 @@ def status(
         return
     _status_grid(state).show(out)
     inbox = state["inbox"]
+    retired = inbox["retired"]
     out.print(f"inbox: {inbox['files']:,} file{'' if inbox['files'] == 1 else 's'} ({inbox['bytes']:,} bytes) "
-              "waiting to be ingested; quarantined: "
+              f"waiting to be ingested; {retired['files']:,} ingested whole and removed ({retired['bytes']:,} bytes, "
+              "their records in the lake); quarantined: "
               + (", ".join(f"{n:,} {escape(reason)}" for reason, n in state["quarantined"].items()) or "none"))
 
 
@@ -370,6 +375,22 @@ def daemon(
                                        idle_after=job.schedule.idle_after if idle_after is None else idle_after)
     log_to_stderr(log_json)
     serve(Home.resolve(home), job, interval=interval, metrics_port=metrics_port)
+
+
+@app.command()
+def alive(
+    within: float = typer.Option(30.0, "--within", min=0.0, help="Seconds the daemon's last heartbeat may be old."),
+    home: Optional[Path] = HomeOption,
+) -> None:
+    """Exit 0 if the home's daemon beat within the last SECONDS, night or not; 1 if it is frozen or gone
+    (the container's healthcheck).
+
+    Example: dmn alive --within 30
+    """
+    with _needs("night"):
+        from dmn.ops.daemon import alive as beat
+
+    out.print(f"alive: the daemon beat {beat(Home.resolve(home, create=False), within):.1f} s ago")
 
 
 @app.command()

@@ -153,6 +153,12 @@ class IngestSettings(Section):
     memory_limit: str = "2GB"
     """DuckDB's memory limit during ingest; beyond it the batch spills to `<home>/tmp`. The process needs
     about 0.3-0.5 GB more (libraries, read and write buffers), however large the files."""
+    inbox_retention: str = choice("delete", ("delete", "archive", "keep"))
+    """What becomes of an inbox file once a committed batch consumed all of it and `retention_days` have
+    passed: deleted (the lake holds its records), moved under `<home>/archive/`, or kept. A file with bytes
+    no batch consumed is never touched."""
+    retention_days: float = bounded(7.0, ge=0)
+    """Days after the commit that consumed a file whole before `inbox_retention` applies to it."""
 
     def check(self) -> None:
         if SIZE.fullmatch(self.memory_limit) is None:

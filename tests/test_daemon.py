@@ -15,6 +15,7 @@ from pathlib import Path
 from conftest import dmn
 from dmn import Home
 from dmn.bundle import publish
+from dmn.ops.daemon import HEARTBEAT, alive
 from dmn.ops.sql import store
 from dmn.worlds.synthetic import write_logs
 
@@ -37,8 +38,12 @@ def test_the_daemon_consolidates_refuses_a_second_and_stops_on_sigterm(home, tmp
         for path in staged.inbox.iterdir():
             path.rename(home.inbox / path.name)
         deadline = time.monotonic() + 120
+        while not (home.locks / HEARTBEAT).exists():  # its first beat, as it starts
+            assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()
+            time.sleep(0.1)
         while publish.current(home, "synthetic") is None and time.monotonic() < deadline:
             assert first.poll() is None, (tmp_path / "daemon.log").read_text()
+            assert alive(home, within=15) < 15  # busy with its night, it still beats
             time.sleep(0.5)
         assert publish.current(home, "synthetic") == "v000001"
         metrics = ""  # the night's gauges are set just after it publishes
@@ -46,7 +51,8 @@ def test_the_daemon_consolidates_refuses_a_second_and_stops_on_sigterm(home, tmp
             assert time.monotonic() < deadline, metrics
             metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
             time.sleep(0.05)
-        assert 'dmn_bundle_version{world="synthetic"} 1.0' in metrics and "dmn_last_run_success 1.0" in metrics
+        assert 'dmn_bundle_version{world="synthetic"} 1.0' in metrics
+        assert 'dmn_last_night_success{world="synthetic"} 1.0' in metrics
         assert 'dmn_lake_records{kind="decisions",world="synthetic"} 800.0' in metrics
         served = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10).read())
         assert served["worlds"]["synthetic"]["bundle"]["version"] == "v000001"
@@ -67,6 +73,7 @@ def test_the_daemon_consolidates_refuses_a_second_and_stops_on_sigterm(home, tmp
         log.close()
     lines = [json.loads(line) for line in (tmp_path / "daemon.log").read_text().splitlines()]
     assert lines[0]["message"] == "started" and lines[-1]["message"].startswith("stopped")
+    assert {line["level"] for line in lines} == {"info"}, lines  # ticks during the night: absorbed, not logged
     nights = [line for line in lines if line["message"] == "night"]
     assert nights[0]["world"] == "synthetic" and nights[0]["status"] == "published"
     assert all(line["status"] == "nothing new" for line in nights[1:])  # later ticks: no new experience
@@ -129,3 +136,44 @@ def test_the_nightly_job_is_data_that_consolidate_runs_once(home, tmp_path):
         (tmp_path / "bad.toml").write_text(text)
         bad = dmn("consolidate", "--job", str(tmp_path / "bad.toml"), home=home, timeout=60)
         assert bad.returncode == 1 and message in bad.stderr and "Traceback" not in bad.stderr, text
+
+
+def test_a_frozen_daemon_fails_its_healthcheck_and_a_restarted_one_reports_the_home(world, tmp_path):
+    """`dmn alive` passes while the daemon beats and fails once it is frozen; a daemon started on a home that
+    other processes consolidated fills its gauges from the home at once, as `dmn status --json` reads it."""
+    import shutil
+
+    shutil.copytree(world[0].root, tmp_path / "home")
+    home = Home.resolve(tmp_path / "home")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = open(tmp_path / "daemon.log", "w")
+    running = daemon(home, "--cron", "0 3 * * *", "--metrics-port", str(port), stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        while dmn("alive", "--within", "10", home=home).returncode != 0:
+            assert running.poll() is None and time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()
+            time.sleep(0.3)
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        state = json.loads(dmn("status", "--json", home=home).stdout)["worlds"]["synthetic"]
+        gauge = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                 if line.startswith("dmn_") and "{" in line}
+        assert gauge['dmn_bundle_version{world="synthetic"}'] == int(state["bundle"]["version"][1:])
+        assert gauge['dmn_system1_heldout_coverage_ratio{world="synthetic"}'] == state["bundle"]["coverage"]
+        assert gauge['dmn_system1_heldout_precision_ratio{world="synthetic"}'] == state["bundle"]["precision"]
+        assert gauge['dmn_last_night_success{world="synthetic"}'] == 1.0
+        assert gauge['dmn_lake_records{kind="decisions",world="synthetic"}'] == state["lake"]["decisions"]
+        running.send_signal(signal.SIGSTOP)
+        time.sleep(8)
+        frozen = dmn("alive", "--within", "6", home=home)
+        assert frozen.returncode == 1 and "frozen or gone" in frozen.stderr
+        running.send_signal(signal.SIGCONT)
+        time.sleep(6)
+        assert dmn("alive", "--within", "6", home=home).returncode == 0
+    finally:
+        running.send_signal(signal.SIGCONT)
+        running.send_signal(signal.SIGTERM)
+        running.wait(timeout=30)
+        log.close()
+    assert "maximum number of running instances" not in (tmp_path / "daemon.log").read_text()

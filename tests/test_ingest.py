@@ -576,3 +576,31 @@ def test_the_settings_can_fix_a_worlds_action_kind_before_any_log(home):
     (home.root / "dmn.toml").write_text('[actions]\n"arm" = "continuous"\n')
     with pytest.raises(DmnError, match=r"\[actions\] 'arm' must be \"discrete\" or a positive integer"):
         run(home)
+
+
+def test_retention_removes_only_what_the_lake_holds_whole(home):
+    """An inbox file consumed whole leaves once `retention_days` have passed since that commit; one with an
+    unterminated tail, one that grew since, and one still in its grace period stay; the lake keeps it all."""
+    from dmn.ops.status import check, status
+
+    whole = write_jsonl(home.inbox / "whole.jsonl", [episode("e1"), decision("e1", step=0)])
+    tail = write_jsonl(home.inbox / "tail.jsonl", [episode("e2"), decision("e2", step=0)])
+    with open(tail, "a") as f:
+        f.write('{"type": "decision", "episode_id": "e2", "st')  # a writer still at it
+    grown = write_jsonl(home.inbox / "grown.jsonl", [episode("e3"), decision("e3", step=0)])
+    (home.root / "dmn.toml").write_text("[ingest]\nretention_days = 1\n")
+    assert run(home).batch and run(home).retired == {}  # consumed, but within the grace period
+    with open(grown, "a") as f:
+        f.write(json.dumps(decision("e3", step=1)) + "\n")  # appended after the first batch read it
+    (home.root / "dmn.toml").write_text("[ingest]\nretention_days = 0\n")
+    size = whole.stat().st_size
+    assert run(home).retired == {"files": 1, "bytes": size}
+    assert not whole.exists() and tail.exists() and grown.exists()
+    assert run(home).retired["files"] == 1 and not grown.exists() and tail.exists()  # its new line was consumed
+    assert count(home, "decisions") == 4 and count(home, "episodes") == 3
+    assert status(home)["inbox"]["retired"]["files"] == 2 and check(home)["problems"] == []
+    (home.root / "dmn.toml").write_text('[ingest]\nretention_days = 0\ninbox_retention = "archive"\n')
+    kept = write_jsonl(home.inbox / "day" / "kept.jsonl", [episode("e4")])
+    run(home)
+    assert run(home).retired["files"] == 1 and (home.root / "archive" / "day" / "kept.jsonl").exists()
+    assert count(home, "episodes") == 4 and tail.exists() and not kept.exists()

@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,8 @@ class IngestReport:
     """Bytes of unterminated last lines left for the next run (a writer may still be appending)."""
     bytes_read: int = 0
     """Bytes of the files that this run consumed."""
+    retired: dict[str, int] = field(default_factory=dict)
+    """Inbox files deleted or archived (`[ingest] inbox_retention`): files and bytes."""
     seconds: float = 0.0
     """Wall time of the run."""
     recovered: list[str] = field(default_factory=list)
@@ -139,6 +141,7 @@ def _batch(home: Home, settings: Settings, store: Store, parser: Parser, paths: 
             report.bytes_read += todo.entry.bytes_consumed - todo.start
         faults.point("ingest.read")
     report.skipped, report.files_read = dict(skips), len(entries)
+    report.retired = _retire(home, settings, ledger, [f for f in files if f.is_relative_to(home.inbox)], now)
     parser.flush()
     if not entries:
         return
@@ -147,6 +150,27 @@ def _batch(home: Home, settings: Settings, store: Store, parser: Parser, paths: 
     done = commit(parser.con, home, store, batch, now, entries, problems, {"dims": dims, "action_kinds": kinds})
     report.batch, report.records, report.quarantined, report.duplicates = (
         batch, done.records, done.quarantined, done.duplicates)
+
+
+def _retire(home: Home, settings: Settings, ledger: Ledger, inbox: list[Path], now: datetime) -> dict[str, int]:
+    """Delete or archive the inbox files that a batch committed over `retention_days` ago consumed whole
+    (`[ingest] inbox_retention`); returns how many files and bytes left the inbox."""
+    how = settings.ingest.inbox_retention
+    if how == "keep":
+        return {}
+    before = (now - timedelta(days=settings.ingest.retention_days)).isoformat()
+    files = size = 0
+    for path in inbox:
+        if (whole := ledger.retirable(path, before)) is None:
+            continue
+        if how == "archive":
+            target = home.root / "archive" / path.relative_to(home.inbox)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+        else:
+            path.unlink(missing_ok=True)
+        files, size = files + 1, size + whole
+    return {"files": files, "bytes": size} if files else {}
 
 
 def _quarantine_row(source_file: str, problem: Problem) -> dict[str, Any]:

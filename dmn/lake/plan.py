@@ -124,6 +124,8 @@ class Ledger:
     def __init__(self, home: Home, manifests: list[dict[str, Any]]):
         self.home, self.root = home, os.path.join(str(home.root), "")
         self.files = {row["path"]: row for m in manifests for row in m["ledger"]}
+        self.committed = {row["path"]: m["committed_at"] for m in manifests for row in m["ledger"]}
+        """When the batch that last consumed each file was committed (ISO time)."""
         self.contents = {(row["bytes_consumed"], row["sha256"]) for m in manifests for row in m["ledger"]}
 
     def plan(self, path: Path, settle_seconds: float) -> Read | str:
@@ -162,6 +164,19 @@ class Ledger:
         except FileNotFoundError:
             return 0
         return max(size - self.files.get(self.key(path), {}).get("bytes_consumed", 0), 0)
+
+    def retirable(self, path: Path, before: str) -> int | None:
+        """The size of `path` if a batch committed before `before` (ISO time) consumed all of it as it is now;
+        else None."""
+        key = self.key(path)
+        row = self.files.get(key)
+        if row is None or self.committed[key] >= before or row["bytes_consumed"] != row["size"]:
+            return None
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_size if (st.st_size, st.st_mtime_ns) == (row["size"], row["mtime_ns"]) else None
 
     def consumed(self, entry: Entry) -> None:
         """Remember what this batch consumed, so that a copy of it later in the same run is skipped."""

@@ -8,7 +8,9 @@ have reached the inbox for that long. One daemon per home: a second one finds th
 finds a manual `dmn consolidate` running is skipped and logged; a night that fails is logged (and
 recorded by `consolidate`), and the schedule goes on. SIGTERM or SIGINT stops the daemon: a night in
 progress is cut where it stands, which leaves nothing half-done behind (bundles are published by an
-atomic rename, ingest batches are committed by one), and the next run finishes the work.
+atomic rename, ingest batches are committed by one), and the next run finishes the work. Its scheduler
+touches a heartbeat every few seconds, night or not (`alive`, the container's healthcheck), and with a
+port it serves the home's gauges, report and status (`_Metrics`, `_serve`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,29 @@ from dmn.ops.status import status
 
 log = logging.getLogger("dmn.daemon")
 
+HEARTBEAT = "daemon.heartbeat"
+"""The file in `<home>/locks/` the daemon's scheduler touches every `HEARTBEAT_SECONDS`, night or not."""
+HEARTBEAT_SECONDS = 5.0
+GAUGES_SECONDS = 60.0
+"""How often the gauges are read again from the home, for the nights other processes ran."""
+
+
+def alive(home: Home, within: float = 30.0) -> float:
+    """Seconds since the home's daemon last beat; raises DmnError when it has not within `within` seconds
+    (frozen, dead, or never started): what a container's healthcheck asks.
+
+    >>> alive(Home.resolve())  # doctest: +SKIP
+    2.1
+    """
+    try:
+        ago = time.time() - (home.locks / HEARTBEAT).stat().st_mtime
+    except FileNotFoundError:
+        raise DmnError(f"no dmn daemon has run on {home.root} (no heartbeat in {home.locks})") from None
+    if ago > within:
+        raise DmnError(f"the dmn daemon of {home.root} last beat {ago:.0f} s ago (more than {within:g} s): "
+                       "frozen or gone")
+    return ago
+
 
 def serve(home: Home, job: Job | None = None, *, interval: float | None = None,
           metrics_port: int | None = None) -> None:
@@ -56,8 +81,14 @@ def serve(home: Home, job: Job | None = None, *, interval: float | None = None,
             night = _Night(home, job, metrics)
             scheduler.add_job(night, trigger, id="night", coalesce=True, max_instances=1, misfire_grace_time=None)
             if idle_after:
-                scheduler.add_job(_IdleWatch(home, idle_after, night), IntervalTrigger(seconds=min(idle_after, 5.0)),
-                                  id="idle", coalesce=True, max_instances=1)
+                scheduler.add_job(_IdleWatch(home, idle_after, night, scheduler), IntervalTrigger(
+                    seconds=min(idle_after, 5.0)), id="idle", coalesce=True, max_instances=1)
+            scheduler.add_job((home.locks / HEARTBEAT).touch, IntervalTrigger(seconds=HEARTBEAT_SECONDS), id="heartbeat",
+                              next_run_time=datetime.now(timezone.utc), coalesce=True, max_instances=1)
+            if metrics:  # what the home says, whoever ran its nights: now, after each job, and every minute
+                metrics.refresh(home)
+                scheduler.add_job(metrics.refresh, IntervalTrigger(seconds=GAUGES_SECONDS), args=[home], id="gauges",
+                                  coalesce=True, max_instances=1)
 
             def stop(signum: int, _frame: Any) -> None:
                 log.info("stopping", extra={"fields": {"signal": signal.Signals(signum).name}})
@@ -85,14 +116,13 @@ class _Night:
         self.running = False
 
     def __call__(self) -> None:
-        started = time.time()
         self.running = True
         try:
-            self._run(started)
+            self._run()
         finally:
             self.running = False
 
-    def _run(self, started: float) -> None:
+    def _run(self) -> None:
         try:
             nights = run(self.home, self.job)
         except Busy as exc:
@@ -101,7 +131,8 @@ class _Night:
         except Exception as exc:  # noqa: BLE001 - a failed night must not stop the daemon
             log.error("night failed", extra={"fields": {"error": f"{type(exc).__name__}: {exc}"}})
             if self.metrics:
-                self.metrics.ran(self.home, started, ok=False, nights=[])
+                self.metrics.job_errors.inc()
+                self.metrics.refresh(self.home)
             return
         for n in nights:
             combined = n.metrics.get("combined", {})
@@ -110,62 +141,84 @@ class _Night:
                                                 "coverage": combined.get("coverage"),
                                                 "precision": combined.get("precision")}})
         if self.metrics:
-            self.metrics.ran(self.home, started, ok=all(n.status != "failed" for n in nights), nights=nights)
+            self.metrics.refresh(self.home)
 
 
 class _IdleWatch:
-    """Runs the night once the inbox has had new logs and then none for `idle_after` seconds."""
+    """Starts the night once the inbox has had new logs and then none for `idle_after` seconds: it asks the
+    scheduler to run the night job now, so that its own runs stay short (and never pile up behind a night)."""
 
-    def __init__(self, home: Home, idle_after: float, night: _Night):
-        self.home, self.idle_after, self.night = home, idle_after, night
+    def __init__(self, home: Home, idle_after: float, night: _Night, scheduler: BlockingScheduler):
+        self.home, self.idle_after, self.night, self.scheduler = home, idle_after, night, scheduler
         self.handled = 0.0  # newest inbox change already consolidated
 
     def __call__(self) -> None:
+        if self.night.running:
+            return
         newest = max((p.stat().st_mtime for p in self.home.inbox.rglob("*") if p.is_file()), default=0.0)
         if newest > self.handled and time.time() - newest >= self.idle_after:
             self.handled = newest
             log.info("agents idle", extra={"fields": {"quiet_seconds": round(time.time() - newest, 1)}})
-            self.night()
+            self.scheduler.modify_job("night", next_run_time=datetime.now(timezone.utc))
 
 
 class _Metrics:
-    """Prometheus gauges about the last night, served on `port` with the home's pages (`_serve`)."""
+    """Prometheus gauges of the home as it is, read from the home itself (its run records, bundles, lake and
+    inbox) when the daemon starts and after every job, whoever ran the nights; served on `port` (`_serve`)."""
 
     def __init__(self, home: Home, port: int):
-        from prometheus_client import Gauge
+        from prometheus_client import Counter, Gauge
 
-        self.last_run = Gauge("dmn_last_run_timestamp_seconds", "When the last night ended (Unix seconds).")
-        self.duration = Gauge("dmn_last_run_duration_seconds", "How long the last night took.")
-        self.success = Gauge("dmn_last_run_success", "1 if the last night finished without a failure, else 0.")
-        self.version = Gauge("dmn_bundle_version", "The published bundle's version number.", ["world"])
-        self.coverage = Gauge("dmn_system1_coverage", "Held-out coverage of the published bundle.", ["world"])
-        self.precision = Gauge("dmn_system1_precision", "Held-out precision of the published bundle.", ["world"])
-        self.live = Gauge("dmn_system1_live_precision", "System 1's agreement with System 2 on audits.", ["world"])
-        self.records = Gauge("dmn_lake_records", "Records ingested into the lake.", ["world", "kind"])
+        world = ["world"]
+        self.night_end = Gauge("dmn_last_night_end_timestamp_seconds", "When the world's last night ended.", world)
+        self.night_duration = Gauge("dmn_last_night_duration_seconds", "How long the world's last night took.", world)
+        self.night_ok = Gauge("dmn_last_night_success", "1 unless the world's last night failed.", world)
+        self.version = Gauge("dmn_bundle_version", "The number of the bundle System 1 serves.", world)
+        self.created = Gauge("dmn_bundle_created_timestamp_seconds", "When the bundle System 1 serves was published.",
+                             world)
+        self.coverage = Gauge("dmn_system1_heldout_coverage_ratio", "Held-out coverage of the served bundle.", world)
+        self.precision = Gauge("dmn_system1_heldout_precision_ratio", "Held-out precision of the served bundle.", world)
+        self.live = Gauge("dmn_system1_live_precision_ratio", "System 1's answers as good as System 2's on the "
+                          "last audits.", world)
+        self.records = Gauge("dmn_lake_records", "Records in the lake.", ["world", "kind"])
         self.quarantined = Gauge("dmn_quarantined_records", "Records in quarantine.", ["reason"])
+        self.backlog = Gauge("dmn_inbox_backlog_bytes", "Bytes in the inbox no batch has ingested yet.")
+        self.backlog_files = Gauge("dmn_inbox_backlog_files", "Inbox files with bytes no batch has ingested yet.")
+        self.job_errors = Counter("dmn_daemon_job_errors", "Jobs of this daemon that stopped on an error.")
+        self.read_at = Gauge("dmn_metrics_read_timestamp_seconds", "When these figures were read from the home.")
         _serve(home, port)
 
-    def ran(self, home: Home, started: float, ok: bool, nights: list) -> None:
+    def refresh(self, home: Home) -> None:
         try:
             state = status(home)
         except DmnError as exc:  # the figures are a courtesy: a store that cannot be read now is logged
             log.warning("metrics not updated", extra={"fields": {"reason": str(exc)}})
-            state = {"worlds": {}, "quarantined": {}}
+            return
         for world, w in state["worlds"].items():
             for kind, n in w["lake"].items():
                 self.records.labels(world, kind).set(n)
+            if night := w["last_night"]:
+                self.night_end.labels(world).set(_seconds(night["ended_at"]))
+                self.night_duration.labels(world).set(night["duration_seconds"])
+                self.night_ok.labels(world).set(0 if night["status"] == "failed" else 1)
+                if night["live_precision"] is not None:
+                    self.live.labels(world).set(night["live_precision"])
+            if bundle := w["bundle"]:
+                self.version.labels(world).set(int(bundle["version"][1:]))
+                self.created.labels(world).set(_seconds(bundle["created_at"]))
+                for gauge, key in ((self.coverage, "coverage"), (self.precision, "precision")):
+                    if bundle[key] is not None:
+                        gauge.labels(world).set(bundle[key])
         for reason, n in state["quarantined"].items():
             self.quarantined.labels(reason).set(n)
-        self.last_run.set(time.time())
-        self.duration.set(time.time() - started)
-        self.success.set(1 if ok else 0)
-        for n in nights:
-            if n.status == "published":
-                self.version.labels(n.world).set(int(n.version[1:]))
-                self.coverage.labels(n.world).set(n.metrics["combined"]["coverage"])
-                self.precision.labels(n.world).set(n.metrics["combined"]["precision"])
-            if n.metrics.get("live", {}).get("precision") is not None:
-                self.live.labels(n.world).set(n.metrics["live"]["precision"])
+        self.backlog.set(state["inbox"]["bytes"])
+        self.backlog_files.set(state["inbox"]["files"])
+        self.read_at.set(time.time())
+
+
+def _seconds(utc: str) -> float:
+    """`dmn status`'s UTC time (2026-12-01T03:00:12Z) in Unix seconds."""
+    return datetime.strptime(utc, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
 
 
 def _serve(home: Home, port: int) -> None:
@@ -240,9 +293,11 @@ class Plain(logging.Formatter):
 
 
 def log_to_stderr(as_json: bool) -> None:
-    """The daemon's log (and the scheduler's warnings) to stderr, as JSON lines or plain lines."""
+    """The daemon's log (and the scheduler's warnings) to stderr, as JSON lines or plain lines. A tick of the
+    schedule that finds the night still running is absorbed by it (the jobs coalesce): not worth a line."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLines() if as_json else Plain())
+    handler.addFilter(lambda record: "maximum number of running instances reached" not in record.getMessage())
     for name, level in (("dmn.daemon", logging.INFO), ("apscheduler", logging.WARNING)):
         logger = logging.getLogger(name)
         logger.addHandler(handler)

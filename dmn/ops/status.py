@@ -7,6 +7,7 @@ and the inbox's logs not ingested yet, and what was quarantined. And whether it 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -38,10 +39,11 @@ def status(home: Home) -> dict[str, Any]:
                    SELECT world, version, encoder, strftime(timezone('UTC', created_at), '%Y-%m-%dT%H:%M:%SZ'),
                           coverage, precision
                    FROM artifacts WHERE current""")}
-    nights = {world: {"status": status_, "reason": reason or None, "ended_at": ended, "version": version,
-                      "live_precision": live}
-              for world, status_, reason, ended, version, live in run(con, """
-                  SELECT world, status, reason, strftime(timezone('UTC', ended_at), '%Y-%m-%dT%H:%M:%SZ'), version,
+    nights = {world: {"status": status_, "reason": reason or None, "ended_at": ended, "duration_seconds": seconds,
+                      "version": version, "live_precision": live}
+              for world, status_, reason, ended, seconds, version, live in run(con, """
+                  SELECT world, status, reason, strftime(timezone('UTC', ended_at), '%Y-%m-%dT%H:%M:%SZ'),
+                         epoch(ended_at) - epoch(started_at), version,
                          -- from the last night that measured it: a night with nothing new has no audits
                          last_value(live_precision IGNORE NULLS) OVER (PARTITION BY world ORDER BY started_at
                              ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
@@ -61,9 +63,12 @@ def status(home: Home) -> dict[str, Any]:
             left = p.stat().st_size - (consumed.get(str(p.relative_to(home.root))) or 0)  # paths kept home-relative
             if left > 0:
                 waiting[p] = left
+    retired = [n for path, n in consumed.items()  # ingested whole, then removed by retention (or by hand)
+               if Path(path).parts[:1] == ("inbox",) and not (home.root / path).exists()]
     quarantined = dict(run(con, "SELECT reason, count(*) FROM quarantine GROUP BY reason ORDER BY count(*) DESC"))
     return {"home": str(home.root), "worlds": out,
-            "inbox": {"files": len(waiting), "bytes": sum(waiting.values())},
+            "inbox": {"files": len(waiting), "bytes": sum(waiting.values()),
+                      "retired": {"files": len(retired), "bytes": sum(retired)}},
             "quarantined": quarantined}
 
 

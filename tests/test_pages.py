@@ -1,7 +1,7 @@
 """The report and the daemon's page, opened in a real browser: Debian's Chromium, driven by Playwright.
 
 Nothing downloads a browser: Playwright launches the system's Chromium (`.ci/run` installs it, and sets
-DMN_REQUIRE_BROWSER so that a missing one fails rather than skips; DMN_CHROMIUM names another). Each test saves a screenshot of what it saw under pytest's tmp_path (and into
+DMN_REQUIRE_TOOLS so that a missing one fails rather than skips; DMN_CHROMIUM names another). Each test saves a screenshot of what it saw under pytest's tmp_path (and into
 $DMN_SCREENSHOTS when set, to look at them).
 """
 
@@ -27,8 +27,8 @@ from dmn.ops.status import status
 from dmn.worlds.synthetic import write_logs
 
 CHROMIUM = os.environ.get("DMN_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-if CHROMIUM is None and os.environ.get("DMN_REQUIRE_BROWSER"):
-    raise RuntimeError("DMN_REQUIRE_BROWSER is set but no Chromium is installed: apt-get install chromium")
+if CHROMIUM is None and os.environ.get("DMN_REQUIRE_TOOLS"):
+    raise RuntimeError("DMN_REQUIRE_TOOLS is set but no Chromium is installed: apt-get install chromium")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 
 

@@ -119,3 +119,18 @@ def test_diff_explains_what_it_cannot_compare(world, tmp_path):
     assert missing.returncode == 1 and "no bundle published" in missing.stderr
     bad = dmn("diff", "--world", "synthetic", "../x", "v000001", home=home)
     assert bad.returncode == 1 and "not a bundle version" in bad.stderr
+
+
+def test_status_and_the_report_never_build_the_provenance_views(world, monkeypatch, tmp_path):
+    """They put every decision in a situation: only a query that names them pays for that."""
+    from dmn.ops import provenance
+    from dmn.ops.report import report
+    from dmn.ops.status import status
+
+    def refuse(home):
+        raise AssertionError("a provenance view was built")
+
+    for name in ("situations", "lessons", "bundle_changes"):
+        monkeypatch.setattr(provenance, name, refuse)
+    assert status(world[0])["worlds"]["synthetic"]["bundle"]["version"]
+    assert report(world[0], out=tmp_path / "report").is_file()

@@ -52,7 +52,7 @@ def report(home: Home, world: str | None = None, out: Path | None = None) -> Pat
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DmnError(f"cannot write the report into {out}: {exc.strerror}") from None
-    con = store(home).connect()
+    con = store(home).connect({"decisions", "consolidations"})  # the views its plots read, no more
     published = {m["world"]: m for m in publish.manifests(home) if m["current"]}
     sections = []
     for w in worlds:

@@ -24,7 +24,8 @@ from dmn.records import LAKE_TABLES
 
 def status(home: Home) -> dict[str, Any]:
     """The home's state as plain data (what `dmn status --json` prints)."""
-    con = store(home).connect()
+    con = store(home).connect({"episodes", "decisions", "simulations", "artifacts", "consolidations", "ingest_files",
+                               "quarantine"})  # not the provenance views: they put every decision in a situation
     lake = {world: {"episodes": episodes, "decisions": decisions, "simulations": simulations}
             for world, episodes, decisions, simulations in run(con, """
                 SELECT world, count(DISTINCT episode_id) FILTER (WHERE kind = 'e'),

@@ -39,7 +39,7 @@ from dmn.errors import DmnError
 from dmn.home import Home
 from dmn.lake.commit import commit
 from dmn.lake.parse import Parser
-from dmn.lake.plan import Entry, Ledger, discover
+from dmn.lake.plan import UNCHANGED, Entry, Ledger, discover
 from dmn.lake.read import Lines, Pending, Problem, read
 from dmn.lake.resolve import resolve
 from dmn.lake.rules import RAW_KEEP_BYTES
@@ -115,20 +115,24 @@ def _batch(home: Home, settings: Settings, store: Store, parser: Parser, paths: 
     manifests = store.manifests()
     ledger = Ledger(home, manifests)
     files, skipped = discover(paths, home)
-    done, total = 0, sum(ledger.unread(path) for path in files)
+    done, total = 0, None  # bytes read, of those to read: counted once there is something to read
     skips = Counter(reason for _, reason in skipped)
     entries: list[Entry] = []
     problems: list[dict[str, Any]] = []
+    unchanged: list[Path] = []  # consumed whole by earlier batches: what retention may retire
     for path in files:
         todo = ledger.plan(path, settings.ingest.settle_seconds)
         if isinstance(todo, str):
             skips[todo] += 1
+            if todo == UNCHANGED:
+                unchanged.append(path)
             continue
         found = len(problems)
         with closing(read(todo, settings.ingest, settings.lar, parser.con)) as events:
             for event in events:
                 if isinstance(event, Lines):
                     parser.add(len(entries), event.table)
+                    total = sum(ledger.unread(p) for p in files) if total is None else total
                     done += pc.sum(pc.binary_length(event.table["raw"])).as_py() + event.table.num_rows  # newlines
                     say(f"ingesting {path.name}", done=min(done, total), total=total)
                 elif isinstance(event, Problem):
@@ -141,7 +145,7 @@ def _batch(home: Home, settings: Settings, store: Store, parser: Parser, paths: 
             report.bytes_read += todo.entry.bytes_consumed - todo.start
         faults.point("ingest.read")
     report.skipped, report.files_read = dict(skips), len(entries)
-    report.retired = _retire(home, settings, ledger, [f for f in files if f.is_relative_to(home.inbox)], now)
+    report.retired = _retire(home, settings, ledger, unchanged, now)
     parser.flush()
     if not entries:
         return
@@ -152,15 +156,15 @@ def _batch(home: Home, settings: Settings, store: Store, parser: Parser, paths: 
         batch, done.records, done.quarantined, done.duplicates)
 
 
-def _retire(home: Home, settings: Settings, ledger: Ledger, inbox: list[Path], now: datetime) -> dict[str, int]:
-    """Delete or archive the inbox files that a batch committed over `retention_days` ago consumed whole
-    (`[ingest] inbox_retention`); returns how many files and bytes left the inbox."""
+def _retire(home: Home, settings: Settings, ledger: Ledger, unchanged: list[Path], now: datetime) -> dict[str, int]:
+    """Delete or archive the inbox files among `unchanged` that a batch committed over `retention_days` ago
+    consumed whole (`[ingest] inbox_retention`); returns how many files and bytes left the inbox."""
     how = settings.ingest.inbox_retention
     if how == "keep":
         return {}
     before = (now - timedelta(days=settings.ingest.retention_days)).isoformat()
     files = size = 0
-    for path in inbox:
+    for path in unchanged:
         if (whole := ledger.retirable(path, before)) is None:
             continue
         if how == "archive":

@@ -118,11 +118,16 @@ class Read:
     """No write for `settle_seconds`: an unterminated last line is not waited for any longer."""
 
 
+UNCHANGED = "already ingested (unchanged)"
+"""`Ledger.plan`'s reason for a file every byte of which a batch has consumed: the files retention may retire."""
+
+
 class Ledger:
     """What earlier batches consumed, by file and by content (size and SHA-256 of what was consumed)."""
 
     def __init__(self, home: Home, manifests: list[dict[str, Any]]):
         self.home, self.root = home, os.path.join(str(home.root), "")
+        self.inbox = os.path.join(os.path.relpath(home.inbox, home.root), "")  # as `key` writes the paths in it
         self.files = {row["path"]: row for m in manifests for row in m["ledger"]}
         self.committed = {row["path"]: m["committed_at"] for m in manifests for row in m["ledger"]}
         """When the batch that last consumed each file was committed (ISO time)."""
@@ -137,7 +142,7 @@ class Ledger:
             return "gone before it was read"
         prev = self.files.get(key)
         if prev and prev["size"] == st.st_size and prev["mtime_ns"] == st.st_mtime_ns and prev["bytes_consumed"] == st.st_size:
-            return "already ingested (unchanged)"
+            return UNCHANGED
         kind = file_kind(path)
         offset, line, hasher = 0, 0, hashlib.sha256()
         if kind == "jsonl" and prev and st.st_size >= prev["bytes_consumed"]:
@@ -146,7 +151,7 @@ class Ledger:
             if hasher.hexdigest() == prev["sha256"]:  # it grew: go on from where the last batch stopped
                 offset, line = prev["bytes_consumed"], prev["lines_consumed"]
                 if offset == st.st_size:
-                    return "already ingested (unchanged)"
+                    return UNCHANGED
             else:  # rewritten: read it as new
                 hasher = hashlib.sha256()
         if offset == 0 and any(size == st.st_size for size, _ in self.contents):
@@ -166,11 +171,12 @@ class Ledger:
         return max(size - self.files.get(self.key(path), {}).get("bytes_consumed", 0), 0)
 
     def retirable(self, path: Path, before: str) -> int | None:
-        """The size of `path` if a batch committed before `before` (ISO time) consumed all of it as it is now;
-        else None."""
+        """The size of `path` (a file `plan` found `UNCHANGED`) if it is in the inbox and a batch committed before
+        `before` (ISO time) consumed all of it as it is now; else None."""
         key = self.key(path)
         row = self.files.get(key)
-        if row is None or self.committed[key] >= before or row["bytes_consumed"] != row["size"]:
+        if (row is None or not key.startswith(self.inbox) or self.committed[key] >= before
+                or row["bytes_consumed"] != row["size"]):
             return None
         try:
             st = path.stat()

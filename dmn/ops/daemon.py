@@ -86,9 +86,9 @@ def serve(home: Home, job: Job | None = None, *, interval: float | None = None,
             scheduler.add_job((home.locks / HEARTBEAT).touch, IntervalTrigger(seconds=HEARTBEAT_SECONDS), id="heartbeat",
                               next_run_time=datetime.now(timezone.utc), coalesce=True, max_instances=1)
             if metrics:  # what the home says, whoever ran its nights: now, after each job, and every minute
-                metrics.refresh(home)
-                scheduler.add_job(metrics.refresh, IntervalTrigger(seconds=GAUGES_SECONDS), args=[home], id="gauges",
-                                  coalesce=True, max_instances=1)
+                metrics.refresh()
+                scheduler.add_job(metrics.refresh, IntervalTrigger(seconds=GAUGES_SECONDS), id="gauges", coalesce=True,
+                                  max_instances=1)
 
             def stop(signum: int, _frame: Any) -> None:
                 log.info("stopping", extra={"fields": {"signal": signal.Signals(signum).name}})
@@ -132,7 +132,7 @@ class _Night:
             log.error("night failed", extra={"fields": {"error": f"{type(exc).__name__}: {exc}"}})
             if self.metrics:
                 self.metrics.job_errors.inc()
-                self.metrics.refresh(self.home)
+                self.metrics.refresh()
             return
         for n in nights:
             combined = n.metrics.get("combined", {})
@@ -141,7 +141,7 @@ class _Night:
                                                 "coverage": combined.get("coverage"),
                                                 "precision": combined.get("precision")}})
         if self.metrics:
-            self.metrics.refresh(self.home)
+            self.metrics.refresh()
 
 
 class _IdleWatch:
@@ -169,7 +169,7 @@ class _Metrics:
     def __init__(self, home: Home, port: int):
         from prometheus_client import Counter, Gauge
 
-        world = ["world"]
+        self.home, world = home, ["world"]
         self.night_end = Gauge("dmn_last_night_end_timestamp_seconds", "When the world's last night ended.", world)
         self.night_duration = Gauge("dmn_last_night_duration_seconds", "How long the world's last night took.", world)
         self.night_ok = Gauge("dmn_last_night_success", "1 unless the world's last night failed.", world)
@@ -188,9 +188,9 @@ class _Metrics:
         self.read_at = Gauge("dmn_metrics_read_timestamp_seconds", "When these figures were read from the home.")
         _serve(home, port)
 
-    def refresh(self, home: Home) -> None:
+    def refresh(self) -> None:
         try:
-            state = status(home)
+            state = status(self.home)
         except DmnError as exc:  # the figures are a courtesy: a store that cannot be read now is logged
             log.warning("metrics not updated", extra={"fields": {"reason": str(exc)}})
             return
@@ -265,13 +265,13 @@ def _serve(home: Home, port: int) -> None:
 
 def _latest_report(home: Home) -> bytes:
     """The home's report page, written again first when a night or an ingest came after it (`dmn.ops.report`)."""
-    from dmn.ops.report import report  # matplotlib: only when the page is asked for
+    from dmn.ops import report  # matplotlib: only when the page is asked for
 
-    page = home.root / "report" / "index.html"
+    written = report.home_page(home)
     changed = max((d.stat().st_mtime for d in (home.runs, home.catalog) if d.is_dir()), default=0.0)
-    if not page.is_file() or page.stat().st_mtime < changed:
-        page = report(home)
-    return page.read_bytes()
+    if not written.is_file() or written.stat().st_mtime < changed:
+        written = report.report(home)
+    return written.read_bytes()
 
 
 class JsonLines(logging.Formatter):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -64,19 +65,20 @@ def situations(home: Home) -> pa.Table:
 def lessons(home: Home) -> pa.Table:
     """Per world with a current bundle, the decisions of its encoder since its data window began, each with the
     bundle's situation it falls in and its distance from that situation's centroid (`LESSONS`)."""
-    store, parts = Store(home), []
+    con, parts = None, []
     for world in publish.worlds(home):
         try:
             bundle = load(home, world)
         except DmnError:
             continue
-        parts.append(_lessons(store, world, bundle))
+        con = con or Store(home).connect({"decisions"})
+        parts.append(_lessons(con, world, bundle))
     return _concat(parts, LESSONS)
 
 
-def _lessons(store: Store, world: str, bundle: Bundle) -> pa.Table:
+def _lessons(con: duckdb.DuckDBPyConnection, world: str, bundle: Bundle) -> pa.Table:
     m = bundle.manifest
-    found = store.connect({"decisions"}).sql("""
+    found = con.sql("""
         SELECT episode_id, step, coalesce(ts, ingested_at) AS ts, source,
                coalesce(action, action_vector::VARCHAR) AS action, coalesce(reflex, reflex_vector::VARCHAR) AS reflex,
                state, (reflex IS NOT NULL OR reflex_vector IS NOT NULL) AS withheld

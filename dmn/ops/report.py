@@ -41,13 +41,18 @@ SIZE = (6.4, 4.2)
 """Every plot's size in inches, so that the page's grid is even."""
 
 
+def home_page(home: Home) -> Path:
+    """Where the home's report is written unless told otherwise: `<home>/report/index.html`."""
+    return home.root / "report" / "index.html"
+
+
 def report(home: Home, world: str | None = None, out: Path | None = None) -> Path:
     """Write the report of `world` (default: every world) into `out` (default `<home>/report`); returns index.html."""
     state = status(home)
     worlds = [world] if world else list(state["worlds"])
     if world and world not in state["worlds"]:
         raise DmnError(f"no world {world!r} in {home.root}; known: {', '.join(state['worlds']) or 'none'}")
-    out = Path(out) if out else home.root / "report"
+    out = Path(out) if out else home_page(home).parent
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

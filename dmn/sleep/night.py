@@ -183,6 +183,7 @@ def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateS
     t_table, t_policy = thresholds(system1(exp.states[val], -np.inf, np.inf), system1(exp.states[val], np.inf, -np.inf),
                                    exp, val, s.precision_target, s.precision_z)
     judge = partial(metrics, exp=exp, rows=test)
+    serving = _serving(home, night)
     night.metrics = {
         "combined": judge(system1(exp.states[test], t_table, t_policy)),
         "table": judge(system1(exp.states[test], t_table, np.inf)),
@@ -191,7 +192,7 @@ def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateS
         # The trade-off the policy's threshold picks from, on test.
         "curve": curve(system1(exp.states[test], t_table, -np.inf), exp, test),
         "situations": int(index.ntotal), "outcome_types": int(outcome_index.ntotal), "live": _live(exp),
-        "published": _published_on(home, night, exp, test, s),
+        "published": _published_on(serving, night, exp, test, s),
     }
     clock.lap("evaluate")
 
@@ -199,11 +200,11 @@ def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateS
     reason = _gate(night, s)
     failing = bool((night.metrics["published"] or {}).get("failing"))
     if dry_run:
-        _preview(home, night, files, manifest, reason, failing)
+        _preview(serving, night, files, manifest, reason, failing)
         return
     if reason and failing:
         live = night.metrics["published"]["live"]
-        night.version, demoted = _demote(home, night, exp, s)
+        night.version, demoted = _demote(home, night, serving, exp, s)
         night.current, night.status = night.version, "demoted"
         night.reason = (f"{reason}; and {night.metrics['published']['version']} failed live (precision "
                         f"{live['precision']:.3f} on {live['audited']} audits): published again as {night.version} "
@@ -249,8 +250,8 @@ def _candidate(night: Consolidation, exp: Experience, index: faiss.Index, table:
     return files, manifest
 
 
-def _preview(home: Home, night: Consolidation, files: dict[str, bytes], manifest: dict[str, Any], reason: str,
-             failing: bool) -> None:
+def _preview(serving: Bundle | None, night: Consolidation, files: dict[str, bytes], manifest: dict[str, Any],
+             reason: str, failing: bool) -> None:
     """A dry run's result: what the gate would decide, and what the new bundle would change against the current one."""
     if not reason:
         night.status = "would publish"
@@ -260,12 +261,8 @@ def _preview(home: Home, night: Consolidation, files: dict[str, bytes], manifest
     else:
         night.status = "would keep" if night.current else "would refuse"
     night.reason = reason
-    try:
-        current = load(home, night.world, night.current) if night.current else None
-    except DmnError:
-        current = None  # damaged: everything the new bundle holds is new
     candidate = from_files({**manifest, "world": night.world, "version": "(dry run)"}, files)
-    night.metrics["diff"] = diff(current, candidate).to_dict()
+    night.metrics["diff"] = diff(serving, candidate).to_dict()  # no bundle, or a damaged one: all of it is new
 
 
 def _gate(night: Consolidation, s: ConsolidateSettings) -> str:
@@ -283,20 +280,22 @@ def _gate(night: Consolidation, s: ConsolidateSettings) -> str:
     return ""
 
 
-def _published_on(home: Home, night: Consolidation, exp: Experience, rows: np.ndarray,
+def _serving(home: Home, night: Consolidation) -> Bundle | None:
+    """The bundle that serves the world as the night starts (None when there is none, or it is damaged)."""
+    try:
+        return load(home, night.world, night.current) if night.current else None
+    except DmnError:
+        return None
+
+
+def _published_on(bundle: Bundle | None, night: Consolidation, exp: Experience, rows: np.ndarray,
                   s: ConsolidateSettings) -> dict[str, Any] | None:
-    """How the published bundle does on the new held-out steps, and live since it was published: the
+    """How the published `bundle` does on the new held-out steps, and live since it was published: the
     standard a new bundle is held to (None when there is none for this encoder, or it is damaged).
 
     It is failing when its live precision is below the target by more than chance: the Wilson bound
     `precision_z` standard errors up is below it."""
-    if not night.current:
-        return None
-    try:
-        bundle = load(home, night.world, night.current)
-    except DmnError:
-        return None
-    if bundle.manifest["encoder"] != night.encoder or bundle.manifest["dim"] != exp.dim:
+    if bundle is None or bundle.manifest["encoder"] != night.encoder or bundle.manifest["dim"] != exp.dim:
         return None
     answers = bundle.answer(exp.states[rows])
     if not exp.action_dim:  # the bundle's action indices, in this night's vocabulary
@@ -310,11 +309,11 @@ def _published_on(home: Home, night: Consolidation, exp: Experience, rows: np.nd
             "live": live, "failing": failing}
 
 
-def _demote(home: Home, night: Consolidation, exp: Experience, s: ConsolidateSettings) -> tuple[str, int]:
-    """Publish the current bundle again with the situations it failed in live demoted: those whose audits
+def _demote(home: Home, night: Consolidation, bundle: Bundle, exp: Experience, s: ConsolidateSettings
+            ) -> tuple[str, int]:
+    """Publish the current `bundle` again with the situations it failed in live demoted: those whose audits
     since it was published were acceptable less often than the precision target. Returns the new version
     and how many situations it demoted."""
-    bundle = load(home, night.world, night.current)
     audited = _audits(exp, since=_published_at(bundle))
     situation = nearest(bundle.index, exp.states[audited])[0]
     right = exp.right(exp.reflexes(audited), audited)

@@ -13,8 +13,10 @@ WORKDIR /opt/dmn
 COPY pyproject.toml README.md ./
 COPY dmn ./dmn
 COPY jobs ./jobs
+# The package is installed into site-packages; of the build tree only the jobs' files stay.
 RUN pip install --no-cache-dir ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} torch==2.13.0 \
- && pip install --no-cache-dir '.[worlds]'
+ && pip install --no-cache-dir '.[worlds]' \
+ && rm -rf dmn build ./*.egg-info pyproject.toml README.md
 
 ENV DMN_HOME=/home/dmn/home
 USER dmn

@@ -78,6 +78,9 @@ def ingest(
     if report.retired:
         summary.add_row("ingested files removed from the inbox", f"{report.retired['files']:,} "
                                                                   f"({report.retired['bytes']:,} bytes)")
+    if report.compacted:
+        summary.add_row("batches compacted into one", f"{report.compacted['batches']:,} "
+                        f"({report.compacted['files']:,} files into {report.compacted['files_after']:,})")
     summary.add_row("seconds", f"{report.seconds:.2f}")
     out.print(summary)
     for line in report.recovered:

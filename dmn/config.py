@@ -159,6 +159,11 @@ class IngestSettings(Section):
     no batch consumed is never touched."""
     retention_days: float = bounded(7.0, ge=0)
     """Days after the commit that consumed a file whole before `inbox_retention` applies to it."""
+    compact_batches: int = bounded(8, ge=0)
+    """After an ingest, the oldest run of this many consecutive batches of one level that fit in `compact_mib` is
+    merged into one of the next level, so that a year of nights reads as fast as a week (0 or 1: never)."""
+    compact_mib: int = bounded(128, ge=1)
+    """The most a merged batch's files may hold, in MiB; a batch this large is left as it is."""
 
     def check(self) -> None:
         if SIZE.fullmatch(self.memory_limit) is None:

@@ -1,4 +1,4 @@
-"""Kill points: the moments of ingest, the night and publishing where a crash would hurt most.
+"""Kill points: the moments of ingest, compaction, the night and publishing where a crash would hurt most.
 
 A dmn process whose environment has `DMN_KILL_AT=<point>` (or `<point>:<n>`, its n-th pass) SIGKILLs
 itself there, as a power cut would. The crash tests kill at every point in `POINTS` and check that
@@ -22,6 +22,8 @@ POINTS = {
     "atomic.written": "write_atomic's temporary file is written and fsynced, not yet renamed",
     "ingest.committed": "the manifest is in the catalog; the batch's files are still in staging",
     "ingest.rolled": "a file of a committed batch has moved from staging into the lake",
+    "compact.staged": "a compaction's merged files are staged; its manifest is not written",
+    "compact.committed": "a compaction's manifest is in the catalog; the manifests it replaces are still there",
     "job.ingested": "a job's ingest stage is done; its next stage has not begun",
     "consolidate.select": "the night's experience is selected and split",
     "consolidate.cluster": "situations are clustered",

@@ -304,3 +304,34 @@ def test_thresholds_ask_each_answer_to_be_likely_right_until_system1_is_seen_liv
 
     assert thresholds(table, policy, steps(False), rows, 0.95, 1.0) == (np.inf, 0.999)
     assert thresholds(table, policy, steps(True), rows, 0.95, 1.0) == (np.inf, 0.9)
+
+
+def test_run_records_of_past_weeks_move_into_their_months_file_and_are_read_once(tmp_path):
+    """Records older than `RUNS_ARCHIVED_AFTER_DAYS` leave their own files for their month's; one a crash left in
+    both counts once; the night still finds its last run (nothing new), and SQL and status read them all."""
+    from datetime import datetime, timedelta, timezone
+
+    from dmn.home import Home
+    from dmn.ops.status import status
+    from dmn.sleep.night import RUNS_ARCHIVED_AFTER_DAYS, run_files
+
+    home = Home.resolve(tmp_path / "home")
+    write_logs(home, situations=4, dim=16, episodes=10, steps=10)
+    assert night(home, FAST)[0].status != "failed"
+    (first,) = run_files(home)[0]
+    record = json.loads(first.read_bytes())
+    now = datetime.now(timezone.utc)
+    for days in (40, 39, RUNS_ARCHIVED_AFTER_DAYS + 1, 2):
+        started = (now - timedelta(days=days)).isoformat()
+        old = {**record, "run_id": f"old{days:09d}", "started_at": started, "ended_at": started}
+        (home.runs / f"{started[:19].replace(':', '')}-{old['run_id']}.json").write_text(json.dumps(old))
+        if days == 40:  # a crash cut its move: it is in its month's file too
+            month = started[:7]
+            (home.runs / f"{month}.jsonl").write_text(json.dumps(old) + "\n")
+    assert consolidate(home, settings=FAST)[0].status == "nothing new"
+    recent, months = run_files(home)
+    assert len(recent) == 3 and {p.name[:7] for p in months} >= {month}  # two days old, the first, and this run
+    assert sum(len(p.read_text().splitlines()) for p in months) == 3
+    ids = store(home).sql("SELECT run_id FROM consolidations ORDER BY started_at").fetchall()
+    assert len(ids) == 6 == len(set(ids)) and ids[0] == ("old000000040",)
+    assert status(home)["worlds"]["synthetic"]["last_night"]["status"] == "nothing new"

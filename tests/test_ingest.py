@@ -604,3 +604,60 @@ def test_retention_removes_only_what_the_lake_holds_whole(home):
     run(home)
     assert run(home).retired["files"] == 1 and (home.root / "archive" / "day" / "kept.jsonl").exists()
     assert count(home, "episodes") == 4 and tail.exists() and not kept.exists()
+
+
+def test_compaction_merges_small_batches_and_the_lake_reads_the_same(home):
+    """A run of `compact_batches` small batches becomes one, row for row (each row keeps its batch); the ledger
+    still knows every file (a re-run adds nothing, an appended file only its new lines), the night still finds
+    nothing new, and the replaced files leave only once no night can be reading them."""
+    from datetime import datetime, timedelta, timezone
+
+    from dmn.lake import compact
+    from dmn.ops.status import check
+    from dmn.sleep.experience import pairs
+
+    rows = "SELECT episode_id, step, action, state, batch, source_file FROM decisions ORDER BY ALL"
+    (home.root / "dmn.toml").write_text("[ingest]\ncompact_batches = 3\n")
+    logs = []
+    for day in range(3):
+        logs.append(write_jsonl(home.inbox / f"day{day}.jsonl", [episode(f"e{day}"), decision(f"e{day}", step=0),
+                                                                 simulation(f"e{day}", step=0)]))
+        before = Store(home).sql(rows).fetchall()
+        watermark = pairs(Store(home))
+        report = run(home)
+    assert report.compacted == {"batches": 3, "files": 9, "files_after": 3}
+    assert len(Store(home).manifests()) == 1
+    merged = Store(home).sql(rows).fetchall()
+    assert len(merged) == 3 and len({r[4] for r in merged}) == 3  # three batches' rows, each still its own
+    assert merged[:2] == before and pairs(Store(home))[0][2] == report.batch != watermark[0][2]
+    assert check(home)["problems"] == [] and run(home).batch is None  # the ledger knows every file
+    with open(logs[0], "a") as f:
+        f.write(json.dumps(decision("e0", step=1)) + "\n")
+    assert run(home).records == {"decision": 1} and count(home, "decisions") == 4
+    replaced = [home.lake / rel for m in Store(home).manifests() for rel in m.get("replaced_files", [])]
+    assert replaced and all(p.exists() for p in replaced)  # readers that listed them may still be reading
+    later = datetime.now(timezone.utc) + timedelta(seconds=compact.SWEEP_AFTER_SECONDS + 1)
+    with home.lock("consolidate"):  # a night is running: nothing is deleted
+        compact.compact(home, Store(home), home.settings().ingest, later)
+    assert all(p.exists() for p in replaced)
+    compact.compact(home, Store(home), home.settings().ingest, later)
+    assert not any(p.exists() for p in replaced) and count(home, "decisions") == 4
+    assert check(home)["problems"] == [] and [r for r in Store(home).sql(rows).fetchall() if r[:2] != ("e0", 1)] == merged
+
+
+def test_a_compaction_cut_by_a_crash_is_finished_or_undone(home):
+    """Killed after staging, the compaction is undone; after its commit, the replaced manifests are removed by
+    the next run's recovery: the lake never shows a row twice or loses one."""
+    (home.root / "dmn.toml").write_text("[ingest]\ncompact_batches = 2\n")
+    for day in range(2):
+        write_jsonl(home.inbox / f"day{day}.jsonl", [episode(f"e{day}"), decision(f"e{day}", step=0)])
+        if day:
+            for point in ("compact.staged", "compact.committed"):
+                killed = dmn("ingest", home=home, env={**os.environ, "DMN_KILL_AT": point})
+                assert killed.returncode < 0 and count(home, "decisions") == 2
+        else:
+            run(home)
+    assert len(os.listdir(home.catalog)) == 3  # the merged batch and the two it replaces
+    report = run(home)
+    assert any("compacted batch" in line for line in report.recovered) and len(os.listdir(home.catalog)) == 1
+    assert count(home, "decisions") == 2 and list(home.tmp.glob("b*")) == []

@@ -45,8 +45,8 @@ def test_sigkill_at_every_kill_point_of_ingest_consolidation_and_publish(tmp_pat
     `dmn consolidate`: after each the home is whole; a last night then holds exactly what was logged,
     and leaves no staging behind."""
     home = Home.resolve(tmp_path / "home")
-    (home.root / "dmn.toml").write_text(FAST_TOML + "keep = 2\n")
-    points = [(p, "ingest" if p.startswith("ingest.") else "consolidate") for p in POINTS]
+    (home.root / "dmn.toml").write_text(FAST_TOML + "keep = 2\n[ingest]\ncompact_batches = 2\n")  # compact every day
+    points = [(p, "ingest" if p.startswith(("ingest.", "compact.")) else "consolidate") for p in POINTS]
     # write_atomic's passes in a night: the batch manifest, the bundle manifest, CURRENT, the run record
     points += [(f"atomic.written:{n}", "consolidate") for n in (2, 3, 4)] + [("ingest.rolled:3", "consolidate")]
     # the first publishes come first, so that later kills always have a bundle and old ones to prune
@@ -73,8 +73,8 @@ def test_sigkilled_nights_lose_and_duplicate_nothing(tmp_path):
     pass), each after new logs arrived, so that kills pile up on what earlier ones left; then one run to
     completion must hold exactly what the agents logged."""
     home = Home.resolve(tmp_path / "home")
-    (home.root / "dmn.toml").write_text(FAST_TOML)
-    rng = random.Random(7)
+    (home.root / "dmn.toml").write_text(FAST_TOML + "[ingest]\ncompact_batches = 2\n")  # compaction's points too
+    rng = random.Random(132)  # a draw whose kills mostly fall on points every night passes
     expected_decisions = expected_simulations = 0
     killed_running = 0
     for round_ in range(6):

@@ -5,6 +5,7 @@
     parse, rules      one DuckDB pass per chunk: every record checked against `dmn.records`
     resolve           the rules across records: episodes known, repeats, latent dimensions
     commit            partitioned Parquet, quarantine and ledger, as one atomic batch
+    compact           runs of small batches merged into one, so that history stays fast to read
     store             the catalog, the views SQL reads, recovery after a crash
 
 `dmn.lake.ingest.ingest` runs the pipeline. Server side: needs the `night` extra (DuckDB).

@@ -8,6 +8,7 @@ fixed-size float32 lists.
 
 from __future__ import annotations
 
+import itertools
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -70,9 +71,9 @@ def commit(con: duckdb.DuckDBPyConnection, home: Home, store: Store, batch: str,
     if quarantined:
         folder = staging / "quarantine" / f"date={now.date()}"
         folder.mkdir(parents=True)
-        jobs.append(("quarantine", [], folder / f"{batch}_q.parquet", quarantine, _batch_rows([])))
+        jobs.append(("quarantine", [], folder / f"{batch}_q.parquet", quarantine, batch_rows([])))
     with ThreadPoolExecutor(max_workers=2) as pool:  # pyarrow's writer uses one core: two files at once
-        written = list(pool.map(lambda job: (job[0], *_write_file(con, *job)), jobs))
+        written = list(pool.map(lambda job: (job[0], *write_file(con, *job)), jobs))
     counts = {rtype: sum(n for table, n, _ in written if table == TABLES[rtype][0]) for rtype in TABLES}
     counts = {rtype: n for rtype, n in counts.items() if n}
     duplicates = run(con, "SELECT count(*) FROM parsed WHERE reason = 'duplicate'")[0][0]
@@ -121,15 +122,16 @@ def _record_files(con: duckdb.DuckDBPyConnection, staging: Path, batch: str, sta
             query = f"""SELECT {select}, p.date, f.source_file, p.source_line, {stamp}
                         FROM parsed p JOIN files f USING (file_index)
                         WHERE p.part = {part} AND ((coalesce(p.source_line, 0) % {splits}) + {splits}) % {splits} = {split}"""
-            jobs.append((table, list(dims), folder / f"{batch}_{part}_{split}.parquet", query, _batch_rows(list(dims.values()))))
+            jobs.append((table, list(dims), folder / f"{batch}_{part}_{split}.parquet", query, batch_rows(list(dims.values()))))
     return jobs
 
 
-def _batch_rows(dims: list[int]) -> int:
+def batch_rows(dims: list[int]) -> int:
+    """Rows per Arrow batch for files with latents of these sizes (`WRITE_BATCH_BYTES`)."""
     return max(1024, WRITE_BATCH_BYTES // (256 + 4 * sum(dims)))
 
 
-def _write_file(con: duckdb.DuckDBPyConnection, table: str, vectors: list[str], path: Path, query: str,
+def write_file(con: duckdb.DuckDBPyConnection, table: str, vectors: list[str], path: Path, query: str,
                 batch_rows: int) -> tuple[int, list[str]]:
     """Write the rows of `query` to `path`; returns how many, and the file's columns."""
     reader = con.cursor().sql(query).to_arrow_reader(batch_rows)
@@ -137,12 +139,16 @@ def _write_file(con: duckdb.DuckDBPyConnection, table: str, vectors: list[str], 
     # Dictionaries for the text columns only (trying them on latents costs a third of the write);
     # byte-stream-split latents compress better.
     text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
-    rows = 0
+    rows, group = 0, []  # a row group per `batch_rows`, however small the chunks a read of many files yields
     with pq.ParquetWriter(path, schema, compression="zstd", use_dictionary=text,
                           use_byte_stream_split=[f"{v}.list.element" for v in vectors]) as writer:
-        for chunk in reader:
-            writer.write_batch(chunk.replace_schema_metadata(schema.metadata))
-            rows += chunk.num_rows
+        for chunk in itertools.chain(reader, [None]):
+            if chunk is not None:
+                group.append(chunk.replace_schema_metadata(schema.metadata))
+                rows += chunk.num_rows
+            if group and (chunk is None or sum(c.num_rows for c in group) >= batch_rows):
+                writer.write_table(pa.Table.from_batches(group, schema), row_group_size=batch_rows)
+                group = []
     fsync(path)  # on disk, with its folder entry, before the manifest that names it
     fsync(path.parent)
     faults.point("ingest.staged")

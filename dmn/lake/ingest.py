@@ -16,6 +16,7 @@ The pipeline, top to bottom (`_batch`):
   4. parse      one DuckDB pass per chunk: the per-record rules      (dmn.lake.parse, dmn.lake.rules)
   5. resolve    the rules across records                             (dmn.lake.resolve)
   6. commit     partitioned Parquet + quarantine + ledger, atomically (dmn.lake.commit, dmn.lake.store)
+  7. compact    the oldest run of small batches merged into one      (dmn.lake.compact)
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from dmn.config import Settings
 from dmn.errors import DmnError
 from dmn.home import Home
 from dmn.lake.commit import commit
+from dmn.lake.compact import compact
 from dmn.lake.parse import Parser
 from dmn.lake.plan import UNCHANGED, Entry, Ledger, discover
 from dmn.lake.read import Lines, Pending, Problem, read
@@ -69,6 +71,8 @@ class IngestReport:
     """Bytes of the files that this run consumed."""
     retired: dict[str, int] = field(default_factory=dict)
     """Inbox files deleted or archived (`[ingest] inbox_retention`): files and bytes."""
+    compacted: dict[str, int] = field(default_factory=dict)
+    """Batches merged into one (`[ingest] compact_batches`), and the lake files they had and have now."""
     seconds: float = 0.0
     """Wall time of the run."""
     recovered: list[str] = field(default_factory=list)
@@ -104,6 +108,12 @@ def ingest(home: Home, paths: list[str | os.PathLike] | None = None, *, wait: fl
             raise DmnError(f"ingest stopped, nothing was committed: these logs need more memory than [ingest] "
                            f"memory_limit = {settings.ingest.memory_limit!r} allows; raise it in "
                            f"{home.root / 'dmn.toml'}") from None
+        try:
+            report.compacted = compact(home, store, settings.ingest, datetime.now(timezone.utc))
+        except (OSError, duckdb.Error) as exc:  # the batch stands; what was staged is discarded by the next run
+            done = f"batch {report.batch} is committed, but" if report.batch else "nothing new was found, and"
+            raise DmnError(f"ingest stopped: {done} compacting the store failed, nothing of it was committed: "
+                           f"{getattr(exc, 'strerror', None) or exc}") from None
     report.seconds = round(time.perf_counter() - started, 3)
     return report
 

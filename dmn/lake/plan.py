@@ -129,7 +129,7 @@ class Ledger:
         self.home, self.root = home, os.path.join(str(home.root), "")
         self.inbox = os.path.join(os.path.relpath(home.inbox, home.root), "")  # as `key` writes the paths in it
         self.files = {row["path"]: row for m in manifests for row in m["ledger"]}
-        self.committed = {row["path"]: m["committed_at"] for m in manifests for row in m["ledger"]}
+        self.committed = {row["path"]: row.get("committed_at", m["committed_at"]) for m in manifests for row in m["ledger"]}
         """When the batch that last consumed each file was committed (ISO time)."""
         self.contents = {(row["bytes_consumed"], row["sha256"]) for m in manifests for row in m["ledger"]}
 

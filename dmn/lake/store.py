@@ -59,7 +59,8 @@ class Store:
             except (OSError, ValueError, TypeError) as exc:
                 raise DmnError(f"catalog manifest {path} is unreadable ({exc}); the store needs repair") from None
             out.append(manifest)
-        return out
+        replaced = {batch for m in out for batch in m.get("replaces", ())}  # by a compaction (dmn.lake.compact)
+        return [m for m in out if m["batch"] not in replaced] if replaced else out
 
     def files(self, table: str, manifests: list[dict[str, Any]] | None = None) -> list[str]:
         """The committed Parquet files of `table`, for reading them with any Parquet reader."""
@@ -120,9 +121,9 @@ class Store:
         if not groups:
             return _no_rows(cols)
         schema = _schema_file(self.home, table, cols)
-        reads = [_read_parquet(files, by_name=tag is None) for tag, files in groups.items()]
+        reads = [parquet_scan(files, by_name=tag is None) for tag, files in groups.items()]
         casts = ", ".join(f"{quote(c)}::{t} AS {quote(c)}" for c, t in cols.items())
-        source = " UNION ALL BY NAME ".join(reads + ([_read_parquet([schema], by_name=False)] if schema else []))
+        source = " UNION ALL BY NAME ".join(reads + ([parquet_scan([schema], by_name=False)] if schema else []))
         return f"SELECT {casts} FROM ({source})"
 
     def sql(self, query: str, params: list[Any] | None = None) -> duckdb.DuckDBPyConnection:
@@ -168,6 +169,7 @@ class Store:
             else:
                 shutil.rmtree(staging, ignore_errors=True)
                 done.append(f"discarded uncommitted batch {staging.name}")
+        done += _remove_replaced(self.home, self.manifests())
         for leftover in self.home.catalog.glob(".*.tmp"):
             leftover.unlink(missing_ok=True)
         return done
@@ -188,6 +190,18 @@ class Store:
             fsync(dst.parent)
             faults.point("ingest.rolled")
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_replaced(home: Home, manifests: list[dict[str, Any]]) -> list[str]:
+    """Remove the manifests that compacted batches replace (a compaction cut between its commit and removing
+    them, `dmn.lake.compact`); returns what was done, for the log."""
+    done = []
+    for m in manifests:
+        for batch in m.get("replaces", ()):
+            if (home.catalog / f"{batch}.json").exists():
+                (home.catalog / f"{batch}.json").unlink()
+                done.append(f"removed batch {batch}, which compacted batch {m['batch']} replaces")
+    return done
 
 
 def _located(home: Home, table: str, manifests: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[str]]]:
@@ -249,8 +263,8 @@ LEDGER_SCHEMA = pa.schema([
 
 def _ledger_table(manifests: list[dict[str, Any]]) -> pa.Table:
     rows = [
-        {**{k: row.get(k) for k in LEDGER_SCHEMA.names}, "batch": m["batch"],
-         "committed_at": datetime.fromisoformat(m["committed_at"])}
+        {**{k: row.get(k) for k in LEDGER_SCHEMA.names}, "batch": row.get("batch", m["batch"]),
+         "committed_at": datetime.fromisoformat(row.get("committed_at", m["committed_at"]))}  # theirs, if compacted
         for m in manifests for row in m["ledger"]
     ]
     return pa.Table.from_pylist(rows, schema=LEDGER_SCHEMA)
@@ -261,7 +275,8 @@ def column_tag(names: list[str]) -> str:
     return hashlib.sha256(",".join(sorted(names)).encode()).hexdigest()[:12]
 
 
-def _read_parquet(files: list[str], by_name: bool) -> str:
+def parquet_scan(files: list[str], by_name: bool) -> str:
+    """A SELECT of every row of these Parquet files: by name when their columns may differ."""
     listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
     return f"SELECT * FROM read_parquet([{listing}], union_by_name = {str(by_name).lower()}, hive_partitioning = false)"
 

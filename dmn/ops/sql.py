@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -18,10 +19,10 @@ import pyarrow as pa
 
 from dmn.bundle import publish
 from dmn.home import Home
-from dmn.lake.duck import run
+from dmn.lake.duck import quote, run
 from dmn.lake.store import Store
 from dmn.ops import provenance
-from dmn.sleep.night import runs
+from dmn.sleep.night import run_files
 
 VIEWS = ("episodes", "simulations", "decisions", "outcomes", "episode_ends", "quarantine", "ingest_files",
          "consolidations", "artifacts", "situations", "lessons", "bundle_changes")
@@ -43,7 +44,17 @@ def store(home: Home) -> Store:
 
 
 def _consolidations(con: duckdb.DuckDBPyConnection, home: Home) -> None:
-    con.register("consolidation_records", _json_rows(runs(home), RUN_COLUMNS))
+    """Read by DuckDB from the records' files (`dmn.sleep.night.run_files`): a year of nights in milliseconds."""
+    types = {n: "JSON" if n in ("seconds", "counts", "metrics") else "VARCHAR" for n in RUN_COLUMNS}
+    reads = [f"SELECT {', '.join(quote(n) for n in RUN_COLUMNS)} FROM read_json({_listing(files)}, "
+             f"columns = {{{', '.join(f'{n!r}: {t!r}' for n, t in types.items())}}}, format = '{form}', "
+             "ignore_errors = true, union_by_name = true)"
+             for files, form in zip(run_files(home), ("auto", "newline_delimited")) if files]
+    if not reads:
+        con.register("consolidation_records", _json_rows([], RUN_COLUMNS))
+    else:  # a record cut between its own file and its month's by a crash is in both: one of them
+        run(con, f"""CREATE VIEW consolidation_records AS SELECT * FROM ({' UNION ALL '.join(reads)})
+                     WHERE run_id IS NOT NULL QUALIFY row_number() OVER (PARTITION BY run_id) = 1""")
     run(con, """CREATE VIEW consolidations AS SELECT run_id, world, encoder, status, reason, version, current,
         started_at::TIMESTAMPTZ AS started_at, ended_at::TIMESTAMPTZ AS ended_at,
         (metrics::JSON->>'$.combined.coverage')::DOUBLE AS coverage,
@@ -60,6 +71,10 @@ def _artifacts(con: duckdb.DuckDBPyConnection, home: Home) -> None:
         (metrics::JSON->>'$.combined.precision')::DOUBLE AS precision, thresholds::JSON AS thresholds,
         "window"::JSON AS "window", run_id, signature IS NOT NULL AS signed, path
         FROM artifact_records""")
+
+
+def _listing(paths: list[Path]) -> str:
+    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
 
 
 def _json_rows(records: list[dict[str, Any]], names: tuple[str, ...]) -> pa.Table:

@@ -127,7 +127,7 @@ def pairs(store: Store) -> list[tuple[str, str, str]]:
 
     for m in manifests:
         for row in m.get("decisions", []):
-            seen(row["world"], row["encoder"], m["batch"], row["last"])
+            seen(row["world"], row["encoder"], row.get("batch", m["batch"]), row["last"])  # a compacted one's own
     older = [m for m in manifests if "decisions" not in m and m["files"].get("decisions")]
     if older:
         for row in run(connect(), f"""SELECT world, encoder, max(batch), epoch(max(coalesce(ts, ingested_at)))

@@ -12,7 +12,8 @@ For every world with new System 2 experience in the lake (its newest encoder; or
     gate       publish only if test precision meets the target and coverage holds up against the current bundle
     publish    a versioned bundle, switched in atomically (dmn.bundle.publish)
 
-Every run, published or not, is recorded in `<home>/runs/` (`runs()`; the `consolidations` view).
+Every run, published or not, is recorded in `<home>/runs/` (`runs()`; the `consolidations` view); a week on, in
+its month's file there.
 What is in the inbox is not read here: the nightly job ingests first (`dmn.ops.jobs.nightly`).
 """
 
@@ -20,11 +21,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import partial
+from pathlib import Path
 from typing import Any, Iterator
 
 import faiss
@@ -47,6 +50,9 @@ from dmn.sleep.evaluate import curve, metrics, split, thresholds, wilson_lower
 from dmn.sleep.experience import Experience, pairs, select
 from dmn.sleep.table import candidate_table, heuristic_table, outcome_table
 from dmn.version import __version__
+
+RUNS_ARCHIVED_AFTER_DAYS = 7
+"""A run record older than this leaves its own file for its month's (`run_files`)."""
 
 
 @dataclass
@@ -104,6 +110,12 @@ def consolidate(home: Home, world: str | None = None, *, settings: ConsolidateSe
                 continue  # an older encoder of a world: its latents are not the ones agents now send
             seen.add(w)
             nights.append(_night(home, store, w, encoder, watermark, settings, now, say, dry_run))
+        if not dry_run:
+            try:
+                _archive_runs(home, time.time() if now is None else now)
+            except OSError as exc:
+                raise DmnError(f"the nights are recorded, but archiving old run records into {home.runs} failed "
+                               f"({exc.strerror or exc}); the next night tries again") from None
         return nights
 
 
@@ -351,17 +363,63 @@ def _published_at(bundle: Bundle) -> float:
 
 
 def runs(home: Home) -> list[dict[str, Any]]:
-    """Every recorded night (`<home>/runs/*.json`), oldest first; unreadable records are skipped."""
+    """Every recorded night, oldest first; unreadable records are skipped."""
     return list(_run_records(home))
 
 
+def run_files(home: Home) -> tuple[list[Path], list[Path]]:
+    """The files that hold the run records, oldest first: one per recent night (`<start>-<run id>.json`), and one
+    per month of older ones (`<YYYY-MM>.jsonl`, a record a line, `_archive_runs`). A record cut between the two
+    by a crash is in both: readers keep one per run id."""
+    if not home.runs.is_dir():
+        return [], []
+    names = sorted(os.listdir(home.runs))
+    return ([home.runs / n for n in names if n.endswith(".json") and not n.startswith(".")],
+            [home.runs / n for n in names if n.endswith(".jsonl") and not n.startswith(".")])
+
+
 def _run_records(home: Home, newest_first: bool = False) -> Iterator[dict[str, Any]]:
-    """The run records in the order of their names, which start with the run's start."""
-    for path in sorted(home.runs.glob("*.json"), reverse=newest_first) if home.runs.is_dir() else []:
+    """The run records in the order of their starts (which the names start with), each run once."""
+    recent, months = run_files(home)
+    seen: set[str] = set()
+    for path in [*recent[::-1], *months[::-1]] if newest_first else [*months, *recent]:
         try:
-            yield json.loads(path.read_bytes())
-        except (OSError, ValueError):
+            lines = path.read_bytes().splitlines() if path.suffix == ".jsonl" else [path.read_bytes()]
+        except OSError:
             continue
+        for line in lines[::-1] if newest_first else lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("run_id") not in seen:
+                seen.add(record.get("run_id"))
+                yield record
+
+
+def _archive_runs(home: Home, now: float) -> None:
+    """Move the records of nights that started over `RUNS_ARCHIVED_AFTER_DAYS` ago into their month's file, so
+    that a year of nights is a dozen files to read rather than hundreds. Appends by rewriting the month's file
+    atomically, then deletes the records it now holds: a crash between leaves a record in both, never in none."""
+    cutoff = _iso(now - RUNS_ARCHIVED_AFTER_DAYS * 86400)[:19].replace(":", "")  # as the record names begin
+    old = [p for p in run_files(home)[0] if p.name[:len(cutoff)] < cutoff]
+    for month in sorted({p.name[:7] for p in old}):
+        path = home.runs / f"{month}.jsonl"
+        archived = path.read_bytes() if path.exists() else b""
+        have = {json.loads(line).get("run_id") for line in archived.splitlines() if line.strip()}
+        moved = [p for p in old if p.name[:7] == month]
+        lines = []
+        for p in moved:
+            try:
+                record = json.loads(p.read_bytes())
+            except ValueError:  # unreadable: readers skip it, and so does the archive
+                continue
+            if record.get("run_id") not in have:
+                lines.append(json.dumps(record, separators=(",", ":")).encode() + b"\n")
+        if lines:
+            write_atomic(path, archived + (b"" if not archived or archived.endswith(b"\n") else b"\n") + b"".join(lines))
+        for p in moved:
+            p.unlink(missing_ok=True)
 
 
 def _last_run(home: Home, world: str) -> dict[str, Any] | None:

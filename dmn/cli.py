@@ -43,6 +43,8 @@ out = Console()
 err = Console(stderr=True)
 
 HomeOption = typer.Option(None, "--home", help="The dmn home (default: $DMN_HOME, else ./dmn-home).", show_default=False)
+EngineOption = typer.Option(None, "--engine", help="What ingests: local, or ray (a Ray cluster: [engine] address, "
+                            "else $RAY_ADDRESS); default: [engine] kind in dmn.toml, else local.", show_default=False)
 
 
 @app.command()
@@ -50,16 +52,18 @@ def ingest(
     paths: Optional[list[Path]] = typer.Argument(None, help="Files or folders to ingest (default: the home's inbox)."),
     home: Optional[Path] = HomeOption,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+    engine: Optional[str] = EngineOption,
 ) -> None:
     """Ingest agents' logs (.jsonl, .jsonl.gz, Lár run_*.json, dmn Parquet) into the episode store.
 
-    Example: dmn ingest --home ./dmn-home ./more-logs/
+    Example: dmn ingest --home ./dmn-home ./more-logs/   or   RAY_ADDRESS=head:6379 dmn ingest --engine ray
     """
     with _needs("night"):
         from dmn.lake.ingest import ingest as run_ingest
 
     with _progress() as say:
-        report = run_ingest(Home.resolve(home), [str(p) for p in paths] if paths else None, on_progress=say)
+        report = run_ingest(Home.resolve(home), [str(p) for p in paths] if paths else None, on_progress=say,
+                            engine=engine)
     if as_json:
         out.print_json(json.dumps(report.to_dict()))
         return
@@ -134,6 +138,7 @@ def consolidate(
                                  "decide and what would change (the inbox is not ingested)."),
     home: Optional[Path] = HomeOption,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per world."),
+    engine: Optional[str] = EngineOption,
 ) -> None:
     """Ingest the inbox, then distil System 2's simulations into System 1 bundles (the nightly job).
 
@@ -146,7 +151,7 @@ def consolidate(
         raise DmnError("--job and --world do not go together: a job's stages name their worlds")
     job = load(job_file) if job_file else nightly(world)
     with _progress() as say:
-        nights = run(Home.resolve(home), job, on_progress=say, wait=wait, dry_run=dry_run)
+        nights = run(Home.resolve(home), job, on_progress=say, wait=wait, dry_run=dry_run, engine=engine)
     if as_json:
         for night in nights:
             sys.stdout.write(json.dumps(night.to_dict()) + "\n")
@@ -364,6 +369,7 @@ def daemon(
                                                "latest report (/) and the status (/status) on this port."),
     log_json: bool = typer.Option(False, "--log-json", help="Log one JSON object per line to stderr."),
     home: Optional[Path] = HomeOption,
+    engine: Optional[str] = EngineOption,
 ) -> None:
     """Run the nightly job on its schedule (and when the agents rest) until stopped with SIGTERM or Ctrl-C.
 
@@ -377,7 +383,7 @@ def daemon(
     job.schedule = dataclasses.replace(job.schedule, cron=cron or job.schedule.cron,
                                        idle_after=job.schedule.idle_after if idle_after is None else idle_after)
     log_to_stderr(log_json)
-    serve(Home.resolve(home), job, interval=interval, metrics_port=metrics_port)
+    serve(Home.resolve(home), job, interval=interval, metrics_port=metrics_port, engine=engine)
 
 
 @app.command()

@@ -272,6 +272,20 @@ class ConsolidateSettings(Section):
 
 
 @dataclass
+class EngineSettings(Section):
+    kind: str = choice("local", ("local", "ray"))
+    """What runs ingest: "local", this process (DuckDB on this machine's cores), or "ray", tasks on a Ray
+    cluster, every node of which must see the home at the same path (a shared filesystem)."""
+    address: str = ""
+    """The Ray cluster's address (host:port of its head); empty: `RAY_ADDRESS`, as for Ray's own tools."""
+    shard_mib: int = bounded(256, ge=1)
+    """With Ray, inbox files are parsed in tasks of about this many MiB of new bytes each."""
+    key_shards: int = bounded(0, ge=0)
+    """With Ray, the rules across records run in this many tasks, each over its share of the episode ids;
+    0: one per CPU of the cluster."""
+
+
+@dataclass
 class Settings:
     """A home's settings (`Home.settings()`)."""
 
@@ -286,6 +300,8 @@ class Settings:
     of d values); otherwise the first ingested batch sets it."""
     consolidate: ConsolidateSettings = field(default_factory=ConsolidateSettings)
     """How the night distils System 2's simulations into System 1's reflexes."""
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    """Where ingest runs: this process, or a Ray cluster."""
 
     ELSEWHERE = ("world", "planner")
     """Sections of dmn.toml that their own part of dmn reads and checks: the reference world's
@@ -301,11 +317,12 @@ class Settings:
             dims=_dims(data.pop("dims", {}), path),
             actions=_actions(data.pop("actions", {}), path),
             consolidate=section(ConsolidateSettings, data.pop("consolidate", {}), path, "consolidate"),
+            engine=section(EngineSettings, data.pop("engine", {}), path, "engine"),
         )
         unknown = sorted(set(data) - set(cls.ELSEWHERE))
         if unknown:
             raise DmnError(f"{path}: unknown section(s) {unknown}; "
-                           f"known: ingest, lar, dims, actions, consolidate, {', '.join(cls.ELSEWHERE)}")
+                           f"known: ingest, lar, dims, actions, consolidate, engine, {', '.join(cls.ELSEWHERE)}")
         if settings.lar.hmac_secret is None:
             settings.lar.hmac_secret = os.environ.get("DMN_LAR_HMAC_SECRET") or None
         return settings

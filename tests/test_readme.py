@@ -41,7 +41,7 @@ def test_readme_settings_are_the_defaults(tmp_path):
     block = re.search(r"```toml\n(.+?)```", README, re.S).group(1)
     written = tomllib.loads(block)
     defaults = {**dataclasses.asdict(Settings()), **dataclasses.asdict(ReferenceSettings())}
-    for section in ("ingest", "world", "planner", "consolidate"):
+    for section in ("ingest", "world", "planner", "consolidate", "engine"):
         assert written[section] == defaults[section], section
     (tmp_path / "dmn.toml").write_text(block.replace('hmac_secret = "…"', ""))
     Settings.load(tmp_path / "dmn.toml")  # and it is a valid file

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import urllib.parse
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -48,14 +49,42 @@ class Committed:
     duplicates: int
 
 
+@dataclass
+class Staged:
+    """What `stage` wrote of a batch (or of a Ray engine's shard of one), for `finish` to commit."""
+
+    files: dict[str, list[str]]
+    """The staged files by table, relative to the staging folder (as they will be to `lake/`)."""
+    columns: dict[str, str]
+    """Each table's column tag (`dmn.lake.store.column_tag`)."""
+    records: dict[str, int]
+    """Rows written, by record type."""
+    quarantined: dict[str, int]
+    """Rows quarantined, by reason."""
+    duplicates: int
+    by_file: dict[int, tuple[int, int]]
+    """Per file (its number in the batch), its records written and quarantined."""
+    decisions: list[dict[str, Any]]
+    """Per (world, encoder), its newest decision's time (`dmn.sleep.experience.pairs`)."""
+
+
 def commit(con: duckdb.DuckDBPyConnection, home: Home, store: Store, batch: str, now: datetime,
            entries: list[Entry], problems: list[dict[str, Any]], fixes: dict[str, list[dict[str, Any]]]) -> Committed:
     """Stage the batch's files, then commit them with its manifest. `problems` are quarantine rows
     (`FILE_PROBLEM`) found while reading; `fixes` what the batch fixes for its worlds ("dims": latent
     dimensions, "action_kinds": kinds of action)."""
-    staging = home.tmp / batch
-    staging.mkdir(parents=True)
-    con.register("files_arrow", pa.Table.from_pylist([{"file_index": i, "source_file": e.path} for i, e in enumerate(entries)]))
+    staged = stage(con, home.tmp / batch, batch, now, list(enumerate(e.path for e in entries)), problems)
+    return finish(store, batch, entries, list(range(len(entries))), problems, fixes, [staged])
+
+
+def stage(con: duckdb.DuckDBPyConnection, staging: Path, batch: str, now: datetime, sources: list[tuple[int, str]],
+          problems: list[dict[str, Any]], prefix: str = "") -> Staged:
+    """Write the good rows of `parsed` as the batch's partitioned files and its bad ones (and `problems`) as
+    quarantine, under `staging`; `sources` are the batch's files by number, `prefix` starts the files' names
+    (each Ray shard's its own)."""
+    staging.mkdir(parents=True, exist_ok=True)
+    con.register("files_arrow", pa.Table.from_pylist([{"file_index": i, "source_file": path} for i, path in sources],
+                                                     schema=pa.schema([("file_index", pa.int32()), ("source_file", pa.string())])))
     con.register("problems_arrow", pa.Table.from_pylist(problems, schema=FILE_PROBLEM))
     # Tables, not registered Arrow objects: the writer threads read them through cursors of their own.
     run(con, "CREATE TABLE files AS SELECT * FROM files_arrow; CREATE TABLE file_quarantine AS SELECT * FROM problems_arrow")
@@ -67,38 +96,67 @@ def commit(con: duckdb.DuckDBPyConnection, home: Home, store: Store, batch: str,
           FROM parsed p JOIN files f USING (file_index) WHERE p.reason IS NOT NULL AND p.reason <> 'duplicate'
           UNION ALL SELECT * FROM file_quarantine)"""
     quarantined = dict(run(con, f"SELECT reason, count(*) FROM ({quarantine}) GROUP BY 1 ORDER BY 2 DESC"))
-    jobs = _record_files(con, staging, batch, stamp)
+    jobs = _record_files(con, staging, f"{batch}_{prefix}", stamp)  # files named <batch>_<prefix><part>_<split>
     if quarantined:
         folder = staging / "quarantine" / f"date={now.date()}"
-        folder.mkdir(parents=True)
-        jobs.append(("quarantine", [], folder / f"{batch}_q.parquet", quarantine, batch_rows([])))
+        folder.mkdir(parents=True, exist_ok=True)
+        jobs.append(("quarantine", [], folder / f"{batch}_{prefix}q.parquet", quarantine, batch_rows([])))
     with ThreadPoolExecutor(max_workers=2) as pool:  # pyarrow's writer uses one core: two files at once
-        written = list(pool.map(lambda job: (job[0], *write_file(con, *job)), jobs))
-    counts = {rtype: sum(n for table, n, _ in written if table == TABLES[rtype][0]) for rtype in TABLES}
-    counts = {rtype: n for rtype, n in counts.items() if n}
-    duplicates = run(con, "SELECT count(*) FROM parsed WHERE reason = 'duplicate'")[0][0]
-    for i, good, bad in run(con, """SELECT file_index, count(*) FILTER (reason IS NULL),
-            count(*) FILTER (reason IS NOT NULL AND reason <> 'duplicate') FROM parsed GROUP BY 1"""):
-        entries[i].records, entries[i].quarantined = good, bad
-    by_path = {e.path: e for e in entries}
-    for row in problems:
-        by_path[row["source_file"]].quarantined += 1
-    files = {d.name: sorted(str(p.relative_to(staging)) for p in d.rglob("*.parquet")) for d in staging.iterdir()}
-    # What `dmn.sleep.experience.pairs` needs, so that a night finds what is new without reading every batch.
+        written = list(pool.map(lambda job: (job[0], job[2], *write_file(con, *job)), jobs))
+    counts = {rtype: sum(n for table, _, n, _ in written if table == TABLES[rtype][0]) for rtype in TABLES}
+    by_file = {i: (good, bad) for i, good, bad in run(con, """SELECT file_index, count(*) FILTER (reason IS NULL),
+            count(*) FILTER (reason IS NOT NULL AND reason <> 'duplicate') FROM parsed GROUP BY 1""")}
+    files: dict[str, list[str]] = {}
+    for table, path, _, _ in written:
+        files.setdefault(table, []).append(str(path.relative_to(staging)))
     decisions = [{"world": w, "encoder": e, "last": t} for w, e, t in run(con, """
         SELECT world, encoder, epoch(max(coalesce(ts, ?::TIMESTAMPTZ))) FROM parsed
         WHERE reason IS NULL AND rtype = 'decision' GROUP BY ALL ORDER BY ALL""", [now])]
+    return Staged(files={t: sorted(f) for t, f in files.items()},
+                  columns={table: column_tag(names) for table, _, _, names in written},
+                  records={rtype: n for rtype, n in counts.items() if n}, quarantined=quarantined,
+                  duplicates=run(con, "SELECT count(*) FROM parsed WHERE reason = 'duplicate'")[0][0],
+                  by_file=by_file, decisions=decisions)
+
+
+def finish(store: Store, batch: str, entries: list[Entry], numbers: list[int], problems: list[dict[str, Any]],
+           fixes: dict[str, list[dict[str, Any]]], staged: list[Staged]) -> Committed:
+    """Commit what `stage` wrote (in one call or in shards) with the batch's manifest: its files, its ledger
+    (`entries`, the files numbered `numbers`, with what landed of each), what it fixes and what it holds."""
+    landed, quarantined, last = Counter(), Counter(), {}
+    for shard in staged:
+        landed.update(shard.records)
+        quarantined.update(shard.quarantined)
+        for row in shard.decisions:
+            last[row["world"], row["encoder"]] = max(last.get((row["world"], row["encoder"]), row["last"]), row["last"])
+    by_number = dict(zip(numbers, entries))
+    for shard in staged:
+        for i, (good, bad) in shard.by_file.items():
+            by_number[i].records += good
+            by_number[i].quarantined += bad
+    by_path = {e.path: e for e in entries}
+    for row in problems:
+        by_path[row["source_file"]].quarantined += 1
+    tags: dict[str, set[str]] = {}
+    for shard in staged:
+        for table, tag in shard.columns.items():
+            tags.setdefault(table, set()).add(tag)
     faults.point("ingest.commit")
     store.commit({
         "batch": batch, "committed_at": datetime.now(timezone.utc).isoformat(), "schema_version": records.SCHEMA_VERSION,
-        "files": files, "columns": {table: column_tag(names) for table, _, names in written},
-        "ledger": [asdict(e) for e in entries], **fixes, "records": counts, "decisions": decisions,
-        "quarantined": quarantined,
+        "files": {table: sorted(f for shard in staged for f in shard.files.get(table, []))
+                  for table in sorted({t for shard in staged for t in shard.files})},
+        # one tag per table; tables whose files differ in their columns are read by name
+        "columns": {table: next(iter(t)) for table, t in tags.items() if len(t) == 1},
+        "ledger": [asdict(e) for e in entries], **fixes, "records": dict(landed),
+        # what `dmn.sleep.experience.pairs` needs, so that a night finds what is new without reading every batch
+        "decisions": [{"world": w, "encoder": e, "last": t} for (w, e), t in sorted(last.items())],
+        "quarantined": dict(quarantined.most_common()),
     })
-    return Committed(counts, quarantined, duplicates)
+    return Committed(dict(landed), dict(quarantined.most_common()), sum(s.duplicates for s in staged))
 
 
-def _record_files(con: duckdb.DuckDBPyConnection, staging: Path, batch: str, stamp: str) -> list[tuple]:
+def _record_files(con: duckdb.DuckDBPyConnection, staging: Path, name: str, stamp: str) -> list[tuple]:
     """The files of the good records: one per (record type, world, date, encoder), two for a large one.
 
     One pass numbers every good row's file (`parsed.part`), so that each file's query reads only its rows.
@@ -122,7 +180,7 @@ def _record_files(con: duckdb.DuckDBPyConnection, staging: Path, batch: str, sta
             query = f"""SELECT {select}, p.date, f.source_file, p.source_line, {stamp}
                         FROM parsed p JOIN files f USING (file_index)
                         WHERE p.part = {part} AND ((coalesce(p.source_line, 0) % {splits}) + {splits}) % {splits} = {split}"""
-            jobs.append((table, list(dims), folder / f"{batch}_{part}_{split}.parquet", query, batch_rows(list(dims.values()))))
+            jobs.append((table, list(dims), folder / f"{name}{part}_{split}.parquet", query, batch_rows(list(dims.values()))))
     return jobs
 
 

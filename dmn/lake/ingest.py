@@ -17,21 +17,23 @@ The pipeline, top to bottom (`_batch`):
   5. resolve    the rules across records                             (dmn.lake.resolve)
   6. commit     partitioned Parquet + quarantine + ledger, atomically (dmn.lake.commit, dmn.lake.store)
   7. compact    the oldest run of small batches merged into one      (dmn.lake.compact)
+
+With `[engine] kind = "ray"`, steps 3 to 6 run as Ray tasks over shards of the files and of the episode
+ids, and the driver commits the one batch (dmn.lake.distributed).
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 import time
 from collections import Counter
-from contextlib import closing
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from dmn import faults
@@ -41,11 +43,9 @@ from dmn.home import Home
 from dmn.lake.commit import commit
 from dmn.lake.compact import compact
 from dmn.lake.parse import Parser
-from dmn.lake.plan import UNCHANGED, Entry, Ledger, discover
-from dmn.lake.read import Lines, Pending, Problem, read
+from dmn.lake.plan import Entry, Ledger, discover, retire
 from dmn.lake.resolve import resolve
-from dmn.lake.rules import RAW_KEEP_BYTES
-from dmn.lake.store import Store
+from dmn.lake.store import Store, new_batch
 from dmn.progress import Progress, quiet
 
 
@@ -75,6 +75,9 @@ class IngestReport:
     """Batches merged into one (`[ingest] compact_batches`), and the lake files they had and have now."""
     seconds: float = 0.0
     """Wall time of the run."""
+    stages: dict[str, float] = field(default_factory=dict)
+    """With the Ray engine, wall seconds of each stage: plan and commit on the driver, the tasks' stages
+    between (`dmn.lake.distributed`; `benchmarks/scale.py` projects from them)."""
     recovered: list[str] = field(default_factory=list)
     """What recovery did to batches a crash had interrupted."""
 
@@ -83,22 +86,31 @@ class IngestReport:
 
 
 def ingest(home: Home, paths: list[str | os.PathLike] | None = None, *, wait: float = 0.0,
-           on_progress: Progress | None = None) -> IngestReport:
+           on_progress: Progress | None = None, engine: str | None = None) -> IngestReport:
     """Ingest `paths` (files or folders; default: the home's inbox) into the home's store, telling
-    `on_progress` how many of the bytes to read were read.
+    `on_progress` how many of the bytes to read were read. `engine`: "local" or "ray" (default: the
+    settings' `[engine] kind`); with Ray, tasks on the cluster read, parse and resolve (`dmn.lake.distributed`).
 
     Raises `Busy` if another ingest still holds the home after `wait` seconds.
     """
     started = time.perf_counter()
     settings = home.settings()
+    engine = engine or settings.engine.kind
+    if engine not in ("local", "ray"):
+        raise DmnError(f"unknown engine {engine!r}: local or ray")
     with home.lock("ingest", wait=wait):
         store = Store(home)
         report = IngestReport(recovered=store.recover())
         faults.point("ingest.recovered")
+        given = [Path(p) for p in paths] if paths else [home.inbox]
         try:
-            with Parser(settings.ingest, home.tmp) as parser:
-                _batch(home, settings, store, parser, [Path(p) for p in paths] if paths else [home.inbox], report,
-                       on_progress or quiet)
+            if engine == "ray":  # Ray is an extra: imported only to use it
+                from dmn.lake import distributed
+
+                distributed.batch(home, settings, store, given, report, on_progress or quiet)
+            else:
+                with Parser(settings.ingest, home.tmp) as parser:
+                    _batch(home, settings, store, parser, given, report, on_progress or quiet)
         except OSError as exc:  # a full or read-only disk: nothing was committed, the next run cleans up
             raise DmnError(f"ingest stopped, nothing was committed: {exc.strerror or exc} "
                            f"({exc.filename or home.root})") from None
@@ -131,63 +143,30 @@ def _batch(home: Home, settings: Settings, store: Store, parser: Parser, paths: 
     problems: list[dict[str, Any]] = []
     unchanged: list[Path] = []  # consumed whole by earlier batches: what retention may retire
     for path in files:
-        todo = ledger.plan(path, settings.ingest.settle_seconds)
-        if isinstance(todo, str):
-            skips[todo] += 1
-            if todo == UNCHANGED:
-                unchanged.append(path)
+        if (todo := ledger.todo(path, settings.ingest.settle_seconds, skips, unchanged)) is None:
             continue
-        found = len(problems)
-        with closing(read(todo, settings.ingest, settings.lar, parser.con)) as events:
-            for event in events:
-                if isinstance(event, Lines):
-                    parser.add(len(entries), event.table)
-                    total = sum(ledger.unread(p) for p in files) if total is None else total
-                    done += pc.sum(pc.binary_length(event.table["raw"])).as_py() + event.table.num_rows  # newlines
-                    say(f"ingesting {path.name}", done=min(done, total), total=total)
-                elif isinstance(event, Problem):
-                    problems.append(_quarantine_row(todo.entry.path, event))
-                elif isinstance(event, Pending):
-                    report.pending_bytes += event.size
-        if todo.entry.bytes_consumed > todo.start or len(problems) > found:  # else only an unfinished tail
+
+        def lines(table: pa.Table) -> None:
+            nonlocal done, total
+            total = sum(ledger.unread(p) for p in files) if total is None else total
+            done += pc.sum(pc.binary_length(table["raw"])).as_py() + table.num_rows  # and the newlines
+            say(f"ingesting {path.name}", done=min(done, total), total=total)
+
+        kept, found, pending = parser.read(len(entries), todo, settings, lines)
+        problems += found
+        report.pending_bytes += pending
+        if kept:  # else only an unfinished tail
             entries.append(todo.entry)
             ledger.consumed(todo.entry)
             report.bytes_read += todo.entry.bytes_consumed - todo.start
         faults.point("ingest.read")
     report.skipped, report.files_read = dict(skips), len(entries)
-    report.retired = _retire(home, settings, ledger, unchanged, now)
+    report.retired = retire(home, settings.ingest, ledger, unchanged, now)
     parser.flush()
     if not entries:
         return
-    dims, kinds = resolve(parser.con, store, manifests, settings)
-    batch = "b" + now.strftime("%Y%m%dT%H%M%S%fZ") + secrets.token_hex(3)  # dmn.lake.store.BATCH_ID
-    done = commit(parser.con, home, store, batch, now, entries, problems, {"dims": dims, "action_kinds": kinds})
+    fixes = resolve(parser.con, store, manifests, settings)
+    batch = new_batch(now)
+    done = commit(parser.con, home, store, batch, now, entries, problems, fixes)
     report.batch, report.records, report.quarantined, report.duplicates = (
         batch, done.records, done.quarantined, done.duplicates)
-
-
-def _retire(home: Home, settings: Settings, ledger: Ledger, unchanged: list[Path], now: datetime) -> dict[str, int]:
-    """Delete or archive the inbox files among `unchanged` that a batch committed over `retention_days` ago
-    consumed whole (`[ingest] inbox_retention`); returns how many files and bytes left the inbox."""
-    how = settings.ingest.inbox_retention
-    if how == "keep":
-        return {}
-    before = (now - timedelta(days=settings.ingest.retention_days)).isoformat()
-    files = size = 0
-    for path in unchanged:
-        if (whole := ledger.retirable(path, before)) is None:
-            continue
-        if how == "archive":
-            target = home.root / "archive" / path.relative_to(home.inbox)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, target)
-        else:
-            path.unlink(missing_ok=True)
-        files, size = files + 1, size + whole
-    return {"files": files, "bytes": size} if files else {}
-
-
-def _quarantine_row(source_file: str, problem: Problem) -> dict[str, Any]:
-    return {"source_file": source_file, "source_line": problem.line, "type": None, "episode_id": None,
-            "reason": problem.reason, "hint": problem.hint,
-            "raw": problem.raw[:RAW_KEEP_BYTES].decode("utf-8", "replace"), "raw_bytes": len(problem.raw)}

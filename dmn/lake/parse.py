@@ -7,14 +7,18 @@ a thousand. Every row keeps its file, its line and its order (`seq`), and NULL o
 
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
 
-from dmn.config import IngestSettings, size_bytes
+from dmn.config import IngestSettings, Settings, size_bytes
 from dmn.lake.duck import connect, run
-from dmn.lake.rules import MACROS, PARSED_COLUMNS, parse_sql
+from dmn.lake.plan import Read
+from dmn.lake.read import Lines, Pending, Problem, read
+from dmn.lake.rules import MACROS, PARSED_COLUMNS, RAW_KEEP_BYTES, parse_sql
 from dmn.records import TENSOR_DTYPES
 
 FIRST_PASS_BYTES = 1 << 24
@@ -25,7 +29,8 @@ is still on the first chunk."""
 class Parser:
     """One ingest run's DuckDB session: `add` lines, then read `parsed` from `con`."""
 
-    def __init__(self, settings: IngestSettings, tmp: Path):
+    def __init__(self, settings: IngestSettings, tmp: Path, first_seq: int = 0):
+        """`tmp`: where DuckDB spills; `first_seq`: the first line's `seq` (a Ray shard's own range)."""
         self.con = connect(settings.memory_limit, tmp / "duckdb")
         # A pass over the lines needs a few times their size in DuckDB: keep it well inside the limit.
         self.chunk_bytes = min(settings.chunk_bytes, size_bytes(settings.memory_limit) // 4)
@@ -38,8 +43,8 @@ class Parser:
         self.pending: list[pa.Table] = []
         self.pending_bytes = 0
         self.passes = 0
-        self.rows = 0
-        """Lines queued so far: each gets its own `seq`, in reading order."""
+        self.rows = first_seq
+        """The next line's `seq`: each line gets its own, in reading order."""
 
     def __enter__(self) -> Parser:
         return self
@@ -59,6 +64,25 @@ class Parser:
         if self.pending_bytes >= min(self.chunk_bytes, FIRST_PASS_BYTES << self.passes):
             self.flush()
 
+    def read(self, file_index: int, todo: Read, settings: Settings,
+             on_lines: Callable[[pa.Table], None] | None = None) -> tuple[bool, list[dict[str, Any]], int]:
+        """Read one planned file (`dmn.lake.read.read`) into the batch as its file `file_index`, telling
+        `on_lines` of each block. Returns whether the batch keeps its ledger entry (it consumed something, or
+        found something to quarantine), the file's quarantine rows (`dmn.lake.commit.FILE_PROBLEM`), and the
+        bytes of an unfinished last line left for the next run."""
+        problems, pending = [], 0
+        with closing(read(todo, settings.ingest, settings.lar, self.con)) as events:
+            for event in events:
+                if isinstance(event, Lines):
+                    self.add(file_index, event.table)
+                    if on_lines:
+                        on_lines(event.table)
+                elif isinstance(event, Problem):
+                    problems.append(_quarantine_row(todo.entry.path, event))
+                elif isinstance(event, Pending):
+                    pending += event.size
+        return todo.entry.bytes_consumed > todo.start or bool(problems), problems, pending
+
     def flush(self) -> None:
         """Parse what is queued."""
         if not self.pending:
@@ -73,6 +97,12 @@ class Parser:
             run(self.con, self.sql)
         finally:
             self.con.unregister("chunk")
+
+
+def _quarantine_row(source_file: str, problem: Problem) -> dict[str, Any]:
+    return {"source_file": source_file, "source_line": problem.line, "type": None, "episode_id": None,
+            "reason": problem.reason, "hint": problem.hint,
+            "raw": problem.raw[:RAW_KEEP_BYTES].decode("utf-8", "replace"), "raw_bytes": len(problem.raw)}
 
 
 def _ascii_text(raw: pa.Array) -> pa.Array:

@@ -10,10 +10,13 @@ import hashlib
 import os
 import stat
 import time
+from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from dmn.config import IngestSettings
 from dmn.errors import DmnError
 from dmn.home import Home
 
@@ -162,6 +165,17 @@ class Ledger:
         entry = Entry(key, kind, st.st_size, st.st_mtime_ns, offset, line)
         return Read(path, entry, offset, hasher, settled=time.time() - st.st_mtime > settle_seconds)
 
+    def todo(self, path: Path, settle_seconds: float, skips: Counter, unchanged: list[Path]) -> Read | None:
+        """`plan(path)`, or None for a file not to read: its reason counted in `skips`, and the file put in
+        `unchanged` when a batch consumed all of it (what retention may retire)."""
+        todo = self.plan(path, settle_seconds)
+        if isinstance(todo, Read):
+            return todo
+        skips[todo] += 1
+        if todo == UNCHANGED:
+            unchanged.append(path)
+        return None
+
     def unread(self, path: Path) -> int:
         """About how many bytes of `path` no batch has consumed yet: what reading it will take."""
         try:
@@ -203,3 +217,24 @@ def hash_prefix(f: BinaryIO, n: int, hasher: Any) -> Any:
         hasher.update(block)
         remaining -= len(block)
     return hasher
+
+
+def retire(home: Home, settings: IngestSettings, ledger: Ledger, unchanged: list[Path], now: datetime) -> dict[str, int]:
+    """Delete or archive the inbox files among `unchanged` (found `UNCHANGED`) that a batch committed over
+    `retention_days` ago consumed whole (`[ingest] inbox_retention`); returns how many files and bytes left."""
+    how = settings.inbox_retention
+    if how == "keep":
+        return {}
+    before = (now - timedelta(days=settings.retention_days)).isoformat()
+    files = size = 0
+    for path in unchanged:
+        if (whole := ledger.retirable(path, before)) is None:
+            continue
+        if how == "archive":
+            target = home.root / "archive" / path.relative_to(home.inbox)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+        else:
+            path.unlink(missing_ok=True)
+        files, size = files + 1, size + whole
+    return {"files": files, "bytes": size} if files else {}

@@ -9,11 +9,15 @@
                  `[actions]`, by earlier batches, or by this one's most common; other actions are quarantined
     repeats      a record repeated with the same content (its fingerprint) is a duplicate and dropped;
                  with the same key (`dmn.records.Record.key`) but other content, a conflict
+
+`resolve` runs them in order. The Ray engine (`dmn.lake.distributed`) runs the same phases over shards of the
+episode ids, settling the dimensions and kinds of action once from every shard's `tallies`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections import Counter
+from typing import Any, Callable
 
 import duckdb
 import pyarrow as pa
@@ -50,88 +54,87 @@ EPISODES = [
 ]
 """The episode rules, in order."""
 
+FIXES = {"dims": "dims", "action_kinds": "actions"}
+"""What a batch fixes per (world, encoder), and the section of the settings that can fix it for a world."""
+
+
 def resolve(con: duckdb.DuckDBPyConnection, store: Store, manifests: list[dict[str, Any]], settings: Settings
-            ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Apply the rules across records to `parsed`; returns the (world, encoder) latent dimensions and the
-    action kinds this batch fixes."""
-    run(con, "CREATE TABLE lake_episodes AS SELECT episode_id, world, encoder, started_at "
-             f"FROM ({store.table_sql('episode_starts', manifests)})")
+            ) -> dict[str, list[dict[str, Any]]]:
+    """Apply the rules across records to `parsed`; returns what this batch fixes: the (world, encoder) latent
+    dimensions ("dims") and kinds of action ("action_kinds")."""
+    def lake(table: str) -> str:
+        return store.table_sql(table, manifests)
+
+    episodes(con, lake)
+    settled, fixes = settle(tallies(con), store, manifests, settings)
+    enforce(con, settled)
+    repeats(con, lake)
+    return fixes
+
+
+def episodes(con: duckdb.DuckDBPyConnection, lake: Callable[[str], str]) -> None:
+    """The episode rules (`EPISODES`); `lake(table)` is the SELECT of a lake table's rows to compare with."""
+    run(con, f"CREATE TABLE lake_episodes AS SELECT episode_id, world, encoder, started_at FROM ({lake('episode_starts')})")
     for sql in EPISODES:
         run(con, sql)
-    new_dims = _dimensions(con, store.known("dims", manifests), settings.dims)
-    new_kinds = _action_kinds(con, store.known("action_kinds", manifests), settings.actions)
-    for rtype, record in RECORDS.items():
-        if rtype == "episode":
-            continue  # repeats of episodes were resolved with them
-        run(con, f"UPDATE parsed SET fingerprint = {_fingerprint(rtype)} WHERE reason IS NULL AND rtype = '{rtype}'")
-        lake = store.table_sql(TABLES[rtype][0], manifests)
-        if record.key:
-            _repeats(con, rtype, ", ".join(record.key), lake)
-        else:
-            _resent(con, lake)
-    return new_dims, new_kinds
 
 
-def _fingerprint(rtype: str) -> str:
-    """DuckDB's hash of a record's content, its fields in contract order. An action's vector form joins the
-    hash only where a record has one, so that labels hash as they did before actions could be vectors."""
-    fields = [f.name for f in RECORDS[rtype].fields]
-    vectors = [name + VECTOR_SUFFIX for name in fields if KINDS[FIELDS[name].kind].vector_column]
-    if not vectors:
-        return f"hash({', '.join(map(quote, fields))})"
-    absent = " AND ".join(f"{quote(v)} IS NULL" for v in vectors)
-    return (f"CASE WHEN {absent} THEN hash({', '.join(map(quote, fields))}) "
-            f"ELSE hash({', '.join(map(quote, fields + vectors))}) END")
+def tallies(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple]]:
+    """How many of the batch's good records say each (world, encoder, value): of the latent dimension ("dims")
+    and of the kind of action ("action_kinds": 0, labels; d, vectors of d values)."""
+    return {"dims": run(con, """
+                SELECT world, encoder, len(state) AS dim, count(*) AS n FROM parsed
+                WHERE reason IS NULL AND state IS NOT NULL GROUP BY ALL"""),
+            "action_kinds": run(con, """
+                SELECT world, encoder, coalesce(len(action_vector), 0) AS dim, count(*) AS n FROM parsed
+                WHERE reason IS NULL AND rtype IN ('simulation', 'decision') GROUP BY ALL""")}
 
 
-def _settle(con: duckdb.DuckDBPyConnection, rows: list[tuple], known: dict[tuple[str, str], int],
-            fixed: dict[str, int], view: str) -> list[dict[str, Any]]:
-    """What each (world, encoder) of the batch lives by, from `rows` (world, encoder, value, count; most common
-    first): dmn.toml's for the world, else what earlier batches fixed, else the batch's most common. It is
-    registered as the view `view` (world, encoder, dim) for the quarantine that follows (which unregisters
-    it); returns the rows the ledger does not hold yet (empty, and nothing registered, without rows)."""
-    settled: dict[tuple[str, str], int] = {}
-    new = []
-    for world, encoder, value, _ in rows:
-        if (world, encoder) in settled:
-            continue
-        settled[(world, encoder)] = fixed.get(world, known.get((world, encoder), value))
-        if (world, encoder) not in known:
-            new.append({"world": world, "encoder": encoder, "dim": settled[(world, encoder)]})
-    if settled:
-        con.register(view, pa.Table.from_pylist([{"world": w, "encoder": e, "dim": d} for (w, e), d in settled.items()]))
-    return new
+def add_tallies(shards: list[dict[str, list[tuple]]]) -> dict[str, list[tuple]]:
+    """The tallies of a batch's shards, as one batch's."""
+    out: dict[str, Counter] = {key: Counter() for key in FIXES}
+    for shard in shards:
+        for key, rows in shard.items():
+            for world, encoder, value, n in rows:
+                out[key][world, encoder, value] += n
+    return {key: [(*k, n) for k, n in counts.items()] for key, counts in out.items()}
 
 
-def _dimensions(con: duckdb.DuckDBPyConnection, known: dict[tuple[str, str], int],
-                fixed: dict[str, int]) -> list[dict[str, Any]]:
-    """Fix each (world, encoder)'s latent dimension and quarantine vectors of another length."""
-    rows = run(con, """
-        SELECT world, encoder, len(state) AS dim, count(*) AS n FROM parsed
-        WHERE reason IS NULL AND state IS NOT NULL GROUP BY ALL ORDER BY n DESC, dim""")
-    new = _settle(con, rows, known, fixed, "dims_arrow")
-    if not rows:
-        return new
-    for vec in LATENTS:
-        run(con, f"""UPDATE parsed SET reason = 'wrong vector length',
-            hint = '"{vec}" has ' || len(parsed.{vec}) || ' values, but world "' || parsed.world || '" (encoder "'
-                   || parsed.encoder || '") has dimension ' || d.dim
-            FROM dims_arrow d WHERE parsed.reason IS NULL AND parsed.world = d.world AND parsed.encoder = d.encoder
-              AND parsed.{vec} IS NOT NULL AND len(parsed.{vec}) <> d.dim""")
-    con.unregister("dims_arrow")
-    return new
+def settle(counted: dict[str, list[tuple]], store: Store, manifests: list[dict[str, Any]], settings: Settings
+           ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]]]:
+    """What each (world, encoder) of the batch lives by: dmn.toml's for the world, else what earlier batches
+    fixed, else the batch's most common (the smaller on a tie). Returns the settled rows (world, encoder, dim)
+    and those the catalog does not hold yet (what this batch fixes), each by what they fix."""
+    settled, fixes = {}, {}
+    for key, section in FIXES.items():
+        known, fixed = store.known(key, manifests), getattr(settings, section)
+        chosen: dict[tuple[str, str], int] = {}
+        fixes[key] = []
+        for world, encoder, value, _ in sorted(counted[key], key=lambda r: (-r[3], r[2], r[0], r[1])):
+            if (world, encoder) in chosen:
+                continue
+            chosen[world, encoder] = fixed.get(world, known.get((world, encoder), value))
+            if (world, encoder) not in known:
+                fixes[key].append({"world": world, "encoder": encoder, "dim": chosen[world, encoder]})
+        settled[key] = [{"world": w, "encoder": e, "dim": d} for (w, e), d in chosen.items()]
+    return settled, fixes
 
 
-def _action_kinds(con: duckdb.DuckDBPyConnection, known: dict[tuple[str, str], int],
-                  fixed: dict[str, int]) -> list[dict[str, Any]]:
-    """Fix each (world, encoder)'s action kind (0: labels; d: vectors of d values) and quarantine the
-    simulations and decisions whose action, or withheld reflex, is of another kind or length."""
-    rows = run(con, """
-        SELECT world, encoder, coalesce(len(action_vector), 0) AS dim, count(*) AS n FROM parsed
-        WHERE reason IS NULL AND rtype IN ('simulation', 'decision') GROUP BY ALL ORDER BY n DESC, dim""")
-    new = _settle(con, rows, known, fixed, "kinds_arrow")
-    if not rows:
-        return new
+def enforce(con: duckdb.DuckDBPyConnection, settled: dict[str, list[dict[str, Any]]]) -> None:
+    """Quarantine the vectors of another length than their world's dimension, and the actions (or withheld
+    reflexes) of another kind or length than their world's (`settle`)."""
+    if settled["dims"]:
+        con.register("dims_arrow", pa.Table.from_pylist(settled["dims"]))
+        for vec in LATENTS:
+            run(con, f"""UPDATE parsed SET reason = 'wrong vector length',
+                hint = '"{vec}" has ' || len(parsed.{vec}) || ' values, but world "' || parsed.world || '" (encoder "'
+                       || parsed.encoder || '") has dimension ' || d.dim
+                FROM dims_arrow d WHERE parsed.reason IS NULL AND parsed.world = d.world AND parsed.encoder = d.encoder
+                  AND parsed.{vec} IS NOT NULL AND len(parsed.{vec}) <> d.dim""")
+        con.unregister("dims_arrow")
+    if not settled["action_kinds"]:
+        return
+    con.register("kinds_arrow", pa.Table.from_pylist(settled["action_kinds"]))
     where = "WHERE parsed.reason IS NULL AND parsed.world = k.world AND parsed.encoder = k.encoder"
     for field in ("action", "reflex"):
         label, vector = quote(field), quote(field + VECTOR_SUFFIX)
@@ -146,7 +149,31 @@ def _action_kinds(con: duckdb.DuckDBPyConnection, known: dict[tuple[str, str], i
                    || parsed.encoder || '") has ' || k.dim || '-dimensional actions'
             FROM kinds_arrow k {where} AND k.dim > 0 AND len(parsed.{vector}) <> k.dim""")
     con.unregister("kinds_arrow")
-    return new
+
+
+def repeats(con: duckdb.DuckDBPyConnection, lake: Callable[[str], str]) -> None:
+    """Repeats of records other than episodes (theirs were resolved with them), within the batch and against
+    `lake(table)`: duplicates dropped, conflicts quarantined."""
+    for rtype, record in RECORDS.items():
+        if rtype == "episode":
+            continue
+        run(con, f"UPDATE parsed SET fingerprint = {_fingerprint(rtype)} WHERE reason IS NULL AND rtype = '{rtype}'")
+        if record.key:
+            _repeats(con, rtype, ", ".join(record.key), lake(TABLES[rtype][0]))
+        else:
+            _resent(con, lake(TABLES[rtype][0]))
+
+
+def _fingerprint(rtype: str) -> str:
+    """DuckDB's hash of a record's content, its fields in contract order. An action's vector form joins the
+    hash only where a record has one, so that labels hash as they did before actions could be vectors."""
+    fields = [f.name for f in RECORDS[rtype].fields]
+    vectors = [name + VECTOR_SUFFIX for name in fields if KINDS[FIELDS[name].kind].vector_column]
+    if not vectors:
+        return f"hash({', '.join(map(quote, fields))})"
+    absent = " AND ".join(f"{quote(v)} IS NULL" for v in vectors)
+    return (f"CASE WHEN {absent} THEN hash({', '.join(map(quote, fields))}) "
+            f"ELSE hash({', '.join(map(quote, fields + vectors))}) END")
 
 
 def _repeats(con: duckdb.DuckDBPyConnection, rtype: str, key: str, lake: str) -> None:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import time
 from datetime import datetime
@@ -37,7 +38,7 @@ MANIFEST_VERSION = 1
 _OWN_VIEWS = (*LAKE_TABLES, "episodes", "ingest_files")
 """The store's own views (`dmn.ops.sql.VIEWS` adds the nights' and the bundles')."""
 BATCH_ID = re.compile(r"b\d{8}T\d{12}Z[0-9a-f]{6}")
-"""A batch's name: "b", its UTC start to the microsecond, six random hex digits (dmn.lake.ingest)."""
+"""A batch's name: "b", its UTC start to the microsecond, six random hex digits (`new_batch`)."""
 
 
 class Store:
@@ -190,6 +191,11 @@ class Store:
             fsync(dst.parent)
             faults.point("ingest.rolled")
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def new_batch(now: datetime) -> str:
+    """A new batch's name (`BATCH_ID`): it sorts after every batch begun before `now`."""
+    return "b" + now.strftime("%Y%m%dT%H%M%S%fZ") + secrets.token_hex(3)
 
 
 def _remove_replaced(home: Home, manifests: list[dict[str, Any]]) -> list[str]:

@@ -63,9 +63,10 @@ def alive(home: Home, within: float = 30.0) -> float:
 
 
 def serve(home: Home, job: Job | None = None, *, interval: float | None = None,
-          metrics_port: int | None = None) -> None:
+          metrics_port: int | None = None, engine: str | None = None) -> None:
     """Run until SIGTERM/SIGINT: the job (default `nightly()`) on its cron schedule (or every `interval`
-    seconds), and once the inbox has been quiet for its `idle_after` seconds after new logs arrived."""
+    seconds), and once the inbox has been quiet for its `idle_after` seconds after new logs arrived.
+    `engine` runs its ingest stages ("local" or "ray"; default: the settings')."""
     job = job or nightly()
     idle_after, cron = job.schedule.idle_after, job.schedule.cron
     if interval is not None and interval <= 0:
@@ -78,7 +79,7 @@ def serve(home: Home, job: Job | None = None, *, interval: float | None = None,
     try:
         with home.lock("daemon"):
             scheduler = BlockingScheduler()
-            night = _Night(home, job, metrics)
+            night = _Night(home, job, metrics, engine)
             scheduler.add_job(night, trigger, id="night", coalesce=True, max_instances=1, misfire_grace_time=None)
             if idle_after:
                 scheduler.add_job(_IdleWatch(home, idle_after, night, scheduler), IntervalTrigger(
@@ -111,8 +112,8 @@ def serve(home: Home, job: Job | None = None, *, interval: float | None = None,
 class _Night:
     """One run of the job, logged; never raises, so the schedule survives it."""
 
-    def __init__(self, home: Home, job: Job, metrics: _Metrics | None):
-        self.home, self.job, self.metrics = home, job, metrics
+    def __init__(self, home: Home, job: Job, metrics: _Metrics | None, engine: str | None):
+        self.home, self.job, self.metrics, self.engine = home, job, metrics, engine
         self.running = False
 
     def __call__(self) -> None:
@@ -124,7 +125,7 @@ class _Night:
 
     def _run(self) -> None:
         try:
-            nights = run(self.home, self.job)
+            nights = run(self.home, self.job, engine=self.engine)
         except Busy as exc:
             log.warning("night skipped", extra={"fields": {"reason": str(exc)}})
             return

@@ -84,11 +84,12 @@ def load(path: Path) -> Job:
 
 
 def run(home: Home, job: Job, on_progress: Progress | None = None,
-        wait: float = 0.0, dry_run: bool = False) -> list[Consolidation]:
+        wait: float = 0.0, dry_run: bool = False, engine: str | None = None) -> list[Consolidation]:
     """Run the job's stages in order, once; returns the nights its consolidate stages ran. Each stage waits up
     to `wait` seconds for another ingest or consolidation of the home to finish (else `Busy`). A `dry_run`
     changes nothing: its consolidate stages publish nothing and record no run (`consolidate`), and the
-    ingest and report stages, which would write, are left out (the night reads the lake as it is)."""
+    ingest and report stages, which would write, are left out (the night reads the lake as it is). `engine`
+    runs the ingest stages ("local" or "ray"; default: the settings' `[engine] kind`)."""
     say = on_progress or quiet
     nights: list[Consolidation] = []
     for stage in job.stages:
@@ -96,7 +97,7 @@ def run(home: Home, job: Job, on_progress: Progress | None = None,
             continue
         if stage.run == "ingest":
             say("ingesting the inbox")
-            ingest(home, wait=wait, on_progress=say)
+            ingest(home, wait=wait, on_progress=say, engine=engine)
             faults.point("job.ingested")
         elif stage.run == "consolidate":
             settings = dataclasses.replace(home.settings().consolidate, **stage.settings)

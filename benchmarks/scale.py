@@ -1,0 +1,117 @@
+"""Scale: ingest on the local engine and on Ray with 1 and 2 worker nodes, on the same logs, in one run; and
+from those measurements, the time of a fleet's night of logs on N nodes.
+
+    python benchmarks/scale.py                 # 16 files of synthetic System 2 logs, 1408-d latents
+    python benchmarks/scale.py --files 4       # quicker
+
+The Ray cluster is real (`ray.cluster_utils.Cluster`: a head for the driver, and worker nodes of one CPU
+each, all on this machine), so the 2-worker figures share this machine's cores with the driver: on a
+two-core machine they show what the tasks cost, not what more machines would give. Each engine ingests
+the same files into a home of its own; every home must end with the same rows (checked).
+
+The projection (stated with its figures): a stage that runs as tasks takes bytes / (N x its measured bytes/s
+per worker, a worker being a CPU); the driver's part (plan, connect, commit) is measured per file and
+stays; so T(N) = driver + sum over task stages of bytes / (N x rate). The fleet: 1,000 robots logging at
+4 Hz for 8 hours with 8 candidates per step: 115 million decisions and 0.9 billion simulations, each with
+a 1408-d latent (V-JEPA 2's ViT-g width), as `dmn.EpisodeLogger` writes them (base64 float32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from dmn.home import Home
+from dmn.lake.ingest import ingest
+from dmn.lake.store import Store
+from dmn.worlds.synthetic import write_logs
+
+FLEET_DECISIONS = 115_000_000
+FLEET_SIMULATIONS = 920_000_000
+TASK_STAGES = ("parse", "tally", "resolve")
+DRIVER_STAGES = ("plan", "connect", "commit")
+
+
+def make_logs(folder: Path, files: int, dim: int) -> int:
+    """`files` days of a synthetic world's System 2 logs (a file each); returns their bytes."""
+    home = Home.resolve(folder)
+    for day in range(files):
+        write_logs(home, situations=8, dim=dim, episodes=6, steps=25, day=day)
+    return sum(p.stat().st_size for p in home.inbox.rglob("*") if p.is_file())
+
+
+def fresh(root: Path, name: str, logs: Path, toml: str = "") -> Home:
+    home = Home.resolve(root / name)
+    shutil.copytree(logs / "inbox", home.inbox, dirs_exist_ok=True)
+    (home.root / "dmn.toml").write_text(toml)
+    return home
+
+
+def rows(home: Home) -> tuple[int, ...]:
+    return tuple(Store(home).sql(f"SELECT count(*) FROM {t}").fetchone()[0]
+                 for t in ("episodes", "decisions", "simulations", "quarantine"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--files", type=int, default=16, help="log files (days of the synthetic world)")
+    parser.add_argument("--dim", type=int, default=1408, help="latent size")
+    parser.add_argument("--workers", type=int, nargs="+", default=[10, 100, 1000],
+                        help="cluster sizes to project to, in workers (a CPU each)")
+    args = parser.parse_args()
+    from ray.cluster_utils import Cluster
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        size = make_logs(root / "logs", args.files, args.dim)
+        local = fresh(root, "local", root / "logs")
+        started = time.perf_counter()
+        done = ingest(local)
+        local_seconds = time.perf_counter() - started
+        records = sum(done.records.values())
+        expected = rows(local)
+        print(f"{args.files} files, {size / 2**20:,.1f} MiB, {records:,} records ({args.dim}-d latents)")
+        print(f"{'engine':<20} {'seconds':>8} {'MiB/s':>7}   stages (seconds)")
+        print(f"{'local':<20} {local_seconds:8.2f} {size / 2**20 / local_seconds:7.1f}")
+        measured = {}
+        for workers in (1, 2):
+            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # the driver's node
+            for _ in range(workers):
+                cluster.add_node(num_cpus=1)
+            cluster.wait_for_nodes()
+            home = fresh(root, f"ray{workers}", root / "logs",
+                         f'[engine]\nkind = "ray"\naddress = "{cluster.address}"\nshard_mib = {max(1, size // 2**20 // (4 * workers))}\n')
+            started = time.perf_counter()
+            report = ingest(home)
+            seconds = time.perf_counter() - started
+            cluster.shutdown()
+            assert rows(home) == expected, f"Ray with {workers} workers wrote other rows than the local engine"
+            measured[workers] = report.stages
+            stages = ", ".join(f"{k} {v:.2f}" for k, v in report.stages.items())
+            print(f"{f'ray, {workers} worker' + 's' * (workers > 1):<20} {seconds:8.2f} {size / 2**20 / seconds:7.1f}   {stages}")
+    # per worker, from the 1-worker run (the 2-worker run on this machine shares its cores)
+    rates = {s: size / measured[1][s] for s in TASK_STAGES if measured[1].get(s)}
+    driver = sum(measured[1].get(s, 0) for s in DRIVER_STAGES)
+    print(f"\nper worker: {', '.join(f'{s} {r / 2**20:.1f} MiB/s' for s, r in rates.items())}; "
+          f"driver {driver:.2f} s ({', '.join(f'{s} {measured[1].get(s, 0):.2f}' for s in DRIVER_STAGES)})")
+    print(f"2 workers against 1, same machine: tasks {sum(measured[2].get(s, 0) for s in TASK_STAGES):.2f} s "
+          f"against {sum(measured[1].get(s, 0) for s in TASK_STAGES):.2f} s")
+    per_record = size / records
+    fleet = (FLEET_DECISIONS + FLEET_SIMULATIONS) * per_record
+    print(f"\nthe fleet's night: {FLEET_DECISIONS / 1e6:.0f} M decisions + {FLEET_SIMULATIONS / 1e6:.0f} M simulations "
+          f"at {per_record / 1024:.1f} KiB a record (as measured here) = {fleet / 2**40:.1f} TiB")
+    print("model: T(N) = driver + sum over parse, tally, resolve of bytes / (N workers x rate per worker); the "
+          "driver's plan and commit as measured here per file, for 1,000 files (one a robot)")
+    plan_per_file = measured[1].get("plan", 0) / args.files
+    commit_per_file = measured[1].get("commit", 0) / args.files
+    for n in args.workers:
+        tasks = sum(fleet / (n * r) for r in rates.values())
+        fixed = measured[1].get("connect", 0) + 1000 * (plan_per_file + commit_per_file)
+        print(f"  {n:>5} workers: {(tasks + fixed) / 3600:8.2f} h  (tasks {tasks / 3600:.2f} h, driver {fixed:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

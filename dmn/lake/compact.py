@@ -34,13 +34,12 @@ from dmn.errors import Busy
 from dmn.home import Home, fsync
 from dmn.lake.commit import batch_rows, write_file
 from dmn.lake.duck import connect, quote, run
+from dmn.lake.resolve import FIXES
 from dmn.lake.store import Store, column_tag, parquet_scan
 from dmn.records import LAKE_TABLES
 
 SWEEP_AFTER_SECONDS = 600
 """How long the files a compaction replaced stay in the lake, for the readers that listed them before it."""
-FIXES = ("dims", "action_kinds")
-"""What a batch fixes per (world, encoder), the first batch to say it winning (`Store.known`)."""
 
 
 def compact(home: Home, store: Store, settings: IngestSettings, now: datetime) -> dict[str, int]:
@@ -148,7 +147,6 @@ def _sweep(home: Home, manifests: list[dict[str, Any]], now: datetime) -> None:
         with home.lock("consolidate"):
             for path in due:
                 path.unlink(missing_ok=True)
-                faults.point("compact.swept")
                 _prune_empty(path.parent, home.lake)
     except Busy:
         return

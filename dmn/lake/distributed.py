@@ -40,7 +40,7 @@ from dmn.errors import DmnError
 from dmn.home import Home
 from dmn.lake import resolve
 from dmn.lake.commit import Staged, finish, stage
-from dmn.lake.duck import run
+from dmn.lake.duck import run, text
 from dmn.lake.parse import Parser
 from dmn.lake.plan import Ledger, Read, discover, hash_prefix, retire
 from dmn.lake.store import Store, new_batch, parquet_scan
@@ -169,7 +169,7 @@ def _parse(root: str, version: str, settings: Settings, batch_id: str, shard: in
                 entries.append((i, todo.entry, todo.start))
         parser.flush()
         run(parser.con, f"""COPY (SELECT *, hash(coalesce(episode_id, '')) % {keys} AS key_shard FROM parsed)
-                            TO '{out}' (FORMAT parquet, PARTITION_BY (key_shard))""")
+                            TO {text(out)} (FORMAT parquet, PARTITION_BY (key_shard))""")
     return {"entries": entries, "problems": problems, "pending": pending}
 
 

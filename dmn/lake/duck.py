@@ -27,3 +27,13 @@ def run(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | dict[str, 
 def quote(name: str) -> str:
     """A SQL identifier, quoted."""
     return '"' + name.replace('"', '""') + '"'
+
+
+def text(value: object) -> str:
+    """A SQL string literal (a path, say)."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def texts(values: list[Any]) -> str:
+    """A SQL list of string literals (the files for read_parquet or read_json)."""
+    return "[" + ", ".join(map(text, values)) + "]"

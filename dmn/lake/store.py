@@ -31,7 +31,7 @@ import pyarrow as pa
 from dmn import faults
 from dmn.errors import DmnError
 from dmn.home import Home, fsync, write_atomic
-from dmn.lake.duck import connect, quote, run
+from dmn.lake.duck import connect, quote, run, text, texts
 from dmn.records import LAKE_TABLES, columns
 
 MANIFEST_VERSION = 1
@@ -235,7 +235,7 @@ def _schema_file(home: Home, table: str, cols: dict[str, str]) -> str | None:
             path.parent.mkdir(parents=True, exist_ok=True)
             staged = home.tmp / f"{path.name}.{os.getpid()}.tmp"
             with duckdb.connect() as con:
-                run(con, f"COPY ({_no_rows(cols)}) TO '{staged}' (FORMAT parquet)")
+                run(con, f"COPY ({_no_rows(cols)}) TO {text(staged)} (FORMAT parquet)")
             os.replace(staged, path)
         except (OSError, duckdb.Error):
             return None
@@ -283,8 +283,7 @@ def column_tag(names: list[str]) -> str:
 
 def parquet_scan(files: list[str], by_name: bool) -> str:
     """A SELECT of every row of these Parquet files: by name when their columns may differ."""
-    listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-    return f"SELECT * FROM read_parquet([{listing}], union_by_name = {str(by_name).lower()}, hive_partitioning = false)"
+    return f"SELECT * FROM read_parquet({texts(files)}, union_by_name = {str(by_name).lower()}, hive_partitioning = false)"
 
 
 def _no_rows(cols: dict[str, str]) -> str:

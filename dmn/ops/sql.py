@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -19,7 +18,7 @@ import pyarrow as pa
 
 from dmn.bundle import publish
 from dmn.home import Home
-from dmn.lake.duck import quote, run
+from dmn.lake.duck import quote, run, texts
 from dmn.lake.store import Store
 from dmn.ops import provenance
 from dmn.sleep.night import run_files
@@ -46,7 +45,7 @@ def store(home: Home) -> Store:
 def _consolidations(con: duckdb.DuckDBPyConnection, home: Home) -> None:
     """Read by DuckDB from the records' files (`dmn.sleep.night.run_files`): a year of nights in milliseconds."""
     types = {n: "JSON" if n in ("seconds", "counts", "metrics") else "VARCHAR" for n in RUN_COLUMNS}
-    reads = [f"SELECT {', '.join(quote(n) for n in RUN_COLUMNS)} FROM read_json({_listing(files)}, "
+    reads = [f"SELECT {', '.join(quote(n) for n in RUN_COLUMNS)} FROM read_json({texts(files)}, "
              f"columns = {{{', '.join(f'{n!r}: {t!r}' for n, t in types.items())}}}, format = '{form}', "
              "ignore_errors = true, union_by_name = true)"
              for files, form in zip(run_files(home), ("auto", "newline_delimited")) if files]
@@ -71,10 +70,6 @@ def _artifacts(con: duckdb.DuckDBPyConnection, home: Home) -> None:
         (metrics::JSON->>'$.combined.precision')::DOUBLE AS precision, thresholds::JSON AS thresholds,
         "window"::JSON AS "window", run_id, signature IS NOT NULL AS signed, path
         FROM artifact_records""")
-
-
-def _listing(paths: list[Path]) -> str:
-    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
 
 
 def _json_rows(records: list[dict[str, Any]], names: tuple[str, ...]) -> pa.Table:

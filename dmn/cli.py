@@ -406,7 +406,8 @@ def alive(
 def demo(
     env: str = typer.Option("CartPole-v1", "--env", help="A Gymnasium environment with vector observations, and discrete or bounded vector (Box) actions."),
     nights: int = typer.Option(3, "--nights", min=1, help="Nights of consolidation, each followed by a day with reflexes."),
-    episodes_per_day: int = typer.Option(20, "--episodes-per-day", min=1, help="Episodes the agent plays each day."),
+    decisions_per_day: int = typer.Option(10_000, "--decisions-per-day", min=1,
+                                          help="Decisions the agent makes each day (in whole episodes)."),
     audit_rate: float = typer.Option(0.03, "--audit-rate", min=0.0, max=1.0,
                                      help="Share of System 1's answers withheld so that System 2 checks them."),
     seed: int = typer.Option(0, "--seed", help="Seed of the first day's first episode."),
@@ -415,7 +416,7 @@ def demo(
 ) -> None:
     """Sleep and wake on the reference world: a day of System 2, then nights of consolidation and days with reflexes.
 
-    Example: dmn demo --env CartPole-v1 --nights 3 --episodes-per-day 10
+    Example: dmn demo --env Acrobot-v1 --nights 3 --decisions-per-day 5000
     """
     with _needs("worlds"):
         from dmn.worlds.demo import demo as run_demo
@@ -431,7 +432,7 @@ def demo(
                   + (f"; night: {day.night}" if day.night else ""), highlight=False)
 
     with _progress() as say:
-        days = run_demo(Home.resolve(home), env, nights=nights, episodes_per_day=episodes_per_day,
+        days = run_demo(Home.resolve(home), env, nights=nights, decisions_per_day=decisions_per_day,
                            audit_rate=audit_rate, seed=seed, on_progress=say, on_day=row)
     if as_json:
         out.print_json(json.dumps([d.to_dict() for d in days]))
@@ -486,7 +487,8 @@ def _demo_grid(env: str) -> Grid:
         left={"night"}, caption=(
         "normalised (norm): (R - R_random) / (R_day0 - R_random), a random policy on the same episodes; System 1 (S1): "
         "share of decisions it served; precision (prec): its withheld answers as good as System 2's choice, on audits; "
-        "held-out (held): what its bundle's night measured; exact: System 2 chose that very action (discrete actions); "
+        "held-out (held): the serving bundle's precision on the newest held-out steps, as the night before measured "
+        "it; exact: System 2 chose that very action (discrete actions); "
         "faster (×): mean decision latency against day 0's; imagined (imag): action sequences per System 2 decision, "
         "from a cold start / from System 1's proposal (continuous actions); night: the bundle it published, or what it did"))
 

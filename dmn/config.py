@@ -246,10 +246,15 @@ class ConsolidateSettings(Section):
     """In a continuous world, an answer is right within this distance of System 2's action: the root mean
     square of their differences, each dimension in units of the range its actions were seen to span."""
     soft_weight: float = bounded(0.5, ge=0, le=1)
-    """Share of the policy's targets that comes from how far below System 2's best each action scored (soft)
-    rather than from which actions were acceptable (hard)."""
+    """Share of System 1's targets (what the policy learns, and the table's choice) that comes from where each
+    action scored between the step's worst candidate and System 2's best (soft) rather than from which actions
+    were acceptable (hard)."""
     precision_target: float = bounded(0.95, gt=0, le=1)
     """System 1 must agree with System 2 at least this often when it answers; thresholds are set for it."""
+    min_confidence: float = bounded(0.8, ge=0, le=1)
+    """Once System 1 has been seen live, the policy answers only where its calibrated chance of being right is at
+    least this (before, the precision target): the target is met on average, and an average met with answers
+    more often wrong than right holds only for the held-out mix of states, not where those answers lead."""
     precision_z: float = bounded(1.0, ge=0)
     """Thresholds must meet the precision target this many standard errors down (a Wilson lower bound) on
     validation data, so that a small validation set cannot pass them by luck."""

@@ -287,13 +287,15 @@ def test_a_bundle_that_is_wrong_live_does_not_keep_serving(tmp_path):
 
 def test_thresholds_ask_each_answer_to_be_likely_right_until_system1_is_seen_live():
     """Until validation holds audits, the policy answers only where its own calibrated chance reaches the
-    target; the average may then carry less sure answers. A state it cannot answer (NaN) is never counted."""
+    target; the average may then carry less sure answers, but none below `min_confidence`, even where the
+    average could carry them. A state it cannot answer (NaN) is never counted."""
     from dmn.bundle.decide import Answers
     from dmn.sleep.evaluate import thresholds
 
-    n = 400
-    confidence = np.r_[np.full(300, 0.999), np.full(60, 0.9), np.full(40, np.nan)]
-    right = np.r_[np.ones(300, bool), np.arange(60) % 20 != 0, np.zeros(40, bool)]  # the 0.9s are 95% right
+    n = 440
+    confidence = np.r_[np.full(300, 0.999), np.full(60, 0.9), np.full(40, 0.6), np.full(40, np.nan)]
+    right = np.r_[np.ones(300, bool), np.arange(60) % 20 != 0, np.arange(40) % 4 != 0,  # 95% and 75% right
+                  np.zeros(40, bool)]
     policy = Answers(np.zeros(n, np.int64), confidence, np.where(np.isnan(confidence), "", "policy"), np.zeros(n))
     table = Answers(np.zeros(n, np.int64), np.full(n, np.nan), np.full(n, ""), np.zeros(n))
     rows = np.arange(n)
@@ -302,8 +304,29 @@ def test_thresholds_ask_each_answer_to_be_likely_right_until_system1_is_seen_liv
         return SimpleNamespace(represents=np.ones(n), reflex=np.where(rows < audited, 0, -1),
                                right=lambda actions, at: right[at])
 
-    assert thresholds(table, policy, steps(False), rows, 0.95, 1.0) == (np.inf, 0.999)
-    assert thresholds(table, policy, steps(True), rows, 0.95, 1.0) == (np.inf, 0.9)
+    assert thresholds(table, policy, steps(False), rows, 0.95, 1.0, 0.8) == (np.inf, 0.999)
+    assert thresholds(table, policy, steps(True), rows, 0.95, 1.0, 0.8) == (np.inf, 0.9)
+    assert thresholds(table, policy, steps(True), rows, 0.95, 1.0, 0.5) == (np.inf, 0.6)  # 387 of 400 right
+
+
+def test_the_table_answers_with_system2s_usual_choice_not_the_action_always_acceptable():
+    """Action 0 is acceptable at every step, and never best where System 2 chose 2 (three steps in four).
+    The table answers 2, how often it was acceptable its agreement (its confidence then decides whether it
+    answers at all); by "most often acceptable" alone, 0 would answer here, right every time and never System
+    2's choice, and repeated at every step such a hedge costs the agent what no single step shows."""
+    from dmn.sleep.table import _label_choice
+
+    n = 20
+    gap = np.tile([0.2, np.inf, 0.0], (n, 1))  # stakes below System 2's best: 0 acceptable, 1 vetoed
+    gap[::4] = [0.0, np.inf, 0.3]  # a quarter of the time System 2 chose 0, and 2 was not acceptable
+    exp = SimpleNamespace(actions=["0", "1", "2"], weight=np.ones(n), label=gap.argmin(1), gap=gap,
+                          acceptable=gap <= 0.25)
+    best, agreement, beside = _label_choice(exp, np.arange(n), np.zeros(n, np.int64), np.array([n]), 0.5)
+    assert best.to_pylist() == ["2"] and agreement.tolist() == [0.75] and beside["exact_agreement"].tolist() == [0.75]
+    exp.gap[::4] = [0.0, np.inf, 0.1]  # now 2 is always acceptable too
+    exp.acceptable = exp.gap <= 0.25
+    best, agreement, beside = _label_choice(exp, np.arange(n), np.zeros(n, np.int64), np.array([n]), 0.5)
+    assert best.to_pylist() == ["2"] and agreement.tolist() == [1.0]
 
 
 def test_run_records_of_past_weeks_move_into_their_months_file_and_are_read_once(tmp_path):

@@ -421,16 +421,17 @@ precision_target = 0.6
 policy_hidden = 16
 policy_epochs = 20
 """)
-    done = dmn("demo", "--nights", "1", "--episodes-per-day", "10", "--audit-rate", "0.2", "--json",
+    done = dmn("demo", "--nights", "1", "--decisions-per-day", "300", "--audit-rate", "0.2", "--json",
                "--home", str(home.root))
     assert done.returncode == 0, done.stderr
     day0, day1 = json.loads(done.stdout)
     assert day0["run"]["system1_share"] == 0 and day0["version"] is None and day0["night"] == "published v000001"
+    assert day0["run"]["decisions"] >= 300 and day1["run"]["decisions"] >= 300  # a day: whole episodes to 300 decisions
     assert day1["version"] == "v000001" and day1["night"] is None and day1["run"]["system1_share"] > 0
     assert day1["run"]["audited"] > 0 and 0 <= day1["run"]["agreement"] <= day1["run"]["precision"] <= 1
     beats_random = day0["run"]["mean_return"] > day0["random_return"]  # a tiny world model need not
     assert day0["normalised_return"] == (pytest.approx(1.0) if beats_random else None)
     assert day1["held_out"]["precision"] >= 0.6  # the serving bundle's night measured it, at the home's target
     assert day1["run"]["system1_latency_ms"] < day1["run"]["system2_latency_ms"]
-    table = dmn("demo", "--nights", "1", "--episodes-per-day", "6", "--home", str(home.root))
+    table = dmn("demo", "--nights", "1", "--decisions-per-day", "150", "--home", str(home.root))
     assert table.returncode == 0 and "System 1" in table.stdout and "normalised" in table.stdout, table.stderr

@@ -67,7 +67,7 @@ def split(exp: Experience, settings: ConsolidateSettings) -> Split:
 
 
 def thresholds(table: Answers, policy: Answers, exp: Experience, rows: np.ndarray, target: float,
-               z: float) -> tuple[float, float]:
+               z: float, floor: float) -> tuple[float, float]:
     """The (table, policy) confidence thresholds at which System 1 as a whole (table first, then the
     policy on what the table leaves) answers the most of the validation steps `rows` (each weighted by the
     steps it stands for, `Experience.represents`) with
@@ -80,6 +80,9 @@ def thresholds(table: Answers, policy: Answers, exp: Experience, rows: np.ndarra
     (no validation step audited it), the policy too answers only where its calibrated chance reaches
     `target`: held-out steps that System 2 alone chose cannot show where System 1's own answers take the
     agent, and there it errs more; audited steps can (each stands for the reflex-served steps around it).
+    After that, only where that chance reaches `floor`: the average may carry less sure answers, but not
+    answers more often wrong than right, which hold the target only in the held-out mix of states; where
+    they lead the agent, that mix tilts towards them.
 
     `table` and `policy` are each part's answers on its own (confidence NaN where it cannot answer at
     any threshold). Every table threshold worth trying is tried; for each, the policy's is the lowest
@@ -95,7 +98,7 @@ def thresholds(table: Answers, policy: Answers, exp: Experience, rows: np.ndarra
         hits, answered, squares = (w * table_right[by_table]).sum(), w.sum(), (w * w).sum()
         if answered and wilson_lower(hits / answered, answered**2 / squares, z) < target:
             continue
-        left = ~by_table & (np.nan_to_num(policy.confidence, nan=-np.inf) >= (-1.0 if seen_live else target))
+        left = ~by_table & (np.nan_to_num(policy.confidence, nan=-np.inf) >= (floor if seen_live else target))
         conf = policy.confidence[left]
         order = np.argsort(-conf, kind="stable")
         w = weight[left][order]

@@ -232,6 +232,26 @@ def select(store: Store, world: str, encoder: str, settings: ConsolidateSettings
     )
 
 
+def targets(exp: Experience, soft_weight: float, rows: np.ndarray) -> np.ndarray:
+    """(len(rows), actions) how good each action was at steps `rows`, in [0, 1]: whether it was acceptable
+    (hard), mixed (`soft_weight`) with where it scored between the step's worst candidate (0) and System 2's
+    best (1) (soft; 0 where vetoed or never imagined, 1 for every candidate of a step whose candidates tied).
+
+    What System 1 aims for, in the policy and the table alike: where System 2 was nearly indifferent, several
+    actions are acceptable and System 1 may be sure of either, but of those it answers with the one nearer
+    System 2's best. The soft part is measured against the step's own spread, not the world's stake, so that it
+    tells actions apart where they all scored within the tolerance too: there an action between the others
+    (Acrobot's zero torque) is always acceptable and never best, and repeated at every step it stalls the
+    agent, a cost no single step shows.
+    """
+    gap = exp.gap[rows]
+    known = np.isfinite(gap)
+    gap = np.where(known, gap, 0.0)
+    spread = gap.max(1, keepdims=True)
+    near = np.where(known, 1 - np.divide(gap, spread, out=np.zeros_like(gap), where=spread > 0), 0.0)
+    return (1 - soft_weight) * exp.acceptable[rows] + soft_weight * near
+
+
 def acceptable(label: np.ndarray, n_actions: int, sim_step: np.ndarray, sim_action: np.ndarray, sim_score: np.ndarray,
                sim_vetoed: np.ndarray, tolerance: float, stake: float | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """Which actions were as good as System 2's choice at each of n steps, by its own scores: (acceptable

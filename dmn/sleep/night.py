@@ -193,7 +193,7 @@ def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateS
 
     # Thresholds and figures count each held-out step for the steps of the agent's life it stands for.
     t_table, t_policy = thresholds(system1(exp.states[val], -np.inf, np.inf), system1(exp.states[val], np.inf, -np.inf),
-                                   exp, val, s.precision_target, s.precision_z)
+                                   exp, val, s.precision_target, s.precision_z, s.min_confidence)
     judge = partial(metrics, exp=exp, rows=test)
     serving = _serving(home, night)
     night.metrics = {
@@ -318,7 +318,7 @@ def _published_on(bundle: Bundle | None, night: Consolidation, exp: Experience, 
     failing = bool(live["audited"]) and bool(1 - wilson_lower(1 - live["precision"], live["audited"], s.precision_z)
                                              < s.precision_target)
     return {"version": night.current, "coverage": figures["coverage"], "precision": figures["precision"],
-            "live": live, "failing": failing}
+            "exact_precision": figures.get("exact_precision"), "live": live, "failing": failing}
 
 
 def _demote(home: Home, night: Consolidation, bundle: Bundle, exp: Experience, s: ConsolidateSettings

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from dmn.config import ConsolidateSettings
 from dmn.sleep.evaluate import wilson_lower
-from dmn.sleep.experience import Experience
+from dmn.sleep.experience import Experience, targets
 
 
 def heuristic_table(exp: Experience, rows: np.ndarray, cluster: np.ndarray, distance: np.ndarray, k: int,
@@ -43,8 +43,8 @@ def heuristic_table(exp: Experience, rows: np.ndarray, cluster: np.ndarray, dist
     # its best action can be another.
     inner = distance <= core[cluster]
     held = np.bincount(cluster[inner], weights=w[inner], minlength=k)
-    best, agreement, beside = (_vector_choice if exp.action_dim else _label_choice)(exp, rows[inner], cluster[inner],
-                                                                                    held)
+    best, agreement, beside = (_vector_choice(exp, rows[inner], cluster[inner], held) if exp.action_dim else
+                               _label_choice(exp, rows[inner], cluster[inner], held, settings.soft_weight))
     n_eff = held**2 / np.maximum(np.bincount(cluster[inner], weights=w[inner] ** 2, minlength=k), 1e-12)
 
     # Simulations of the training steps: per (situation, action) mean score, veto rate, outcome types.
@@ -88,20 +88,22 @@ def heuristic_table(exp: Experience, rows: np.ndarray, cluster: np.ndarray, dist
     })
 
 
-def _label_choice(exp: Experience, rows: np.ndarray, cluster: np.ndarray, held: np.ndarray
+def _label_choice(exp: Experience, rows: np.ndarray, cluster: np.ndarray, held: np.ndarray, soft_weight: float
                   ) -> tuple[pa.Array, np.ndarray, dict[str, Any]]:
     """Per situation, from the steps `rows` (in situations `cluster`, whose weight per situation is `held`):
-    the action most often acceptable, how often it was (agreement), and beside them how often it was System
-    2's very choice and the weights of System 2's choices."""
+    the action System 1 aims for, the best on average by `targets` (acceptable, and of acceptable actions
+    the nearer System 2's best); how often it was acceptable (agreement); and beside them how often it was
+    System 2's very choice and the weights of System 2's choices."""
     k, held = len(held), np.maximum(held, 1e-12)
     w, label = exp.weight[rows], exp.label[rows]
     chosen = np.zeros((k, len(exp.actions)))
     np.add.at(chosen, (cluster, label), w)
-    good = np.zeros((k, len(exp.actions)))
+    aim, good = np.zeros((k, len(exp.actions))), np.zeros((k, len(exp.actions)))
+    np.add.at(aim, cluster, w[:, None] * targets(exp, soft_weight, rows))
     np.add.at(good, cluster, w[:, None] * exp.acceptable[rows])
-    best = good.argmax(1)
+    best = aim.argmax(1)
     exact = np.bincount(cluster, weights=w * (label == best[cluster]), minlength=k) / held
-    return (pa.array([exp.actions[j] for j in best], pa.string()), good.max(1) / held,
+    return (pa.array([exp.actions[j] for j in best], pa.string()), good[np.arange(k), best] / held,
             {"exact_agreement": exact, "action_weights": pa.array(chosen.tolist(), pa.list_(pa.float64()))})
 
 

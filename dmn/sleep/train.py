@@ -2,8 +2,8 @@
 
 For labels, the network has one logistic output per action: the chance that the action is as good as System
 2's choice there (`dmn.sleep.experience.acceptable`). Targets mix that (hard) with how close to System 2's
-best each action scored (soft). For vectors, it has a Gaussian head: per dimension the mean and log standard
-deviation of System 2's action, trained by likelihood. Training is weighted by age and stops early on
+best each action scored (soft): `dmn.sleep.experience.targets`. For vectors, it has a Gaussian head: per
+dimension the mean and log standard deviation of System 2's action, trained by likelihood. Training is weighted by age and stops early on
 validation loss; Platt scaling on validation (of the top logit, or of the Gaussian's mean log standard
 deviation) calibrates the confidence System 1's policy threshold is set on (`dmn.sleep.evaluate`). The
 network itself is `dmn.sleep.policy`.
@@ -21,21 +21,11 @@ from sklearn.linear_model import LogisticRegression
 
 from dmn.bundle.decide import action_span, policy_outputs
 from dmn.config import ConsolidateSettings
-from dmn.sleep.experience import Experience
+from dmn.sleep.experience import Experience, targets
 from dmn.sleep.policy import Policy, export
 
 CHECK_SAMPLES = 16_384
 """Training samples between two validation checks of a long epoch (`_fit`)."""
-
-
-def targets(exp: Experience, soft_weight: float) -> np.ndarray:
-    """(n, actions) training targets in [0, 1]: whether each action was acceptable at each step (hard),
-    mixed with how close to System 2's best it scored, exp(-gap in stakes) (soft).
-
-    The policy learns, for every action, the chance that it is as good as System 2's choice: where System 2
-    was nearly indifferent, several actions are, and System 1 may be sure of either.
-    """
-    return (1 - soft_weight) * exp.acceptable + soft_weight * np.exp(-exp.gap)
 
 
 def train_policy(exp: Experience, train: np.ndarray, val: np.ndarray, far_val: np.ndarray,
@@ -60,7 +50,7 @@ def train_policy(exp: Experience, train: np.ndarray, val: np.ndarray, far_val: n
         model = Policy(exp.dim, 2 * a, settings.policy_hidden, mean, std)
         loss = lambda out, y: _gaussian_nll(out, y, a).sum(1)  # noqa: E731
     else:
-        yt = torch.from_numpy(targets(exp, settings.soft_weight)[train].astype(np.float32))
+        yt = torch.from_numpy(targets(exp, settings.soft_weight, train).astype(np.float32))
         yv = torch.from_numpy(exp.acceptable[val].astype(np.float32))
         model = Policy(exp.dim, len(exp.actions), settings.policy_hidden, mean, std)
         loss = lambda out, y: F.binary_cross_entropy_with_logits(out, y, reduction="none").sum(1)  # noqa: E731

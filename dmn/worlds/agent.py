@@ -87,14 +87,16 @@ def reflexes_for(home: Home, env_id: str, *, audit_rate: float = 0.0, seed: int 
 
 
 def run(home: Home, env_id: str, episodes: int, *, seed: int = 0, reflexes: Reflexes | None = None,
-        settings: ReferenceSettings | None = None, on_progress: Progress | None = None) -> RunReport:
-    """Run `episodes` episodes of `env_id` and log them into the home's inbox.
+        settings: ReferenceSettings | None = None, on_progress: Progress | None = None,
+        decisions: int = 0) -> RunReport:
+    """Run `episodes` episodes of `env_id` (episode i from seed `seed + i`) and log them into the home's inbox;
+    or, given `decisions` instead, whole episodes until at least that many decisions are made.
 
     >>> report = run(Home.resolve(), "CartPole-v1", episodes=5)  # doctest: +SKIP
     >>> report.to_dict()["mean_return"]  # doctest: +SKIP
     """
-    if episodes < 1:
-        raise ValueError(f"episodes must be at least 1, got {episodes}")
+    if episodes < 1 and decisions < 1:
+        raise ValueError(f"episodes or decisions must be at least 1, got {episodes} and {decisions}")
     settings = settings or ReferenceSettings.load(home)
     world = load_world(home, env_id, settings.world, on_train=on_progress)
     planner = Planner(world.model, settings.planner)
@@ -109,7 +111,8 @@ def run(home: Home, env_id: str, episodes: int, *, seed: int = 0, reflexes: Refl
         with one_thread(), Decider(reflexes, EpisodeLogger(home, world=env_id, encoder=world.encoder,
                                                            agent="dmn-world")) as decider:
             log = decider.log
-            for episode in range(episodes):
+            episode = 0
+            while (report.decisions < decisions) if decisions else (episode < episodes):
                 obs, _ = env.reset(seed=seed + episode)
                 log.episode(meta={"env": env_id, "seed": seed + episode, "reflexes": reflexes is not None})
                 total, step = 0.0, 0
@@ -125,8 +128,10 @@ def run(home: Home, env_id: str, episodes: int, *, seed: int = 0, reflexes: Refl
                 # Success: surviving to the time limit where ending is failure (CartPole), else ending (Acrobot).
                 log.end(return_=total, success=truncated if bool(world.model.failure) else terminated)
                 report.returns.append(total)
-                if on_progress:
-                    on_progress(f"episode {episode + 1}/{episodes}: return {total:g}", done=episode + 1, total=episodes)
+                episode += 1
+                if on_progress:  # how far through the decisions, or the episodes, asked for
+                    done, goal = (min(report.decisions, decisions), decisions) if decisions else (episode, episodes)
+                    on_progress(f"episode {episode}: return {total:g}", done=done, total=goal)
     finally:
         env.close()
     report.seconds = time.perf_counter() - started

@@ -238,6 +238,21 @@ def test_where_system2_is_indifferent_system1_answers_with_either_good_action(tm
     assert silent is None or (~np.isnan(silent.confidence[tied])).mean() <= 0.5
 
 
+def test_a_precise_new_bundle_replaces_one_below_target_live_whatever_its_coverage():
+    """The serving bundle's coverage is the standard only while its live precision meets the target: below
+    it, even by less than chance (not yet `failing`), a new bundle that meets the target on test replaces it."""
+    from dmn.sleep.night import _gate
+
+    published = {"version": "v000001", "coverage": 0.9, "precision": 0.99, "failing": False,
+                 "live": {"audited": 250, "precision": 0.96}}
+    night = SimpleNamespace(metrics={"combined": {"precision": 0.97, "coverage": 0.8}, "published": published})
+    assert "worse than the published v000001's 0.900" in _gate(night, ConsolidateSettings())
+    published["live"]["precision"] = 0.94
+    assert _gate(night, ConsolidateSettings()) == ""
+    night.metrics["combined"]["precision"] = 0.93
+    assert "below the target" in _gate(night, ConsolidateSettings())
+
+
 def test_a_bundle_that_is_wrong_live_does_not_keep_serving(tmp_path):
     """The world changes under a published bundle: System 2 now prefers other actions in some situations.
     The live audits say System 1 is failing there. The new night's bundle is judged on those same steps;

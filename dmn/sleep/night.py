@@ -279,13 +279,18 @@ def _preview(serving: Bundle | None, night: Consolidation, files: dict[str, byte
 
 def _gate(night: Consolidation, s: ConsolidateSettings) -> str:
     """Why the new bundle must not replace the current one ("" when it may). The published bundle's
-    coverage is the standard only while it is precise enough, on the same held-out steps and live."""
+    coverage is the standard only while it is precise enough, on the same held-out steps and live: once its
+    audits since it was published were acceptable less often than the target, a new bundle that meets the
+    target replaces it whatever its coverage (whether or not the shortfall is more than chance: `failing`,
+    which demotes its situations when no new bundle meets the target)."""
     combined, published = night.metrics["combined"], night.metrics["published"]
     if combined["precision"] is None:
         return "System 1 would answer none of the held-out decisions at the precision target"
     if combined["precision"] < s.precision_target:
         return f"test precision {combined['precision']:.3f} is below the target {s.precision_target}"
+    live = (published or {}).get("live") or {}
     if (published and (published["precision"] or 0) >= s.precision_target and not published["failing"]
+            and (live.get("precision") is None or live["precision"] >= s.precision_target)
             and combined["coverage"] < published["coverage"] - s.coverage_tolerance):
         return (f"test coverage {combined['coverage']:.3f} is worse than the published {published['version']}'s "
                 f"{published['coverage']:.3f} on the same held-out steps by more than {s.coverage_tolerance}")

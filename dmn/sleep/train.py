@@ -1,12 +1,12 @@
 """Distil System 2 into the policy network: its training targets, the training loop, and calibration.
 
 For labels, the network has one logistic output per action: the chance that the action is as good as System
-2's choice there (`dmn.sleep.experience.acceptable`). Targets mix that (hard) with how close to System 2's
-best each action scored (soft): `dmn.sleep.experience.targets`. For vectors, it has a Gaussian head: per
-dimension the mean and log standard deviation of System 2's action, trained by likelihood. Training is weighted by age and stops early on
-validation loss; Platt scaling on validation (of the top logit, or of the Gaussian's mean log standard
-deviation) calibrates the confidence System 1's policy threshold is set on (`dmn.sleep.evaluate`). The
-network itself is `dmn.sleep.policy`.
+2's choice there (`dmn.sleep.experience.acceptable`). Targets mix that (hard) with where each action scored
+between the step's worst candidate and System 2's best (soft): `dmn.sleep.experience.targets`. For vectors, it
+has a Gaussian head: per dimension the mean and log standard deviation of System 2's action, trained by
+likelihood. Training is weighted by age and stops early on validation loss; Platt scaling on validation (of
+the top logit, or of the Gaussian's mean log standard deviation) calibrates the confidence System 1's policy
+threshold is set on (`dmn.sleep.evaluate`). The network itself is `dmn.sleep.policy`.
 """
 
 from __future__ import annotations

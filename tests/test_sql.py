@@ -11,10 +11,20 @@ import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import decision, episode, run, simulation, write_jsonl
+
+from dmn.lake.duck import connect, cursor
+from dmn.lake.duck import run as sql
 from dmn.lake.store import Store
 from dmn.sleep.experience import pairs
+
+
+def test_sessions_draw_no_progress_bar():
+    """DuckDB draws a progress bar on stdout for any query past two seconds, into the middle of `dmn sql -f json`
+    or a script's own output (a 1 GiB ingest's JSON report, once); dmn's sessions never draw it."""
+    con = connect()
+    for session in (con, cursor(con)):
+        assert sql(session, "SELECT current_setting('enable_progress_bar')") == [(False,)]
 
 
 def test_views_cover_every_table(home):

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from dmn import faults, records
 from dmn.home import Home, fsync
-from dmn.lake.duck import quote, run
+from dmn.lake.duck import cursor, quote, run
 from dmn.lake.plan import Entry
 from dmn.lake.rules import canonical_json
 from dmn.lake.store import Store, column_tag
@@ -192,7 +192,7 @@ def batch_rows(dims: list[int]) -> int:
 def write_file(con: duckdb.DuckDBPyConnection, table: str, vectors: list[str], path: Path, query: str,
                 batch_rows: int) -> tuple[int, list[str]]:
     """Write the rows of `query` to `path`; returns how many, and the file's columns."""
-    reader = con.cursor().sql(query).to_arrow_reader(batch_rows)
+    reader = cursor(con).sql(query).to_arrow_reader(batch_rows)
     schema = reader.schema.with_metadata({"dmn_table": table})
     # Dictionaries for the text columns only (trying them on latents costs a third of the write);
     # byte-stream-split latents compress better.

@@ -1,4 +1,4 @@
-"""DuckDB sessions as dmn opens them: UTC, nothing downloaded, statements run to completion."""
+"""DuckDB sessions as dmn opens them: UTC, nothing downloaded, nothing printed, statements run to completion."""
 
 from __future__ import annotations
 
@@ -9,14 +9,27 @@ import duckdb
 
 
 def connect(memory_limit: str | None = None, temp_directory: Path | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with dmn's session settings (UTC, no extension downloads)."""
+    """An in-memory DuckDB connection with dmn's session settings: UTC, no extension downloads, and no progress
+    bar (DuckDB draws one on stdout for a query past two seconds, into the middle of `--json` output)."""
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": True})
     run(con, "SET GLOBAL TimeZone = 'UTC'")  # GLOBAL: cursors of this connection too
+    run(con, _NO_PROGRESS_BAR)
     if memory_limit:
         run(con, f"SET memory_limit = '{memory_limit}'")  # checked by the settings
     if temp_directory:
         run(con, "SET temp_directory = ?", [str(temp_directory)])
     return con
+
+
+def cursor(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """A cursor of `con` (a session of its own, to stream a result beside other statements), with no progress bar."""
+    cur = con.cursor()
+    run(cur, _NO_PROGRESS_BAR)
+    return cur
+
+
+_NO_PROGRESS_BAR = "SET enable_progress_bar = false"
+"""A per-session setting (DuckDB refuses it globally), so every session, cursors included, sets it."""
 
 
 def run(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | dict[str, Any] | None = None) -> list[tuple]:

@@ -234,7 +234,7 @@ def _schema_file(home: Home, table: str, cols: dict[str, str]) -> str | None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             staged = home.tmp / f"{path.name}.{os.getpid()}.tmp"
-            with duckdb.connect() as con:
+            with connect() as con:
                 run(con, f"COPY ({_no_rows(cols)}) TO {text(staged)} (FORMAT parquet)")
             os.replace(staged, path)
         except (OSError, duckdb.Error):

@@ -43,8 +43,9 @@ out = Console()
 err = Console(stderr=True)
 
 HomeOption = typer.Option(None, "--home", help="The dmn home (default: $DMN_HOME, else ./dmn-home).", show_default=False)
-EngineOption = typer.Option(None, "--engine", help="What ingests: local, or ray (a Ray cluster: [engine] address, "
-                            "else $RAY_ADDRESS); default: [engine] kind in dmn.toml, else local.", show_default=False)
+EngineOption = typer.Option(None, "--engine", help="What ingests and reads the night's window: local, or ray (a Ray "
+                            "cluster: [engine] address, else $RAY_ADDRESS); default: [engine] kind in dmn.toml, else "
+                            "local.", show_default=False)
 
 
 @app.command()
@@ -143,6 +144,7 @@ def consolidate(
     """Ingest the inbox, then distil System 2's simulations into System 1 bundles (the nightly job).
 
     Example: dmn consolidate --world CartPole-v1   or   dmn consolidate --job jobs/nightly.toml   or   dmn consolidate --dry-run
+    or   RAY_ADDRESS=head:6379 dmn consolidate --engine ray
     """
     with _needs("night"):
         from dmn.ops.jobs import load, nightly, run

@@ -20,10 +20,22 @@ from urllib.parse import urlsplit
 
 from dmn.config import EngineSettings
 from dmn.errors import DmnError
+from dmn.progress import Progress
 from dmn.version import __version__
 
 REACH_SECONDS = 5.0
 """How long the head's port gets to answer before the cluster is called unreachable."""
+RETRIES = 3
+"""Times Ray runs a task again after its worker or node died."""
+ENGINES = ("local", "ray")
+
+
+def engine_kind(engine: str | None, settings: EngineSettings) -> str:
+    """The engine asked for (`--engine`), else the settings': "local" or "ray"."""
+    kind = engine or settings.kind
+    if kind not in ENGINES:
+        raise DmnError(f"unknown engine {kind!r}: local or ray")
+    return kind
 
 
 def address(settings: EngineSettings) -> str:
@@ -56,6 +68,31 @@ def connected(settings: EngineSettings) -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
+
+
+def key_shards(ray: Any, settings: EngineSettings) -> int:
+    """Tasks over shards of the episode ids: the settings' `key_shards`, else one per CPU of the cluster."""
+    return settings.key_shards or max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def gather(ray: Any, refs: list[Any], say: Progress, what: str, stopped: str) -> list[Any]:
+    """The tasks' results, in order, telling `say` as they finish; a task that failed for good raises DmnError
+    in one line, starting with what the run did about it (`stopped`: "ingest stopped, nothing was committed")."""
+    done: dict[Any, Any] = {}
+    pending = list(refs)
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            done[ready[0]] = ray.get(ready[0])
+            say(what, done=len(done), total=len(refs))
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause if isinstance(getattr(exc, "cause", None), Exception) else exc
+        raise DmnError(f"{stopped}: a task failed while {what}: "
+                       f"{cause if isinstance(cause, DmnError) else f'{type(cause).__name__}: {cause}'}") from None
+    except ray.exceptions.RayError as exc:  # its worker or node died, more often than it may be retried
+        raise DmnError(f"{stopped}: the cluster lost a task while {what} ({type(exc).__name__}); "
+                       "the next run starts over") from None
+    return [done[r] for r in refs]
 
 
 def node_check(home_root: str, version: str) -> None:

@@ -279,15 +279,15 @@ class ConsolidateSettings(Section):
 @dataclass
 class EngineSettings(Section):
     kind: str = choice("local", ("local", "ray"))
-    """What runs ingest: "local", this process (DuckDB on this machine's cores), or "ray", tasks on a Ray
-    cluster, every node of which must see the home at the same path (a shared filesystem)."""
+    """What runs ingest and reads the night's window: "local", this process (DuckDB on this machine's cores), or
+    "ray", tasks on a Ray cluster, every node of which must see the home at the same path (a shared filesystem)."""
     address: str = ""
     """The Ray cluster's address (host:port of its head); empty: `RAY_ADDRESS`, as for Ray's own tools."""
     shard_mib: int = bounded(256, ge=1)
     """With Ray, inbox files are parsed in tasks of about this many MiB of new bytes each."""
     key_shards: int = bounded(0, ge=0)
-    """With Ray, the rules across records run in this many tasks, each over its share of the episode ids;
-    0: one per CPU of the cluster."""
+    """With Ray, the rules across records, and the night's reading, run in this many tasks, each over its share
+    of the episode ids; 0: one per CPU of the cluster."""
 
 
 @dataclass

@@ -22,6 +22,13 @@ def dmn_help(*command: str) -> str:
     return done.stdout
 
 
+def ray_start_help() -> str:
+    done = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "start", "--help"], capture_output=True,
+                          text=True, env={"COLUMNS": "200", "PATH": ""})
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def test_the_image_runs_dmn_as_a_non_root_user_with_its_home_on_a_volume():
     user = re.findall(r"^USER (\S+)", DOCKERFILE, re.M)
     assert user and user[-1] not in ("root", "0")
@@ -44,6 +51,12 @@ def test_every_service_runs_this_one_image_real_commands_and_mounts_the_home():
         volume, target = service["volumes"][0].split(":")
         assert volume in COMPOSE["volumes"] and target == home, name  # one shared home, where DMN_HOME says
         words = service["command"]
+        if service.get("entrypoint") == ["ray"]:  # the optional Ray cluster's nodes
+            assert service["profiles"] == ["ray"] and words[0] == "start", name
+            text = ray_start_help()
+            for option in (w.split("=")[0] for w in words if w.startswith("--")):
+                assert option in text, f"{name}: ray start has no {option}"
+            continue
         command = [w for w in words[:2] if not w.startswith("-")]
         if command[0] != "world":
             command = command[:1]
@@ -56,5 +69,13 @@ def test_every_service_runs_this_one_image_real_commands_and_mounts_the_home():
     assert json.loads(check)[:2] == ["dmn", "alive"] and "--within" in dmn_help("alive")
     assert services["agent"]["healthcheck"] == {"disable": True}  # it plays a day and exits: no daemon to beat
     assert "--seed $$(date +%s)" in services["agent"]["entrypoint"][2] and "--seed" in dmn_help("world", "run")
+    # With the Ray engine the daemon's container joins the head's cluster as a node, as the workers do.
+    head = dict(w.lstrip("-").split("=") for w in services["ray-head"]["command"] if "=" in w)
+    assert daemon["environment"]["RAY_ADDRESS"] == f"ray-head:{head['port']}"
+    assert f"--address={daemon['environment']['RAY_ADDRESS']}" in services["ray-worker"]["command"]
+    assert 'ray start --address="$$RAY_ADDRESS" --num-cpus=0' in daemon["entrypoint"][2]
+    assert daemon["entrypoint"][2].endswith('exec dmn "$$@"') and daemon["entrypoint"][3] == "dmn"
+    engine = daemon["command"].index("--engine") + 1
+    assert daemon["command"][engine] == daemon["environment"]["DMN_ENGINE"] and "--engine" in dmn_help("daemon")
     port = daemon["command"][daemon["command"].index("--metrics-port") + 1]
     assert daemon["ports"] == [f"{port}:{port}"]

@@ -1,6 +1,6 @@
 """The Ray engine on a real cluster of three nodes on this machine (`ray.cluster_utils.Cluster`, nothing
-mocked): from the same logs, bad ones included, the same lake and quarantine as the local engine; a node lost
-in the middle of an ingest; a cluster that cannot be reached. Skipped where Ray is not installed
+mocked): from the same logs, bad ones included, the same lake and quarantine as the local engine, and the
+same bundle; a node lost in the middle of an ingest and of a night; a cluster that cannot be reached. Skipped where Ray is not installed
 (`pip install 'dmn[ray]'`), unless DMN_REQUIRE_TOOLS=1 (CI), where that fails."""
 
 from __future__ import annotations
@@ -11,17 +11,21 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from conftest import decision, dmn, episode, simulation, write_jsonl
 
+from dmn.bundle.load import load
+from dmn.errors import DmnError
 from dmn.home import Home
 from dmn.lake.ingest import ingest
 from dmn.lake.store import Store
 from dmn.ops.status import check
 from dmn.records import LAKE_TABLES, columns
+from dmn.sleep.night import consolidate
 from dmn.worlds.synthetic import write_logs
 
 if os.environ.get("DMN_REQUIRE_TOOLS") != "1":
@@ -112,6 +116,76 @@ def test_ray_ingest_writes_what_the_local_engine_writes_and_survives_a_lost_node
     cluster.add_node(num_cpus=1)
 
 
+def bundle(home: Home, world: str) -> tuple:
+    """What a published bundle holds, but for when and by which run it was made."""
+    made = load(home, world)
+    return (made.table.to_pylist(), made.outcomes.to_pylist(), made.manifest["thresholds"], made.manifest["metrics"],
+            made.manifest["window"], {k: v.tolist() for k, v in made.policy.items()})
+
+
+def working(task: str) -> bool:
+    """Whether a Ray worker on this machine is running `task` now (Ray titles a worker's process after it)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(f"ray::{task}".encode()):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def test_the_night_on_ray_makes_the_local_engines_bundle_and_survives_a_lost_node(cluster, tmp_path):
+    """Two days of logs (the bad ones of the ingest test, and a world with ties), consolidated by each engine
+    from its own copy of the lake at the same moment: every world's night ends the same, and each published
+    bundle is the same (table, outcome types, thresholds, held-out figures, policy weights); then a worker
+    node is removed while the night's tasks read, and that night or the next publishes the same."""
+    inbox = tmp_path / "logs" / "inbox"
+    for day in range(2):
+        logs(inbox, day)
+        write_logs(Home.resolve(inbox.parent), world="tied", situations=6, dim=32, episodes=30, steps=10,
+                   accuracy=1.0, ties=0.5, day=day)
+    homes = {name: Home.resolve(tmp_path / name) for name in ("local", "ray", "lost")}
+    for home in homes.values():
+        shutil.copytree(inbox, home.inbox, dirs_exist_ok=True)
+        ingest(home, engine="local")
+    on_ray(homes["ray"], cluster.address, key_shards=3)
+    on_ray(homes["lost"], cluster.address, key_shards=12)
+    now = time.time()
+    here, there = consolidate(homes["local"], now=now), consolidate(homes["ray"], now=now)
+    assert [(n.world, n.status, n.reason, n.counts) for n in there] == [(n.world, n.status, n.reason, n.counts)
+                                                                      for n in here]
+    published = [n.world for n in here if n.status == "published"]
+    assert {"tied", "synthetic"} <= set(published)
+    for world in published:
+        assert bundle(homes["ray"], world) == bundle(homes["local"], world), world
+
+    worker = next(n for n in cluster.list_all_nodes() if n is not cluster.head_node)
+
+    def lose_a_node() -> None:
+        deadline = time.time() + 120
+        while not (working("_steps") or working("_latents")) and time.time() < deadline:
+            time.sleep(0.01)
+        assert time.time() < deadline, "the night's tasks never ran"
+        cluster.remove_node(worker)  # its tasks die with it; Ray runs them again on the nodes left
+        print("a worker node removed while the night's tasks ran")
+
+    loser = threading.Thread(target=lose_a_node)
+    loser.start()
+    try:
+        nights = consolidate(homes["lost"], now=now)
+    finally:
+        loser.join()
+    print("that night:", [(n.world, n.status) for n in nights])
+    if any(n.status == "failed" and n.reason.startswith("the night stopped") for n in nights):
+        assert all("\n" not in n.reason for n in nights)  # it failed in one line; the next one reads again
+        nights = consolidate(homes["lost"], now=now)
+    assert [(n.world, n.status, n.counts) for n in nights] == [(n.world, n.status, n.counts) for n in here]
+    for world in published:
+        assert bundle(homes["lost"], world) == bundle(homes["local"], world), world
+    assert check(homes["lost"])["problems"] == []
+    cluster.add_node(num_cpus=1)
+
+
 def test_an_unreachable_cluster_is_one_line_and_changes_nothing(home):
     write_jsonl(home.inbox / "day.jsonl", [episode("e1"), decision("e1", step=0)])
     on_ray(home, "127.0.0.1:9")
@@ -124,6 +198,11 @@ def test_an_unreachable_cluster_is_one_line_and_changes_nothing(home):
     (home.root / "dmn.toml").write_text('[engine]\nkind = "ray"\n')
     done = dmn("ingest", home=home, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
     assert done.returncode == 1 and "RAY_ADDRESS" in done.stderr and Store(home).manifests() == []
+    ingest(home, engine="local")  # the night, on a lake the local engine filled
+    on_ray(home, "127.0.0.1:9")
+    with pytest.raises(DmnError, match=r"^cannot reach the Ray cluster at 127.0.0.1:9 .*nothing was changed$"):
+        consolidate(home)
+    assert not home.runs.exists() or not any(home.runs.iterdir())
 
 
 def test_the_local_engine_never_imports_ray(tmp_path):

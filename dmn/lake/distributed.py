@@ -34,9 +34,8 @@ from typing import Any, Callable, Iterator
 
 import duckdb
 
-from dmn.cluster import connected, node_check
+from dmn.cluster import RETRIES, connected, gather, key_shards, node_check
 from dmn.config import Settings
-from dmn.errors import DmnError
 from dmn.home import Home
 from dmn.lake import resolve
 from dmn.lake.commit import Staged, finish, stage
@@ -50,8 +49,7 @@ from dmn.version import __version__
 SEQ_SHIFT = 40
 """A row's `seq` is its file shard's number shifted by this many bits, plus its place in the shard: the local
 engine's reading order, as long as a shard has under 2**40 lines."""
-RETRIES = 3
-"""Times Ray runs a task again after its worker or node died."""
+STOPPED = "ingest stopped, nothing was committed"
 
 
 def batch(home: Home, settings: Settings, store: Store, paths: list[Path], report: Any, say: Progress) -> None:
@@ -83,11 +81,11 @@ def batch(home: Home, settings: Settings, store: Store, paths: list[Path], repor
             return
         batch_id = new_batch(now)
         root, staging = str(home.root), home.tmp / batch_id
-        keys = settings.engine.key_shards or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        keys = key_shards(ray, settings.engine)
         shards = _shards(todos, settings.engine.shard_mib << 20)
         task = ray.remote(max_retries=RETRIES)
-        read = _gather(ray, [task(_parse).remote(root, __version__, settings, batch_id, i, shard, keys)
-                             for i, shard in enumerate(shards)], say, "parsing")
+        read = gather(ray, [task(_parse).remote(root, __version__, settings, batch_id, i, shard, keys)
+                            for i, shard in enumerate(shards)], say, "parsing", STOPPED)
         entries = sorted((e for r in read for e in r["entries"]), key=lambda e: e[0])
         problems = [p for r in read for p in r["problems"]]
         report.pending_bytes = sum(r["pending"] for r in read)
@@ -97,14 +95,14 @@ def batch(home: Home, settings: Settings, store: Store, paths: list[Path], repor
         if not entries:
             shutil.rmtree(staging, ignore_errors=True)
             return
-        tallies = _gather(ray, [task(_tally).remote(root, __version__, settings, batch_id, k) for k in range(keys)],
-                          say, "resolving episodes")
+        tallies = gather(ray, [task(_tally).remote(root, __version__, settings, batch_id, k) for k in range(keys)],
+                         say, "resolving episodes", STOPPED)
         lap("tally")
         settled, fixes = resolve.settle(resolve.add_tallies(tallies), store, manifests, settings)
         sources = [(i, e.path) for i, e, _ in entries]
-        staged = _gather(ray, [task(_resolve).remote(root, __version__, settings, batch_id, k, now, sources, settled,
-                                                     problems if k == 0 else []) for k in range(keys)],
-                         say, "resolving repeats and staging")
+        staged = gather(ray, [task(_resolve).remote(root, __version__, settings, batch_id, k, now, sources, settled,
+                                                    problems if k == 0 else []) for k in range(keys)],
+                        say, "resolving repeats and staging", STOPPED)
         lap("resolve")
     for leftover in ("parsed", "spill"):
         shutil.rmtree(staging / leftover, ignore_errors=True)
@@ -125,26 +123,6 @@ def _shards(todos: list[Read], size: int) -> list[list[tuple[int, Read]]]:
         shards[-1].append((i, todo))
         filled += todo.entry.size - todo.start
     return shards
-
-
-def _gather(ray: Any, refs: list[Any], say: Progress, what: str) -> list[Any]:
-    """The tasks' results, in order, telling `say` as they finish; a task that failed for good stops the run
-    with one line (nothing is committed: the next run discards the staging)."""
-    done: dict[Any, Any] = {}
-    pending = list(refs)
-    try:
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            done[ready[0]] = ray.get(ready[0])
-            say(what, done=len(done), total=len(refs))
-    except ray.exceptions.RayTaskError as exc:
-        cause = exc.cause if isinstance(getattr(exc, "cause", None), Exception) else exc
-        raise DmnError(f"ingest stopped, nothing was committed: a task failed while {what}: "
-                       f"{cause if isinstance(cause, DmnError) else f'{type(cause).__name__}: {cause}'}") from None
-    except ray.exceptions.RayError as exc:  # its worker or node died, more often than it may be retried
-        raise DmnError(f"ingest stopped, nothing was committed: the cluster lost a task while {what} "
-                       f"({type(exc).__name__}); the next run starts over") from None
-    return [done[r] for r in refs]
 
 
 # -- the tasks (run on the cluster's nodes) ---------------------------------------------------------------------

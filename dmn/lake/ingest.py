@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dmn import faults
+from dmn.cluster import engine_kind
 from dmn.config import Settings
 from dmn.errors import DmnError
 from dmn.home import Home
@@ -95,9 +96,7 @@ def ingest(home: Home, paths: list[str | os.PathLike] | None = None, *, wait: fl
     """
     started = time.perf_counter()
     settings = home.settings()
-    engine = engine or settings.engine.kind
-    if engine not in ("local", "ray"):
-        raise DmnError(f"unknown engine {engine!r}: local or ray")
+    engine = engine_kind(engine, settings.engine)
     with home.lock("ingest", wait=wait):
         store = Store(home)
         report = IngestReport(recovered=store.recover())

@@ -66,7 +66,7 @@ def serve(home: Home, job: Job | None = None, *, interval: float | None = None,
           metrics_port: int | None = None, engine: str | None = None) -> None:
     """Run until SIGTERM/SIGINT: the job (default `nightly()`) on its cron schedule (or every `interval`
     seconds), and once the inbox has been quiet for its `idle_after` seconds after new logs arrived.
-    `engine` runs its ingest stages ("local" or "ray"; default: the settings')."""
+    `engine` runs its ingest and consolidate stages ("local" or "ray"; default: the settings')."""
     job = job or nightly()
     idle_after, cron = job.schedule.idle_after, job.schedule.cron
     if interval is not None and interval <= 0:

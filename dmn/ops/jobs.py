@@ -89,7 +89,7 @@ def run(home: Home, job: Job, on_progress: Progress | None = None,
     to `wait` seconds for another ingest or consolidation of the home to finish (else `Busy`). A `dry_run`
     changes nothing: its consolidate stages publish nothing and record no run (`consolidate`), and the
     ingest and report stages, which would write, are left out (the night reads the lake as it is). `engine`
-    runs the ingest stages ("local" or "ray"; default: the settings' `[engine] kind`)."""
+    runs the ingest and consolidate stages ("local" or "ray"; default: the settings' `[engine] kind`)."""
     say = on_progress or quiet
     nights: list[Consolidation] = []
     for stage in job.stages:
@@ -101,7 +101,8 @@ def run(home: Home, job: Job, on_progress: Progress | None = None,
             faults.point("job.ingested")
         elif stage.run == "consolidate":
             settings = dataclasses.replace(home.settings().consolidate, **stage.settings)
-            nights += consolidate(home, stage.world, settings=settings, on_progress=say, wait=wait, dry_run=dry_run)
+            nights += consolidate(home, stage.world, settings=settings, on_progress=say, wait=wait, dry_run=dry_run,
+                                  engine=engine)
         else:
             from dmn.ops.report import report  # matplotlib: only for a job that reports
 

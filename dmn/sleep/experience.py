@@ -16,6 +16,7 @@ import math
 import time
 from dataclasses import dataclass
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -138,20 +139,37 @@ def pairs(store: Store) -> list[tuple[str, str, str]]:
 
 def select(store: Store, world: str, encoder: str, settings: ConsolidateSettings, now: float | None = None
            ) -> Experience:
-    """Read the labelled steps of (`world`, `encoder`) from the last `window_days`, newest first."""
+    """Read the labelled steps of (`world`, `encoder`) from the last `window_days`, newest first.
+
+    In three parts, which the Ray engine runs as tasks over shards of the episodes (`dmn.sleep.distributed`):
+    each shard's labelled steps (`labelled_steps`), the newest of them all (`newest`), and the latents of
+    those (`latents`). Every figure of a step comes from its own episode's records, so a shard needs no other.
+    """
     now = time.time() if now is None else now
     con = store.connect({"decisions", "simulations", "outcomes"})
-    params = {"world": world, "encoder": encoder, "since": now - settings.window_days * 86400,
-              "limit": settings.max_decisions}
-    # Simulations are read twice, as columns: their scalars for System 2's best per step, then the rows of the
-    # steps selected, with their latents. Nothing of them outside the window is read beyond its keys.
-    run(con, """
-        CREATE TEMP TABLE steps AS
+    steps = newest([labelled_steps(con, world, encoder, now - settings.window_days * 86400, settings.max_decisions)],
+                   settings.max_decisions)
+    state, sims = latents(con, world, encoder, steps)
+    return experience(world, encoder, steps, state["state"], sims, settings, now)
+
+
+def labelled_steps(con: duckdb.DuckDBPyConnection, world: str, encoder: str, since: float, limit: int,
+                   shard: int = 0, shards: int = 1) -> pa.Table:
+    """The `limit` newest labelled steps since `since` (Unix seconds) of the episodes of one shard (a hash of
+    their id), newest first, without their latents: who decided, System 2's best where it was asked, what each
+    audit stands for. `con` has the decisions, simulations and outcomes views.
+
+    Simulations are read as columns here, their scalars only, for System 2's best per step; nothing of them
+    outside the window is read beyond its keys.
+    """
+    params = {"world": world, "encoder": encoder, "since": since, "limit": limit, "shard": shard, "shards": shards}
+    return con.sql("""
         WITH d AS (
             SELECT episode_id, step, action, action_vector, source, reflex, reflex_vector,
                    epoch(coalesce(ts, ingested_at)) AS t
             FROM decisions
-            WHERE world = $world AND encoder = $encoder AND epoch(coalesce(ts, ingested_at)) >= $since),
+            WHERE world = $world AND encoder = $encoder AND epoch(coalesce(ts, ingested_at)) >= $since
+              AND hash(episode_id) % $shards = $shard),
         best AS (
             SELECT episode_id, step,
                    coalesce(arg_max(action, score) FILTER (WHERE NOT coalesce(vetoed, false)), arg_max(action, score)) AS best,
@@ -169,7 +187,7 @@ def select(store: Store, world: str, encoder: str, settings: ConsolidateSettings
             SELECT *, sum((source = 'system1' AND NOT imagined)::INT) OVER e AS served,
                       sum(audit::INT) OVER e AS audits
             FROM j WINDOW e AS (PARTITION BY episode_id))
-        SELECT row_number() OVER (ORDER BY w.t DESC, w.episode_id, w.step) - 1 AS i, w.episode_id, w.step, w.t,
+        SELECT w.episode_id, w.step, w.t,
                CASE WHEN w.source = 'system2' THEN w.action ELSE w.best END AS label,
                CASE WHEN w.source = 'system2' THEN w.action_vector ELSE w.best_vector END AS label_vector,
                CASE WHEN w.source = 'system1' THEN w.action ELSE w.reflex END AS reflex,
@@ -177,21 +195,44 @@ def select(store: Store, world: str, encoder: str, settings: ConsolidateSettings
                CASE WHEN w.audit THEN 1 + w.served / w.audits ELSE 1 END AS represents, o.reward
         FROM w LEFT JOIN outcomes o ON o.episode_id = w.episode_id AND o.step = w.step
         WHERE w.source = 'system2' OR w.imagined
-        ORDER BY i LIMIT $limit""", params)
-    steps = con.sql("""SELECT episode_id, t, label, label_vector, reflex, reflex_vector, represents, reward
-                       FROM steps ORDER BY i""").to_arrow_table()
+        ORDER BY w.t DESC, w.episode_id, w.step LIMIT $limit""", params=params).to_arrow_table()
+
+
+def newest(parts: list[pa.Table], limit: int) -> pa.Table:
+    """The `limit` newest steps of the shards' `parts`, newest first, numbered in that order (`i`)."""
+    steps = pa.concat_tables(parts)
+    steps = steps.take(pc.sort_indices(steps, [("t", "descending"), ("episode_id", "ascending"), ("step", "ascending")])
+                       [:limit])
+    return steps.append_column("i", pa.array(np.arange(steps.num_rows, dtype=np.int64)))
+
+
+def latents(con: duckdb.DuckDBPyConnection, world: str, encoder: str, steps: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """The latents of `steps` (numbered, `i`), in their order: (i, state) of each, and its simulations' (i,
+    action, action_vector, score, vetoed, predicted), in the order of i and then of the candidates' actions
+    and scores, so that every engine reads them in the same order."""
+    con.register("chosen", steps.select(["episode_id", "step", "i"]))
+    try:
+        # Read last, in order, and carried through no sort or window before.
+        state = con.sql("""SELECT s.i, d.state FROM chosen s JOIN decisions d USING (episode_id, step)
+                           WHERE d.world = $world AND d.encoder = $encoder ORDER BY s.i""",
+                        params={"world": world, "encoder": encoder}).to_arrow_table()
+        sims = con.sql("""
+            SELECT s.i, m.action, m.action_vector, m.score, coalesce(m.vetoed, false) AS vetoed, m.predicted
+            FROM simulations m JOIN chosen s USING (episode_id, step)
+            WHERE m.world = $world AND m.encoder = $encoder
+            ORDER BY s.i, m.action, m.action_vector, m.score, vetoed""",
+                       params={"world": world, "encoder": encoder}).to_arrow_table()
+    finally:
+        con.unregister("chosen")
+    return state, sims
+
+
+def experience(world: str, encoder: str, steps: pa.Table, state: pa.ChunkedArray, sims: pa.Table,
+               settings: ConsolidateSettings, now: float) -> Experience:
+    """The night's `Experience` of the `steps` read (`newest`), their latents and simulations (`latents`)."""
     if steps.num_rows == 0:
         raise DmnError(f"no System 2 decisions for world {world!r}, encoder {encoder!r} in the last "
                        f"{settings.window_days:g} days")
-    # The latents are read last, in order, and carried through no sort or window before.
-    state = con.sql("""SELECT d.state FROM steps s JOIN decisions d USING (episode_id, step)
-                       WHERE d.world = $world AND d.encoder = $encoder ORDER BY s.i""",
-                    params={"world": world, "encoder": encoder}).to_arrow_table()["state"]
-    sims = con.sql("""
-        SELECT s.i, m.action, m.action_vector, m.score, coalesce(m.vetoed, false) AS vetoed, m.predicted
-        FROM simulations m JOIN steps s USING (episode_id, step)
-        WHERE m.world = $world AND m.encoder = $encoder ORDER BY s.i""",
-                   params={"world": world, "encoder": encoder}).to_arrow_table()
     action_dim = pc.max(pc.list_value_length(steps["label_vector"])).as_py() or 0  # 0: labels
     actions = [] if action_dim else sorted(set(steps["label"].to_pylist()) | set(steps["reflex"].drop_null().to_pylist())
                                            | set(sims["action"].to_pylist()), key=_action_order)

@@ -24,11 +24,12 @@ import json
 import os
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import faiss
 import numpy as np
@@ -40,7 +41,8 @@ from dmn.bundle import publish
 from dmn.bundle.decide import Answers, Rule, nearest, table_columns
 from dmn.bundle.diff import diff
 from dmn.bundle.load import Bundle, from_files, load
-from dmn.config import ConsolidateSettings
+from dmn.cluster import connected, engine_kind
+from dmn.config import ConsolidateSettings, EngineSettings
 from dmn.errors import DmnError
 from dmn.home import Home, write_atomic
 from dmn.lake.store import Store
@@ -85,8 +87,10 @@ class Consolidation:
 
 def consolidate(home: Home, world: str | None = None, *, settings: ConsolidateSettings | None = None,
                 now: float | None = None, on_progress: Progress | None = None,
-                wait: float = 0.0, dry_run: bool = False) -> list[Consolidation]:
-    """Consolidate every world with new System 2 experience in the lake (or `world`).
+                wait: float = 0.0, dry_run: bool = False, engine: str | None = None) -> list[Consolidation]:
+    """Consolidate every world with new System 2 experience in the lake (or `world`). `engine`: "local" or
+    "ray" (default: the settings' `[engine] kind`); with Ray, tasks on the cluster read the window
+    (`dmn.sleep.distributed`), and the bundle is the one the local engine makes.
 
     Raises `Busy` if another consolidation still holds the home after `wait` seconds. A `dry_run` does the
     whole night but publishes nothing and records no run: each world's result says what the gate would
@@ -96,8 +100,10 @@ def consolidate(home: Home, world: str | None = None, *, settings: ConsolidateSe
     ...     print(night.world, night.status, night.version)
     """
     settings = settings or home.settings().consolidate
+    cluster = home.settings().engine
+    kind = engine_kind(engine, cluster)
     say = on_progress or quiet
-    with home.lock("consolidate", wait=wait):
+    with home.lock("consolidate", wait=wait), _reader(kind, cluster, say) as read:
         store = Store(home)
         found = pairs(store)
         if world is not None:
@@ -109,7 +115,7 @@ def consolidate(home: Home, world: str | None = None, *, settings: ConsolidateSe
             if w in seen:
                 continue  # an older encoder of a world: its latents are not the ones agents now send
             seen.add(w)
-            nights.append(_night(home, store, w, encoder, watermark, settings, now, say, dry_run))
+            nights.append(_night(home, store, w, encoder, watermark, settings, now, say, dry_run, read))
         if not dry_run:
             try:
                 _archive_runs(home, time.time() if now is None else now)
@@ -119,8 +125,25 @@ def consolidate(home: Home, world: str | None = None, *, settings: ConsolidateSe
         return nights
 
 
+@contextmanager
+def _reader(kind: str, engine: EngineSettings, say: Progress) -> Iterator[Read]:
+    """How the nights read a world's window: in this process (`select`), or by tasks on the Ray cluster,
+    connected for as long as the nights run (a cluster that cannot be reached: DmnError, before any night)."""
+    if kind == "local":
+        yield select
+        return
+    from dmn.sleep import distributed  # Ray is an extra: imported only to use it
+
+    with connected(engine) as ray:
+        yield partial(distributed.select, ray, engine, say)
+
+
+Read = Callable[[Store, str, str, ConsolidateSettings, "float | None"], Experience]
+"""`select`'s signature: how a night reads its world's window."""
+
+
 def _night(home: Home, store: Store, world: str, encoder: str, watermark: str, settings: ConsolidateSettings,
-           now: float | None, say: Progress, dry_run: bool = False) -> Consolidation:
+           now: float | None, say: Progress, dry_run: bool, read: Read) -> Consolidation:
     night = Consolidation(world, encoder, "failed", started_at=_iso(), watermark=watermark,
                           current=publish.current(home, world))
     last = _last_run(home, world)
@@ -128,7 +151,7 @@ def _night(home: Home, store: Store, world: str, encoder: str, watermark: str, s
         night.status, night.reason = "nothing new", f"no new System 2 experience since run {last['run_id']}"
     else:
         try:
-            _consolidate(home, store, night, settings, now, say, dry_run)
+            _consolidate(home, store, night, settings, now, say, dry_run, read)
         except (DmnError, ValueError) as exc:
             night.reason = str(exc)
         except Exception as exc:  # noqa: BLE001 - recorded, and the other worlds still get their night
@@ -152,10 +175,10 @@ def _night(home: Home, store: Store, world: str, encoder: str, watermark: str, s
 
 
 def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateSettings, now: float | None,
-                 say: Progress, dry_run: bool = False) -> None:
+                 say: Progress, dry_run: bool, read: Read) -> None:
     clock = _Clock(night.seconds)
     say(f"{night.world}: selecting experience", done=0, total=4)  # of the night's four long stages
-    exp = select(store, night.world, night.encoder, s, now)
+    exp = read(store, night.world, night.encoder, s, now)
     parts = split(exp, s)
     clock.lap("select")
     train, val, test = parts.train, parts.validation, parts.test

@@ -1,5 +1,5 @@
-"""Scale: ingest on the local engine and on Ray with 1 and 2 worker nodes, on the same logs, in one run; and
-from those measurements, the time of a fleet's night of logs on N nodes.
+"""Scale: ingest and the night on the local engine and on Ray with 1 and 2 worker nodes, on the same logs, in
+one run; and from those measurements, the time of a fleet's night of logs on N nodes.
 
     python benchmarks/scale.py                 # 16 files of synthetic System 2 logs, 1408-d latents
     python benchmarks/scale.py --files 4       # quicker
@@ -7,13 +7,20 @@ from those measurements, the time of a fleet's night of logs on N nodes.
 The Ray cluster is real (`ray.cluster_utils.Cluster`: a head for the driver, and worker nodes of one CPU
 each, all on this machine), so the 2-worker figures share this machine's cores with the driver: on a
 two-core machine they show what the tasks cost, not what more machines would give. Each engine ingests
-the same files into a home of its own; every home must end with the same rows (checked).
+the same files into a home of its own and consolidates it at the same moment; every home must end with the
+same rows and the same bundle (checked).
 
 The projection (stated with its figures): a stage that runs as tasks takes bytes / (N x its measured bytes/s
 per worker, a worker being a CPU); the driver's part (plan, connect, commit) is measured per file and
 stays; so T(N) = driver + sum over task stages of bytes / (N x rate). The fleet: 1,000 robots logging at
 4 Hz for 8 hours with 8 candidates per step: 115 million decisions and 0.9 billion simulations, each with
 a 1408-d latent (V-JEPA 2's ViT-g width), as `dmn.EpisodeLogger` writes them (base64 float32).
+
+The night's model: its read runs as tasks, at the labelled steps per second per worker measured here; the
+rest (clustering, table, policy, evaluation, publishing) runs on the driver over the `max_decisions` newest
+steps (1,000,000 by default), at the steps per second measured here, taken as linear (k-means grows a
+little faster: its k is about sqrt(steps / 2)). Every read task also scans the window's keys and scalars
+to find its shard's steps, which a larger cluster does not shorten; that scan is inside the measured rate.
 """
 
 from __future__ import annotations
@@ -24,22 +31,27 @@ import tempfile
 import time
 from pathlib import Path
 
+from dmn.bundle.load import load
+from dmn.config import ConsolidateSettings
 from dmn.home import Home
 from dmn.lake.ingest import ingest
 from dmn.lake.store import Store
+from dmn.sleep.night import consolidate
 from dmn.worlds.synthetic import write_logs
 
 FLEET_DECISIONS = 115_000_000
 FLEET_SIMULATIONS = 920_000_000
 TASK_STAGES = ("parse", "tally", "resolve")
 DRIVER_STAGES = ("plan", "connect", "commit")
+NIGHT_STAGES = ("cluster", "outcomes", "table", "policy", "evaluate", "publish")
+"""The night's stages on the driver; its read ("select") runs as tasks with Ray."""
 
 
 def make_logs(folder: Path, files: int, dim: int) -> int:
     """`files` days of a synthetic world's System 2 logs (a file each); returns their bytes."""
     home = Home.resolve(folder)
     for day in range(files):
-        write_logs(home, situations=8, dim=dim, episodes=6, steps=25, day=day)
+        write_logs(home, situations=8, dim=dim, episodes=6, steps=25, accuracy=1.0, day=day)
     return sum(p.stat().st_size for p in home.inbox.rglob("*") if p.is_file())
 
 
@@ -53,6 +65,16 @@ def fresh(root: Path, name: str, logs: Path, toml: str = "") -> Home:
 def rows(home: Home) -> tuple[int, ...]:
     return tuple(Store(home).sql(f"SELECT count(*) FROM {t}").fetchone()[0]
                  for t in ("episodes", "decisions", "simulations", "quarantine"))
+
+
+def night(home: Home, now: float, engine: str) -> tuple[float, dict[str, float], tuple]:
+    """Consolidate `home` at `now`: (seconds, the night's stages, what its bundle holds)."""
+    started = time.perf_counter()
+    [done] = consolidate(home, now=now, engine=engine)
+    seconds = time.perf_counter() - started
+    assert done.status == "published", f"{engine}: {done.status} {done.reason}"
+    made = load(home, done.world)
+    return seconds, done.seconds, (made.table.to_pylist(), made.manifest["thresholds"], made.manifest["metrics"])
 
 
 def main() -> None:
@@ -73,10 +95,17 @@ def main() -> None:
         local_seconds = time.perf_counter() - started
         records = sum(done.records.values())
         expected = rows(local)
-        print(f"{args.files} files, {size / 2**20:,.1f} MiB, {records:,} records ({args.dim}-d latents)")
-        print(f"{'engine':<20} {'seconds':>8} {'MiB/s':>7}   stages (seconds)")
-        print(f"{'local':<20} {local_seconds:8.2f} {size / 2**20 / local_seconds:7.1f}")
-        measured = {}
+        now = time.time()
+        consolidate(local, now=now, dry_run=True)  # imports and first calls paid here, not by the timed nights
+        local_night, local_stages, expected_bundle = night(local, now, "local")
+        steps = ConsolidateSettings().max_decisions
+        steps = min(steps, Store(local).sql("SELECT count(*) FROM decisions").fetchone()[0])
+        print(f"{args.files} files, {size / 2**20:,.1f} MiB, {records:,} records ({args.dim}-d latents), "
+              f"{steps:,} steps a night")
+        print(f"{'engine':<20} {'ingest s':>8} {'MiB/s':>7} {'night s':>8} {'read s':>7}   ingest stages (seconds)")
+        print(f"{'local':<20} {local_seconds:8.2f} {size / 2**20 / local_seconds:7.1f} {local_night:8.2f} "
+              f"{local_stages['select']:7.2f}")
+        measured, nights = {}, {}
         for workers in (1, 2):
             cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # the driver's node
             for _ in range(workers):
@@ -87,11 +116,14 @@ def main() -> None:
             started = time.perf_counter()
             report = ingest(home)
             seconds = time.perf_counter() - started
+            night_seconds, nights[workers], bundle = night(home, now, "ray")
             cluster.shutdown()
             assert rows(home) == expected, f"Ray with {workers} workers wrote other rows than the local engine"
+            assert bundle == expected_bundle, f"Ray with {workers} workers made another bundle than the local engine"
             measured[workers] = report.stages
             stages = ", ".join(f"{k} {v:.2f}" for k, v in report.stages.items())
-            print(f"{f'ray, {workers} worker' + 's' * (workers > 1):<20} {seconds:8.2f} {size / 2**20 / seconds:7.1f}   {stages}")
+            print(f"{f'ray, {workers} worker' + 's' * (workers > 1):<20} {seconds:8.2f} {size / 2**20 / seconds:7.1f} "
+                  f"{night_seconds:8.2f} {nights[workers]['select']:7.2f}   {stages}")
     # per worker, from the 1-worker run (the 2-worker run on this machine shares its cores)
     rates = {s: size / measured[1][s] for s in TASK_STAGES if measured[1].get(s)}
     driver = sum(measured[1].get(s, 0) for s in DRIVER_STAGES)
@@ -111,6 +143,17 @@ def main() -> None:
         tasks = sum(fleet / (n * r) for r in rates.values())
         fixed = measured[1].get("connect", 0) + 1000 * (plan_per_file + commit_per_file)
         print(f"  {n:>5} workers: {(tasks + fixed) / 3600:8.2f} h  (tasks {tasks / 3600:.2f} h, driver {fixed:.0f} s)")
+    read_rate = steps / nights[1]["select"]
+    driver_rate = steps / sum(local_stages.get(s, 0) for s in NIGHT_STAGES)
+    fleet_steps = ConsolidateSettings().max_decisions
+    print(f"\nthe night: read {read_rate:,.0f} steps/s per worker (tasks); the rest {driver_rate:,.0f} steps/s on the "
+          f"driver ({', '.join(f'{s} {local_stages.get(s, 0):.2f}' for s in NIGHT_STAGES)} s)")
+    print(f"model: T(N) = max_decisions / (N x read rate) + max_decisions / driver rate, for the fleet's night "
+          f"{fleet_steps:,} steps (max_decisions)")
+    for n in args.workers:
+        read = fleet_steps / (n * read_rate)
+        rest = fleet_steps / driver_rate
+        print(f"  {n:>5} workers: {(read + rest) / 3600:8.2f} h  (read {read / 60:.1f} min, driver {rest / 3600:.2f} h)")
 
 
 if __name__ == "__main__":

@@ -18,9 +18,11 @@ a 1408-d latent (V-JEPA 2's ViT-g width), as `dmn.EpisodeLogger` writes them (ba
 
 The night's model: its read runs as tasks, at the labelled steps per second per worker measured here; the
 rest (clustering, table, policy, evaluation, publishing) runs on the driver over the `max_decisions` newest
-steps (1,000,000 by default), at the steps per second measured here, taken as linear (k-means grows a
-little faster: its k is about sqrt(steps / 2)). Every read task also scans the window's keys and scalars
-to find its shard's steps, which a larger cluster does not shorten; that scan is inside the measured rate.
+steps (1,000,000 by default), at the steps per second measured here, taken as linear: a rough guide, as the
+PCA of the latents costs about the same whatever the steps, k-means grows a little faster (its k is about
+sqrt(steps / 2)) and the policy's training stops early. Every read task also scans the window's keys and
+scalars to find its shard's steps, which a larger cluster does not shorten; that scan is inside the
+measured rate.
 """
 
 from __future__ import annotations

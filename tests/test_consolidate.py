@@ -23,7 +23,7 @@ from dmn.lake.ingest import ingest
 from dmn.lake.store import Store
 from dmn.ops.sql import store
 from dmn.sleep.evaluate import split
-from dmn.sleep.experience import select
+from dmn.sleep.experience import Window
 from dmn.sleep.night import consolidate
 from dmn.worlds.synthetic import write_logs
 
@@ -126,7 +126,7 @@ def test_experience_is_labelled_by_system2_weighted_by_age_and_split_by_episode(
     write_jsonl(home.inbox / "a.jsonl", records)
     ingest(home)
     now = 1_700_000_000 + 86400 * 5
-    exp = select(Store(home), "w", "enc", ConsolidateSettings(half_life_days=1.0), now=now)
+    exp = Window(Store(home), "w", "enc", ConsolidateSettings(half_life_days=1.0), now=now).experience()
     assert len(exp.label) == 12  # per episode: the System 2 step and the audited one; not the unaudited reflex
     audited = exp.reflex >= 0
     assert [exp.actions[a] for a in exp.label[audited]] == ["2"] * 6  # best not vetoed, not the vetoed 1.5
@@ -139,7 +139,7 @@ def test_experience_is_labelled_by_system2_weighted_by_age_and_split_by_episode(
     # Whole episodes, newest first dealt in turn to test, training, validation, training, until 40% of the
     # steps are held out; the older ones train.
     assert episodes == [{"e4", "e2", "e0"}, {"e3"}, {"e5", "e1"}]
-    windowed = select(Store(home), "w", "enc", ConsolidateSettings(window_days=2.5), now=now)
+    windowed = Window(Store(home), "w", "enc", ConsolidateSettings(window_days=2.5), now=now).experience()
     assert set(windowed.episode) == {"e3", "e4", "e5"}
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from dmn.bundle.decide import nearest
+from dmn.errors import DmnError
+from dmn.sleep.experience import Experience, Window, in_order, matrix
 
 PCA_SAMPLE = 50_000
 """Rows the PCA is fitted on: plenty for a covariance in a few hundred dimensions."""
@@ -45,27 +46,25 @@ def kmeans(x: np.ndarray, k: int, weights: np.ndarray | None = None, seed: int =
     return model.centroids
 
 
-def outcome_types(pieces: list[np.ndarray], dim: int, k: int, seed: int = 0) -> tuple[faiss.IndexFlatL2, np.ndarray]:
-    """Cluster imagined consequences into k outcome types: (the index over their centroids, each row's
-    type, -1 where nothing was imagined).
+def outcome_types(window: Window, exp: Experience, k: int, seed: int = 0) -> tuple[faiss.IndexFlatL2, np.ndarray]:
+    """Cluster the imagined consequences of `exp`'s simulations into k outcome types: (the index over their
+    centroids, each simulation's type, -1 where nothing was imagined).
 
-    `pieces` are consecutive (rows, d) blocks of one matrix, NaN rows where nothing was imagined: the
-    k-means is fitted on a sample of up to 256 rows a type (as many as FAISS would use), and the rows are
-    then searched piece by piece, never copied into one matrix.
+    The k-means is fitted on a sample of about 256 consequences a type (as many as FAISS would use), drawn by
+    a hash of each simulation (`Window.sample`); then every consequence is typed as it is read again, a batch
+    at a time (`Window.types`): a night never holds them all.
     """
-    imagined = np.concatenate([~np.isnan(p[:, 0]) for p in pieces]) if pieces and dim else np.zeros(0, bool)
-    index, types = faiss.IndexFlatL2(dim), np.full(sum(len(p) for p in pieces), -1)
-    if not imagined.any():
+    index, types = faiss.IndexFlatL2(exp.dim), np.full(len(exp.sim_step), -1)
+    imagined = np.flatnonzero(exp.sim_imagined)
+    if not len(imagined):
         return index, types
-    rows = np.flatnonzero(imagined)
-    sample = np.sort(np.random.default_rng(seed).choice(rows, min(len(rows), 256 * k), replace=False))
-    starts = np.cumsum([0] + [len(p) for p in pieces])
-    piece = np.searchsorted(starts, sample, side="right") - 1
-    index.add(kmeans(np.concatenate([pieces[i][sample[piece == i] - starts[i]] for i in np.unique(piece)]), k,
-                     None, seed))
-    for p, start, wanted in zip(pieces, starts, np.split(imagined, starts[1:-1])):
-        if wanted.any():
-            types[start: start + len(p)][wanted] = nearest(index, p if wanted.all() else p[wanted])[0]
+    sample = in_order(window.sample(min(1.0, 256 * k / len(imagined)), seed))
+    index.add(kmeans(matrix(sample["predicted"], exp.dim), k, None, seed))
+    typed = in_order(window.types(index))
+    if len(typed) != len(imagined):
+        raise DmnError(f"the lake changed while the night read it: {len(typed)} imagined consequences on a second "
+                       f"read, {len(imagined)} on the first")
+    types[imagined] = typed["type"].to_numpy()
     return index, types
 
 

@@ -10,13 +10,16 @@ the night as the local engine runs it.
   3. latents   a task per shard of the lake's batches, as many, of about equal size: the latents and
                simulations of those steps that its batches hold (`latents`), so each latent is read once
   4. the driver puts a step's candidates in the local engine's order and builds the night's `Experience`
+  5. outcomes  a task per shard of the batches: a drawn sample of its imagined consequences, on which the
+               driver fits the outcome types; then the types of all of them (`outcome_types_of`), so that
+               the consequences, a night's largest latents, never reach the driver but for the sample
 
 The `Experience` is the local engine's, row for row: from the same lake, the same bundle (up to the order of
 a step's candidates identical in action, score and veto, which the local engine leaves to DuckDB). Every
 task reads the files the driver listed when the night began, so a batch committed meanwhile is tomorrow's.
 Tasks only read: Ray runs one again whose worker or node died, and one that fails for good fails the
 world's night in one line, with nothing published. Their results (the window's labelled steps, at most
-`max_decisions`, and their latents) come back through Ray's object store.
+`max_decisions`, their latents, the sample and the types) come back through Ray's object store.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import time
 from typing import Any
 
 import duckdb
+import faiss
 import numpy as np
 import pyarrow as pa
 
@@ -33,7 +37,7 @@ from dmn.config import ConsolidateSettings, EngineSettings
 from dmn.lake.duck import connect, quote, run
 from dmn.lake.store import Store
 from dmn.progress import Progress
-from dmn.sleep.experience import Experience, experience, labelled_steps, latents, newest
+from dmn.sleep import experience
 from dmn.version import __version__
 
 STOPPED = "the night stopped, nothing was published"
@@ -43,25 +47,49 @@ LATENT_TABLES = ("decisions", "simulations")
 """Those of them with latents, read once, by shards of the batches."""
 
 
-def select(ray: Any, engine: EngineSettings, say: Progress, store: Store, world: str, encoder: str,
-           settings: ConsolidateSettings, now: float | None = None) -> Experience:
-    """`dmn.sleep.experience.select`, read by tasks on the cluster `ray` is connected to."""
-    now = time.time() if now is None else now
-    root, shards = str(store.home.root), key_shards(ray, engine)
-    manifests = store.manifests()
-    views = {table: store.table_sql(table, manifests) for table in TABLES}
-    task = ray.remote(max_retries=RETRIES)
-    parts = gather(ray, [task(_steps).remote(root, __version__, views, world, encoder,
-                                             now - settings.window_days * 86400, settings.max_decisions, k, shards)
-                         for k in range(shards)], say, f"{world}: reading the window", STOPPED)
-    steps = newest(parts, settings.max_decisions)
-    chosen = ray.put(steps.select(["episode_id", "step", "i"]))  # once in the object store, for every task
-    read = gather(ray, [task(_latents).remote(root, __version__, {t: store.table_sql(t, part) for t in LATENT_TABLES},
-                                              world, encoder, chosen)
-                        for part in _batch_shards(manifests, shards)], say, f"{world}: reading latents", STOPPED)
-    state = pa.concat_tables([r[0] for r in read]).sort_by("i")  # a step's decision is in one batch
-    return experience(world, encoder, steps, state["state"], _in_order(pa.concat_tables([r[1] for r in read])),
-                      settings, now)
+class Window(experience.Window):
+    """`dmn.sleep.experience.Window`, read by tasks on the cluster `ray` is connected to."""
+
+    def __init__(self, ray: Any, engine: EngineSettings, say: Progress, store: Store, world: str, encoder: str,
+                 settings: ConsolidateSettings, now: float | None = None):
+        self.world, self.encoder, self.settings = world, encoder, settings
+        self.now = time.time() if now is None else now
+        self.ray, self.say, self.root, self.shards = ray, say, str(store.home.root), key_shards(ray, engine)
+        self.task = ray.remote(max_retries=RETRIES)
+        manifests = store.manifests()
+        self.views = {table: store.table_sql(table, manifests) for table in TABLES}
+        self.batches = [{t: store.table_sql(t, part) for t in LATENT_TABLES}
+                        for part in _batch_shards(manifests, self.shards)]
+        self.chosen: Any = None
+
+    def experience(self) -> experience.Experience:
+        s = self.settings
+        parts = self._gather(f"{self.world}: reading the window", [
+            self.task(_steps).remote(self.root, __version__, self.views, self.world, self.encoder,
+                                     self.now - s.window_days * 86400, s.max_decisions, k, self.shards)
+            for k in range(self.shards)])
+        steps = experience.newest(parts, s.max_decisions)
+        self.chosen = self.ray.put(steps.select(["episode_id", "step", "i"]))  # once, for every task
+        read = self._gather(f"{self.world}: reading latents", [
+            self.task(_latents).remote(self.root, __version__, views, self.world, self.encoder, self.chosen)
+            for views in self.batches])
+        state = pa.concat_tables([r[0] for r in read]).sort_by("i")  # a step's decision is in one batch
+        sims = experience.in_order(pa.concat_tables([r[1] for r in read]))  # a step's candidates may be in several
+        return experience.experience(self.world, self.encoder, steps, state["state"], sims, s, self.now)
+
+    def sample(self, share: float, seed: int) -> pa.Table:
+        return pa.concat_tables(self._gather(f"{self.world}: sampling imagined consequences", [
+            self.task(_sample).remote(self.root, __version__, views, self.world, self.encoder, self.chosen, share,
+                                      seed) for views in self.batches]))
+
+    def types(self, index: faiss.Index) -> pa.Table:
+        centroids = faiss.serialize_index(index)
+        return pa.concat_tables(self._gather(f"{self.world}: typing imagined consequences", [
+            self.task(_types).remote(self.root, __version__, views, self.world, self.encoder, self.chosen,
+                                     centroids) for views in self.batches]))
+
+    def _gather(self, what: str, refs: list[Any]) -> list[Any]:
+        return gather(self.ray, refs, self.say, what, STOPPED)
 
 
 def _batch_shards(manifests: list[dict[str, Any]], shards: int) -> list[list[dict[str, Any]]]:
@@ -79,16 +107,6 @@ def _batch_shards(manifests: list[dict[str, Any]], shards: int) -> list[list[dic
     return [g for g in groups if g]
 
 
-def _in_order(sims: pa.Table) -> pa.Table:
-    """The simulations read by several tasks, in the local engine's order (`latents`): by step, then action
-    and score; a step's candidates may lie in several batches."""
-    keys = sims.select(["i", "action", "action_vector", "score", "vetoed"])
-    con = connect()
-    con.register("keys", keys.append_column("pos", pa.array(np.arange(len(keys), dtype=np.int64))))
-    order = con.sql("SELECT pos FROM keys ORDER BY i, action, action_vector, score, vetoed, pos").fetchnumpy()["pos"]
-    return sims.take(order)
-
-
 # -- the tasks (run on the cluster's nodes) ---------------------------------------------------------------------
 
 def _steps(root: str, version: str, views: dict[str, str], world: str, encoder: str, since: float, limit: int,
@@ -96,21 +114,39 @@ def _steps(root: str, version: str, views: dict[str, str], world: str, encoder: 
     """One shard's labelled steps (`labelled_steps`)."""
     node_check(root, version)
     with _session(views) as con:
-        return labelled_steps(con, world, encoder, since, limit, shard, shards)
+        return experience.labelled_steps(con, world, encoder, since, limit, shard, shards)
 
 
-def _latents(root: str, version: str, views: dict[str, str], world: str, encoder: str, steps: pa.Table
+def _latents(root: str, version: str, views: dict[str, str], world: str, encoder: str, chosen: pa.Table
              ) -> tuple[pa.Table, pa.Table]:
-    """The latents and simulations of `steps` that the batches of `views` hold (`latents`)."""
+    """The latents and simulations of the `chosen` steps that the batches of `views` hold (`latents`)."""
     node_check(root, version)
-    with _session(views) as con:
-        return latents(con, world, encoder, steps)
+    with _session(views, chosen) as con:
+        return experience.latents(con, world, encoder)
 
 
-def _session(views: dict[str, str]) -> duckdb.DuckDBPyConnection:
-    """A DuckDB session whose lake views read the files the driver listed."""
+def _sample(root: str, version: str, views: dict[str, str], world: str, encoder: str, chosen: pa.Table,
+            share: float, seed: int) -> pa.Table:
+    """The drawn consequences of the `chosen` steps that the batches of `views` hold (`consequences`)."""
+    node_check(root, version)
+    with _session(views, chosen) as con:
+        return experience.consequences(con, world, encoder, share, seed).read_all()
+
+
+def _types(root: str, version: str, views: dict[str, str], world: str, encoder: str, chosen: pa.Table,
+           centroids: np.ndarray) -> pa.Table:
+    """The outcome types of the consequences of the `chosen` steps that the batches of `views` hold."""
+    node_check(root, version)
+    with _session(views, chosen) as con:
+        return experience.outcome_types_of(con, world, encoder, faiss.deserialize_index(centroids))
+
+
+def _session(views: dict[str, str], chosen: pa.Table | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB session whose lake views read the files the driver listed, reading latents of `chosen`."""
     con = connect()
     for name, sql in views.items():
         run(con, f"CREATE VIEW {quote(name)} AS {sql}")
+    if chosen is not None:
+        experience.choose(con, chosen)
     return con
 

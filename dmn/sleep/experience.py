@@ -17,11 +17,12 @@ import time
 from dataclasses import dataclass
 
 import duckdb
+import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dmn.bundle.decide import action_distance
+from dmn.bundle.decide import action_distance, nearest
 from dmn.config import ConsolidateSettings
 from dmn.errors import DmnError
 from dmn.lake.duck import connect, run
@@ -68,10 +69,9 @@ class Experience:
     sim_action: np.ndarray
     sim_score: np.ndarray
     sim_vetoed: np.ndarray
-    sim_predicted: list[np.ndarray]
-    """(m, d) imagined consequences, as consecutive pieces of rows (as DuckDB read them: a night's are
-    hundreds of megabytes, and joining them into one matrix would copy them all); rows of NaN where none was
-    logged."""
+    sim_imagined: np.ndarray
+    """(m,) whether the simulation logged its imagined consequence (a predicted latent), which the night
+    reads again to type it (`Window.types`)."""
     # A continuous world's actions (empty in a discrete world, whose actions are the indices above):
     target: np.ndarray
     """(n, a) System 2's action at each step."""
@@ -137,20 +137,37 @@ def pairs(store: Store) -> list[tuple[str, str, str]]:
     return [(w, e, batch) for (w, e), (batch, _) in sorted(newest.items(), key=lambda item: (item[0][0], -item[1][1]))]
 
 
-def select(store: Store, world: str, encoder: str, settings: ConsolidateSettings, now: float | None = None
-           ) -> Experience:
-    """Read the labelled steps of (`world`, `encoder`) from the last `window_days`, newest first.
+class Window:
+    """A world's window of the lake, read in this process: the night's `Experience`, then a sample of its
+    imagined consequences and their outcome types (`dmn.sleep.cluster.outcome_types`), never all of those
+    latents at once. The Ray engine's `dmn.sleep.distributed.Window` reads the same, by tasks.
 
-    In three parts, which the Ray engine runs as tasks over shards of the episodes (`dmn.sleep.distributed`):
-    each shard's labelled steps (`labelled_steps`), the newest of them all (`newest`), and the latents of
-    those (`latents`). Every figure of a step comes from its own episode's records, so a shard needs no other.
+    >>> window = Window(Store(home), "CartPole-v1", "jepa@3", ConsolidateSettings())  # doctest: +SKIP
+    >>> exp = window.experience()  # doctest: +SKIP
     """
-    now = time.time() if now is None else now
-    con = store.connect({"decisions", "simulations", "outcomes"})
-    steps = newest([labelled_steps(con, world, encoder, now - settings.window_days * 86400, settings.max_decisions)],
-                   settings.max_decisions)
-    state, sims = latents(con, world, encoder, steps)
-    return experience(world, encoder, steps, state["state"], sims, settings, now)
+
+    def __init__(self, store: Store, world: str, encoder: str, settings: ConsolidateSettings,
+                 now: float | None = None):
+        self.world, self.encoder, self.settings = world, encoder, settings
+        self.now = time.time() if now is None else now
+        self.con = store.connect({"decisions", "simulations", "outcomes"})
+
+    def experience(self) -> Experience:
+        """The labelled steps of the last `window_days`, newest first (`labelled_steps`, `newest`, `latents`)."""
+        s = self.settings
+        steps = newest([labelled_steps(self.con, self.world, self.encoder, self.now - s.window_days * 86400,
+                                       s.max_decisions)], s.max_decisions)
+        choose(self.con, steps)
+        state, sims = latents(self.con, self.world, self.encoder)
+        return experience(self.world, self.encoder, steps, state["state"], sims, s, self.now)
+
+    def sample(self, share: float, seed: int) -> pa.Table:
+        """`consequences` of the chosen steps: a `share` of them, drawn by `seed`."""
+        return consequences(self.con, self.world, self.encoder, share, seed).read_all()
+
+    def types(self, index: faiss.Index) -> pa.Table:
+        """`outcome_types_of` every consequence of the chosen steps."""
+        return outcome_types_of(self.con, self.world, self.encoder, index)
 
 
 def labelled_steps(con: duckdb.DuckDBPyConnection, world: str, encoder: str, since: float, limit: int,
@@ -206,25 +223,65 @@ def newest(parts: list[pa.Table], limit: int) -> pa.Table:
     return steps.append_column("i", pa.array(np.arange(steps.num_rows, dtype=np.int64)))
 
 
-def latents(con: duckdb.DuckDBPyConnection, world: str, encoder: str, steps: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """The latents of `steps` (numbered, `i`), in their order: (i, state) of each, and its simulations' (i,
-    action, action_vector, score, vetoed, predicted), in the order of i and then of the candidates' actions
-    and scores, so that every engine reads them in the same order."""
+SIM_ORDER = ("i", "action", "action_vector", "score", "vetoed")
+"""A step's simulations are in this order on every engine (`in_order`): by step, then candidate."""
+
+
+def choose(con: duckdb.DuckDBPyConnection, steps: pa.Table) -> None:
+    """Make `steps` (numbered, `newest`) the steps whose latents `con` reads (`latents`, `consequences`)."""
     con.register("chosen", steps.select(["episode_id", "step", "i"]))
-    try:
-        # Read last, in order, and carried through no sort or window before.
-        state = con.sql("""SELECT s.i, d.state FROM chosen s JOIN decisions d USING (episode_id, step)
-                           WHERE d.world = $world AND d.encoder = $encoder ORDER BY s.i""",
-                        params={"world": world, "encoder": encoder}).to_arrow_table()
-        sims = con.sql("""
-            SELECT s.i, m.action, m.action_vector, m.score, coalesce(m.vetoed, false) AS vetoed, m.predicted
-            FROM simulations m JOIN chosen s USING (episode_id, step)
-            WHERE m.world = $world AND m.encoder = $encoder
-            ORDER BY s.i, m.action, m.action_vector, m.score, vetoed""",
-                       params={"world": world, "encoder": encoder}).to_arrow_table()
-    finally:
-        con.unregister("chosen")
+
+
+def latents(con: duckdb.DuckDBPyConnection, world: str, encoder: str) -> tuple[pa.Table, pa.Table]:
+    """The latents of the chosen steps (`choose`) in their order: (i, state) of each, and its simulations'
+    (`SIM_ORDER`, and whether a consequence was imagined) in `in_order`'s order. The imagined consequences
+    themselves are read when they are typed (`consequences`): a night's are gigabytes."""
+    params = {"world": world, "encoder": encoder}
+    # Read last, in order, and carried through no sort or window before.
+    state = con.sql("""SELECT s.i, d.state FROM chosen s JOIN decisions d USING (episode_id, step)
+                       WHERE d.world = $world AND d.encoder = $encoder ORDER BY s.i""", params=params).to_arrow_table()
+    sims = con.sql(f"""
+        SELECT s.i, m.action, m.action_vector, m.score, coalesce(m.vetoed, false) AS vetoed,
+               m.predicted IS NOT NULL AS imagined
+        FROM simulations m JOIN chosen s USING (episode_id, step)
+        WHERE m.world = $world AND m.encoder = $encoder
+        ORDER BY {", ".join(SIM_ORDER)}""", params=params).to_arrow_table()
     return state, sims
+
+
+def consequences(con: duckdb.DuckDBPyConnection, world: str, encoder: str, share: float = 1.0, seed: int = 0
+                 ) -> pa.RecordBatchReader:
+    """The imagined consequences (predicted latents) of the chosen steps' simulations, with the columns that
+    place each among them (`SIM_ORDER`), streamed in no order: all of them, or a `share` drawn by a hash of
+    each simulation and `seed` (the same draw on every engine and every read)."""
+    return con.sql("""
+        SELECT s.i, m.action, m.action_vector, m.score, coalesce(m.vetoed, false) AS vetoed, m.predicted
+        FROM simulations m JOIN chosen s USING (episode_id, step)
+        WHERE m.world = $world AND m.encoder = $encoder AND m.predicted IS NOT NULL
+          AND ($share >= 1 OR hash(m.episode_id, m.step, m.action, m.action_vector, m.score, $seed)
+                                  / 18446744073709551616.0 < $share)
+        """, params={"world": world, "encoder": encoder, "share": share, "seed": seed}).to_arrow_reader(65536)
+
+
+def outcome_types_of(con: duckdb.DuckDBPyConnection, world: str, encoder: str, index: faiss.Index) -> pa.Table:
+    """The outcome type (the nearest of `index`'s centroids) of every imagined consequence of the chosen steps,
+    with the columns that place it (`SIM_ORDER`), in no order: read a batch at a time."""
+    parts = []
+    for batch in consequences(con, world, encoder):
+        parts.append(batch.drop_columns(["predicted"]).append_column(
+            "type", pa.array(nearest(index, matrix(batch.column("predicted")))[0].astype(np.int32))))
+    return pa.Table.from_batches(parts) if parts else pa.table({c: [] for c in (*SIM_ORDER, "type")})
+
+
+def in_order(rows: pa.Table) -> pa.Table:
+    """`rows` (simulations, with the `SIM_ORDER` columns) in that order, as `latents` reads them: the order
+    that puts what several tasks, or several reads, return in line with the `Experience`'s simulations.
+    (Simulations alike in all of those columns may come in either order: nothing the night computes from
+    them tells them apart.)"""
+    con = connect()
+    con.register("keys", rows.select(list(SIM_ORDER)).append_column("pos", pa.array(np.arange(len(rows)))))
+    order = con.sql(f"SELECT pos FROM keys ORDER BY {', '.join(SIM_ORDER)}, pos").fetchnumpy()["pos"]
+    return rows.take(order)
 
 
 def experience(world: str, encoder: str, steps: pa.Table, state: pa.ChunkedArray, sims: pa.Table,
@@ -237,7 +294,7 @@ def experience(world: str, encoder: str, steps: pa.Table, state: pa.ChunkedArray
     actions = [] if action_dim else sorted(set(steps["label"].to_pylist()) | set(steps["reflex"].drop_null().to_pylist())
                                            | set(sims["action"].to_pylist()), key=_action_order)
     index = {a: i for i, a in enumerate(actions)}
-    states = _matrix(state)
+    states = matrix(state)
     t = steps["t"].to_numpy().astype(np.float64)
     n = steps.num_rows
     sim_step = sims["i"].to_numpy().astype(np.int64)
@@ -245,8 +302,8 @@ def experience(world: str, encoder: str, steps: pa.Table, state: pa.ChunkedArray
     sim_vetoed = sims["vetoed"].to_numpy(zero_copy_only=False).astype(bool)
     if action_dim:  # a continuous world: System 2's actions are vectors, right is near them
         label, sim_action = np.zeros(n, np.int64), np.zeros(len(sim_step), np.int64)
-        target, sim_vector = _matrix(steps["label_vector"], action_dim), _matrix(sims["action_vector"], action_dim)
-        reflex, reflex_vector = np.full(n, -1), _matrix(steps["reflex_vector"], action_dim)
+        target, sim_vector = matrix(steps["label_vector"], action_dim), matrix(sims["action_vector"], action_dim)
+        reflex, reflex_vector = np.full(n, -1), matrix(steps["reflex_vector"], action_dim)
         reflex[~np.isnan(reflex_vector[:, 0])] = 0
         seen = np.concatenate([target, sim_vector])
         low, high = np.nanmin(seen, 0), np.nanmax(seen, 0)
@@ -267,7 +324,7 @@ def experience(world: str, encoder: str, steps: pa.Table, state: pa.ChunkedArray
         reward=steps["reward"].to_numpy(zero_copy_only=False).astype(np.float64),
         reflex=reflex, represents=steps["represents"].to_numpy().astype(np.float64),
         sim_step=sim_step, sim_action=sim_action, sim_score=sim_score, sim_vetoed=sim_vetoed,
-        sim_predicted=_pieces(sims["predicted"], states.shape[1]),
+        sim_imagined=sims["imagined"].to_numpy(zero_copy_only=False).astype(bool),
         target=target, reflex_vector=reflex_vector, sim_vector=sim_vector, low=low, high=high,
         tolerance=settings.action_tolerance,
     )
@@ -325,20 +382,14 @@ def acceptable(label: np.ndarray, n_actions: int, sim_step: np.ndarray, sim_acti
     return gap <= tolerance, gap, 1.0 if stake is None else stake
 
 
-def _matrix(column: pa.ChunkedArray, dim: int | None = None) -> np.ndarray:
+def matrix(column: pa.ChunkedArray | pa.Array, dim: int | None = None) -> np.ndarray:
     """A list column of equal-length vectors as an (n, d) float32 matrix (NULL rows become NaN); no copy
     where the column is one chunk without NULLs."""
-    pieces = _pieces(column, dim)
-    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces) if pieces else np.zeros((0, dim or 0), np.float32)
-
-
-def _pieces(column: pa.ChunkedArray, dim: int | None = None) -> list[np.ndarray]:
-    """A list column of equal-length vectors as (rows, d) float32 matrices, one per non-empty chunk, in
-    order (NULL rows become NaN): views of the chunks' values where a chunk has no NULLs."""
+    chunks = [c for c in (column.chunks if isinstance(column, pa.ChunkedArray) else [column]) if len(c)]
     if dim is None:
-        dim = len(column[0]) if len(column) else 0
+        dim = len(chunks[0][0]) if chunks else 0
     pieces = []
-    for chunk in (c for c in column.chunks if len(c)):
+    for chunk in chunks:
         if chunk.null_count == 0 and len(values := chunk.flatten()) == len(chunk) * dim:
             pieces.append(values.to_numpy().astype(np.float32, copy=False).reshape(len(chunk), dim))
             continue
@@ -347,7 +398,7 @@ def _pieces(column: pa.ChunkedArray, dim: int | None = None) -> list[np.ndarray]
         if valid.any():
             rows[valid] = chunk.filter(valid).flatten().to_numpy().reshape(-1, dim)
         pieces.append(rows)
-    return pieces
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces) if pieces else np.zeros((0, dim), np.float32)
 
 
 def _action_order(action: str) -> tuple[int, float | str]:

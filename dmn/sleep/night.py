@@ -49,7 +49,7 @@ from dmn.lake.store import Store
 from dmn.progress import Progress, quiet
 from dmn.sleep.cluster import outcome_types, situation_count, situation_index
 from dmn.sleep.evaluate import curve, metrics, split, thresholds, wilson_lower
-from dmn.sleep.experience import Experience, pairs, select
+from dmn.sleep.experience import Experience, Window, pairs
 from dmn.sleep.table import candidate_table, heuristic_table, outcome_table
 from dmn.version import __version__
 
@@ -103,7 +103,7 @@ def consolidate(home: Home, world: str | None = None, *, settings: ConsolidateSe
     cluster = home.settings().engine
     kind = engine_kind(engine, cluster)
     say = on_progress or quiet
-    with home.lock("consolidate", wait=wait), _reader(kind, cluster, say) as read:
+    with home.lock("consolidate", wait=wait), _windows(kind, cluster, say) as read:
         store = Store(home)
         found = pairs(store)
         if world is not None:
@@ -126,24 +126,24 @@ def consolidate(home: Home, world: str | None = None, *, settings: ConsolidateSe
 
 
 @contextmanager
-def _reader(kind: str, engine: EngineSettings, say: Progress) -> Iterator[Read]:
-    """How the nights read a world's window: in this process (`select`), or by tasks on the Ray cluster,
+def _windows(kind: str, engine: EngineSettings, say: Progress) -> Iterator[Windows]:
+    """How the nights read their worlds' windows: in this process (`Window`), or by tasks on the Ray cluster,
     connected for as long as the nights run (a cluster that cannot be reached: DmnError, before any night)."""
     if kind == "local":
-        yield select
+        yield Window
         return
     from dmn.sleep import distributed  # Ray is an extra: imported only to use it
 
     with connected(engine) as ray:
-        yield partial(distributed.select, ray, engine, say)
+        yield partial(distributed.Window, ray, engine, say)
 
 
-Read = Callable[[Store, str, str, ConsolidateSettings, "float | None"], Experience]
-"""`select`'s signature: how a night reads its world's window."""
+Windows = Callable[[Store, str, str, ConsolidateSettings, "float | None"], Window]
+"""`Window`'s signature: how a night opens its world's window."""
 
 
 def _night(home: Home, store: Store, world: str, encoder: str, watermark: str, settings: ConsolidateSettings,
-           now: float | None, say: Progress, dry_run: bool, read: Read) -> Consolidation:
+           now: float | None, say: Progress, dry_run: bool, read: Windows) -> Consolidation:
     night = Consolidation(world, encoder, "failed", started_at=_iso(), watermark=watermark,
                           current=publish.current(home, world))
     last = _last_run(home, world)
@@ -175,10 +175,11 @@ def _night(home: Home, store: Store, world: str, encoder: str, watermark: str, s
 
 
 def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateSettings, now: float | None,
-                 say: Progress, dry_run: bool, read: Read) -> None:
+                 say: Progress, dry_run: bool, read: Windows) -> None:
     clock = _Clock(night.seconds)
     say(f"{night.world}: selecting experience", done=0, total=4)  # of the night's four long stages
-    exp = read(store, night.world, night.encoder, s, now)
+    window = read(store, night.world, night.encoder, s, now)
+    exp = window.experience()
     parts = split(exp, s)
     clock.lap("select")
     train, val, test = parts.train, parts.validation, parts.test
@@ -191,7 +192,7 @@ def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateS
     cluster, distance = nearest(index, exp.states[train])
     clock.lap("cluster")
 
-    outcome_index, outcome = outcome_types(exp.sim_predicted, exp.dim, s.outcome_types, s.seed)
+    outcome_index, outcome = outcome_types(window, exp, s.outcome_types, s.seed)
     clock.lap("outcomes")
 
     table = heuristic_table(exp, train, cluster, distance, index.ntotal, outcome, max(outcome_index.ntotal, 1), s)

@@ -241,7 +241,7 @@ def test_where_system2_is_indifferent_system1_answers_with_either_good_action(tm
 def test_a_precise_new_bundle_replaces_one_below_target_live_whatever_its_coverage():
     """The serving bundle's coverage is the standard only while its live precision meets the target: below
     it, even by less than chance (not yet `failing`), a new bundle that meets the target on test replaces it."""
-    from dmn.sleep.night import _gate
+    from dmn.sleep.night import _gate, _replaces
 
     published = {"version": "v000001", "coverage": 0.9, "precision": 0.99, "failing": False,
                  "live": {"audited": 250, "precision": 0.96}}
@@ -249,6 +249,10 @@ def test_a_precise_new_bundle_replaces_one_below_target_live_whatever_its_covera
     assert "worse than the published v000001's 0.900" in _gate(night, ConsolidateSettings())
     published["live"]["precision"] = 0.94
     assert _gate(night, ConsolidateSettings()) == ""
+    assert _replaces(night, ConsolidateSettings()) == ("replaces v000001, which fell short live: precision 0.940 on "
+                                                       "250 audits, below the target 0.95")
+    published["failing"] = True
+    assert _replaces(night, ConsolidateSettings()).startswith("replaces v000001, which failed live")
     night.metrics["combined"]["precision"] = 0.93
     assert "below the target" in _gate(night, ConsolidateSettings())
 

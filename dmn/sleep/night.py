@@ -250,10 +250,7 @@ def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateS
     if reason:
         night.status, night.reason = ("kept" if night.current else "refused"), reason
         return
-    if failing:
-        live = night.metrics["published"]["live"]
-        night.reason = (f"replaces {night.current}, which failed live: precision {live['precision']:.3f} on "
-                        f"{live['audited']} audits, below the target {s.precision_target}")
+    night.reason = _replaces(night, s)
     night.version = publish.publish(home, night.world, files, manifest, s.keep)
     night.current, night.status = night.version, "published"
     clock.lap("publish")
@@ -319,6 +316,17 @@ def _gate(night: Consolidation, s: ConsolidateSettings) -> str:
         return (f"test coverage {combined['coverage']:.3f} is worse than the published {published['version']}'s "
                 f"{published['coverage']:.3f} on the same held-out steps by more than {s.coverage_tolerance}")
     return ""
+
+
+def _replaces(night: Consolidation, s: ConsolidateSettings) -> str:
+    """Why a new bundle replaces the serving one, when that one fell short of the target live (`failing`:
+    by more than chance); "" otherwise."""
+    published = night.metrics["published"] or {}
+    live = published.get("live") or {}
+    if not live.get("audited") or live["precision"] >= s.precision_target:
+        return ""
+    return (f"replaces {published['version']}, which {'failed' if published['failing'] else 'fell short'} live: "
+            f"precision {live['precision']:.3f} on {live['audited']} audits, below the target {s.precision_target}")
 
 
 def _serving(home: Home, night: Consolidation) -> Bundle | None:

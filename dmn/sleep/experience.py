@@ -266,11 +266,11 @@ def consequences(con: duckdb.DuckDBPyConnection, world: str, encoder: str, share
 def outcome_types_of(con: duckdb.DuckDBPyConnection, world: str, encoder: str, index: faiss.Index) -> pa.Table:
     """The outcome type (the nearest of `index`'s centroids) of every imagined consequence of the chosen steps,
     with the columns that place it (`SIM_ORDER`), in no order: read a batch at a time."""
-    parts = []
-    for batch in consequences(con, world, encoder):
-        parts.append(batch.drop_columns(["predicted"]).append_column(
-            "type", pa.array(nearest(index, matrix(batch.column("predicted")))[0].astype(np.int32))))
-    return pa.Table.from_batches(parts) if parts else pa.table({c: [] for c in (*SIM_ORDER, "type")})
+    reader = consequences(con, world, encoder)
+    schema = reader.schema.remove(reader.schema.get_field_index("predicted")).append(pa.field("type", pa.int32()))
+    return pa.Table.from_batches([batch.drop_columns(["predicted"]).append_column(
+        "type", pa.array(nearest(index, matrix(batch.column("predicted")))[0].astype(np.int32))) for batch in reader],
+        schema=schema)
 
 
 def in_order(rows: pa.Table) -> pa.Table:

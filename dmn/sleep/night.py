@@ -89,8 +89,8 @@ def consolidate(home: Home, world: str | None = None, *, settings: ConsolidateSe
                 now: float | None = None, on_progress: Progress | None = None,
                 wait: float = 0.0, dry_run: bool = False, engine: str | None = None) -> list[Consolidation]:
     """Consolidate every world with new System 2 experience in the lake (or `world`). `engine`: "local" or
-    "ray" (default: the settings' `[engine] kind`); with Ray, tasks on the cluster read the window
-    (`dmn.sleep.distributed`), and the bundle is the one the local engine makes.
+    "ray" (default: the settings' `[engine] kind`); with Ray, tasks on the cluster read the window and type
+    its imagined consequences (`dmn.sleep.distributed`), and the bundle is the one the local engine makes.
 
     Raises `Busy` if another consolidation still holds the home after `wait` seconds. A `dry_run` does the
     whole night but publishes nothing and records no run: each world's result says what the gate would
@@ -103,7 +103,7 @@ def consolidate(home: Home, world: str | None = None, *, settings: ConsolidateSe
     cluster = home.settings().engine
     kind = engine_kind(engine, cluster)
     say = on_progress or quiet
-    with home.lock("consolidate", wait=wait), _windows(kind, cluster, say) as read:
+    with home.lock("consolidate", wait=wait), _windows(kind, cluster, say) as windows:
         store = Store(home)
         found = pairs(store)
         if world is not None:
@@ -115,7 +115,7 @@ def consolidate(home: Home, world: str | None = None, *, settings: ConsolidateSe
             if w in seen:
                 continue  # an older encoder of a world: its latents are not the ones agents now send
             seen.add(w)
-            nights.append(_night(home, store, w, encoder, watermark, settings, now, say, dry_run, read))
+            nights.append(_night(home, store, w, encoder, watermark, settings, now, say, dry_run, windows))
         if not dry_run:
             try:
                 _archive_runs(home, time.time() if now is None else now)
@@ -143,7 +143,7 @@ Windows = Callable[[Store, str, str, ConsolidateSettings, "float | None"], Windo
 
 
 def _night(home: Home, store: Store, world: str, encoder: str, watermark: str, settings: ConsolidateSettings,
-           now: float | None, say: Progress, dry_run: bool, read: Windows) -> Consolidation:
+           now: float | None, say: Progress, dry_run: bool, windows: Windows) -> Consolidation:
     night = Consolidation(world, encoder, "failed", started_at=_iso(), watermark=watermark,
                           current=publish.current(home, world))
     last = _last_run(home, world)
@@ -151,7 +151,7 @@ def _night(home: Home, store: Store, world: str, encoder: str, watermark: str, s
         night.status, night.reason = "nothing new", f"no new System 2 experience since run {last['run_id']}"
     else:
         try:
-            _consolidate(home, store, night, settings, now, say, dry_run, read)
+            _consolidate(home, store, night, settings, now, say, dry_run, windows)
         except (DmnError, ValueError) as exc:
             night.reason = str(exc)
         except Exception as exc:  # noqa: BLE001 - recorded, and the other worlds still get their night
@@ -175,10 +175,10 @@ def _night(home: Home, store: Store, world: str, encoder: str, watermark: str, s
 
 
 def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateSettings, now: float | None,
-                 say: Progress, dry_run: bool, read: Windows) -> None:
+                 say: Progress, dry_run: bool, windows: Windows) -> None:
     clock = _Clock(night.seconds)
     say(f"{night.world}: selecting experience", done=0, total=4)  # of the night's four long stages
-    window = read(store, night.world, night.encoder, s, now)
+    window = windows(store, night.world, night.encoder, s, now)
     exp = window.experience()
     parts = split(exp, s)
     clock.lap("select")

@@ -38,7 +38,7 @@ from dmn.config import ConsolidateSettings
 from dmn.home import Home
 from dmn.lake.ingest import ingest
 from dmn.lake.store import Store
-from dmn.sleep.night import consolidate
+from dmn.sleep.night import Consolidation, consolidate
 from dmn.worlds.synthetic import write_logs
 
 FLEET_DECISIONS = 115_000_000
@@ -69,14 +69,14 @@ def rows(home: Home) -> tuple[int, ...]:
                  for t in ("episodes", "decisions", "simulations", "quarantine"))
 
 
-def night(home: Home, now: float, engine: str) -> tuple[float, dict[str, float], tuple]:
-    """Consolidate `home` at `now`: (seconds, the night's stages, what its bundle holds)."""
+def night(home: Home, now: float, engine: str) -> tuple[float, Consolidation, tuple]:
+    """Consolidate `home` at `now`: (seconds, the night, what its bundle holds)."""
     started = time.perf_counter()
     [done] = consolidate(home, now=now, engine=engine)
     seconds = time.perf_counter() - started
     assert done.status == "published", f"{engine}: {done.status} {done.reason}"
     made = load(home, done.world)
-    return seconds, done.seconds, (made.table.to_pylist(), made.manifest["thresholds"], made.manifest["metrics"])
+    return seconds, done, (made.table.to_pylist(), made.manifest["thresholds"], made.manifest["metrics"])
 
 
 def main() -> None:
@@ -99,9 +99,8 @@ def main() -> None:
         expected = rows(local)
         now = time.time()
         consolidate(local, now=now, dry_run=True)  # imports and first calls paid here, not by the timed nights
-        local_night, local_stages, expected_bundle = night(local, now, "local")
-        steps = ConsolidateSettings().max_decisions
-        steps = min(steps, Store(local).sql("SELECT count(*) FROM decisions").fetchone()[0])
+        local_night, done, expected_bundle = night(local, now, "local")
+        local_stages, steps = done.seconds, done.counts["steps"]
         print(f"{args.files} files, {size / 2**20:,.1f} MiB, {records:,} records ({args.dim}-d latents), "
               f"{steps:,} steps a night")
         print(f"{'engine':<20} {'ingest s':>8} {'MiB/s':>7} {'night s':>8} {'read s':>7}   ingest stages (seconds)")
@@ -118,7 +117,8 @@ def main() -> None:
             started = time.perf_counter()
             report = ingest(home)
             seconds = time.perf_counter() - started
-            night_seconds, nights[workers], bundle = night(home, now, "ray")
+            night_seconds, done, bundle = night(home, now, "ray")
+            nights[workers] = done.seconds
             cluster.shutdown()
             assert rows(home) == expected, f"Ray with {workers} workers wrote other rows than the local engine"
             assert bundle == expected_bundle, f"Ray with {workers} workers made another bundle than the local engine"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlsplit
 
-from dmn.config import EngineSettings
+from dmn.config import ENGINES, EngineSettings
 from dmn.errors import DmnError
 from dmn.progress import Progress
 from dmn.version import __version__
@@ -27,14 +27,13 @@ REACH_SECONDS = 5.0
 """How long the head's port gets to answer before the cluster is called unreachable."""
 RETRIES = 3
 """Times Ray runs a task again after its worker or node died."""
-ENGINES = ("local", "ray")
 
 
 def engine_kind(engine: str | None, settings: EngineSettings) -> str:
     """The engine asked for (`--engine`), else the settings': "local" or "ray"."""
     kind = engine or settings.kind
     if kind not in ENGINES:
-        raise DmnError(f"unknown engine {kind!r}: local or ray")
+        raise DmnError(f"unknown engine {kind!r}: {' or '.join(ENGINES)}")
     return kind
 
 

@@ -276,9 +276,13 @@ class ConsolidateSettings(Section):
                              f"got {self.validation_share} + {self.test_share}")
 
 
+ENGINES = ("local", "ray")
+"""What can run ingest and the night's reading (`EngineSettings.kind`, `--engine`)."""
+
+
 @dataclass
 class EngineSettings(Section):
-    kind: str = choice("local", ("local", "ray"))
+    kind: str = choice("local", ENGINES)
     """What runs ingest and reads the night's window: "local", this process (DuckDB on this machine's cores), or
     "ray", tasks on a Ray cluster, every node of which must see the home at the same path (a shared filesystem)."""
     address: str = ""

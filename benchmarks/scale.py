@@ -16,13 +16,18 @@ stays; so T(N) = driver + sum over task stages of bytes / (N x rate). The fleet:
 4 Hz for 8 hours with 8 candidates per step: 115 million decisions and 0.9 billion simulations, each with
 a 1408-d latent (V-JEPA 2's ViT-g width), as `dmn.EpisodeLogger` writes them (base64 float32).
 
-The night's model: its read runs as tasks, at the labelled steps per second per worker measured here; the
-rest (clustering, table, policy, evaluation, publishing) runs on the driver over the `max_decisions` newest
-steps (1,000,000 by default), at the steps per second measured here, taken as linear: a rough guide, as the
-PCA of the latents costs about the same whatever the steps, k-means grows a little faster (its k is about
-sqrt(steps / 2)) and the policy's training stops early. Every read task also scans the window's keys and
-scalars to find its shard's steps, which a larger cluster does not shorten; that scan is inside the
-measured rate.
+The night's model: on Ray, what grows with the steps runs as tasks: the read, what is computed for every state
+(its situation, System 1's answers on the held-out steps: `mapped`) and the typing of imagined consequences
+(the outcomes stage), each at the steps per second per worker of the 1-worker run. The driver fits on
+bounded samples: the situations' k-means on at most 256 states a situation (k about sqrt(train / 2)), the
+PCA on at most 50,000, the policy on at most `policy_sample` steps; those three are measured here at the
+fleet's sizes on random states of the same size (the k-means at a quarter of its k, scaled by k squared,
+when its k is over 64), the policy at its measured seconds per step and epoch for all `policy_epochs` (an
+upper bound: training stops early). The rest of the driver's part (sums of per-step scalars: the table's
+aggregates, the held-out figures; publishing) is what the 1-worker night's driver took beyond its own fits,
+taken as linear in steps. T(N) = steps x (1 / read + 1 / mapped + 1 / outcomes rate) / N + fits + rest. Every
+read task also scans the window's keys and scalars to find its shard's steps, which a larger cluster does
+not shorten; that scan is inside the measured rate.
 """
 
 from __future__ import annotations
@@ -33,12 +38,24 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from dmn.bundle.load import load
 from dmn.config import ConsolidateSettings
 from dmn.home import Home
 from dmn.lake.ingest import ingest
 from dmn.lake.store import Store
+from dmn.sleep.cluster import (
+    PCA_SAMPLE,
+    POINTS_PER_CENTROID,
+    centroid_index,
+    kmeans,
+    situation_count,
+)
+from dmn.sleep.evaluate import split
+from dmn.sleep.experience import Window
 from dmn.sleep.night import Consolidation, consolidate
+from dmn.sleep.train import train_policy
 from dmn.worlds.synthetic import write_logs
 
 FLEET_DECISIONS = 115_000_000
@@ -46,7 +63,8 @@ FLEET_SIMULATIONS = 920_000_000
 TASK_STAGES = ("parse", "tally", "resolve")
 DRIVER_STAGES = ("plan", "connect", "commit")
 NIGHT_STAGES = ("cluster", "outcomes", "table", "policy", "evaluate", "publish")
-"""The night's stages on the driver; its read ("select") runs as tasks with Ray."""
+"""The night's stages after its read ("select"); on Ray, their `mapped` part and the outcomes' typing run as
+tasks, the rest on the driver."""
 
 
 def make_logs(folder: Path, files: int, dim: int) -> int:
@@ -77,6 +95,33 @@ def night(home: Home, now: float, engine: str) -> tuple[float, Consolidation, tu
     assert done.status == "published", f"{engine}: {done.status} {done.reason}"
     made = load(home, done.world)
     return seconds, done, (made.table.to_pylist(), made.manifest["thresholds"], made.manifest["metrics"])
+
+
+def policy_rate(home: Home, now: float) -> float:
+    """The policy's training, in seconds per step and epoch: three epochs on the night's own training steps."""
+    s = ConsolidateSettings(policy_epochs=3)
+    [(world, encoder)] = Store(home).sql("SELECT DISTINCT world, encoder FROM decisions").fetchall()
+    exp = Window(Store(home), world, encoder, s, now).experience()
+    parts = split(exp, s)
+    started = time.perf_counter()
+    train_policy(exp, parts.train, parts.validation, np.zeros(len(parts.validation)), s)
+    return (time.perf_counter() - started) / (3 * len(parts.train))
+
+
+def fits(train: int, dim: int, per_step: float) -> dict[str, float]:
+    """Seconds of the driver's fits for a night of `train` training steps (the model in the docstring)."""
+    s, rng = ConsolidateSettings(), np.random.default_rng(0)
+    k = situation_count(train)
+    k_run = k // 4 if k > 64 else k
+    rows = min(train, POINTS_PER_CENTROID * k_run)
+    started = time.perf_counter()
+    centroids = kmeans(rng.standard_normal((rows, dim), dtype=np.float32), k_run)
+    seconds = {"k-means": (time.perf_counter() - started) * (min(train, POINTS_PER_CENTROID * k) * k) / (rows * k_run)}
+    started = time.perf_counter()
+    centroid_index(centroids, rng.standard_normal((min(train, PCA_SAMPLE), dim), dtype=np.float32), s.pca_dims)
+    seconds["pca"] = time.perf_counter() - started
+    seconds["policy"] = per_step * min(train, s.policy_sample) * s.policy_epochs
+    return seconds
 
 
 def main() -> None:
@@ -145,18 +190,27 @@ def main() -> None:
         tasks = sum(fleet / (n * r) for r in rates.values())
         fixed = measured[1].get("connect", 0) + 1000 * (plan_per_file + commit_per_file)
         print(f"  {n:>5} workers: {(tasks + fixed) / 3600:8.2f} h  (tasks {tasks / 3600:.2f} h, driver {fixed:.0f} s)")
-    read_rate = steps / nights[1]["select"]
-    driver_rate = steps / sum(local_stages.get(s, 0) for s in NIGHT_STAGES)
+    one = nights[1]
+    tasks = {stage: steps / one[stage] for stage in ("select", "mapped", "outcomes")}  # steps/s per worker
+    driver = sum(one[s] for s in NIGHT_STAGES) - one["mapped"] - one["outcomes"]
+    train = done.counts["train"]
+    per_step = policy_rate(local, now)
+    here = fits(train, args.dim, per_step)
+    rest = max(0.0, driver - sum(here.values())) / steps  # seconds a step
     fleet_steps = ConsolidateSettings().max_decisions
-    print(f"\nthe night: read {read_rate:,.0f} steps/s per worker (tasks); the rest {driver_rate:,.0f} steps/s on the "
-          f"driver ({', '.join(f'{s} {local_stages.get(s, 0):.2f}' for s in NIGHT_STAGES)} s)")
-    print(f"model: T(N) = max_decisions / (N x read rate) + max_decisions / driver rate, for the fleet's night "
-          f"{fleet_steps:,} steps (max_decisions)")
+    fleet_train = round(fleet_steps * train / steps)
+    there = fits(fleet_train, args.dim, per_step)
+    print(f"\nthe night on 1 worker: per worker, read {tasks['select']:,.0f} steps/s, mapped {tasks['mapped']:,.0f} "
+          f"steps/s, outcomes {tasks['outcomes']:,.0f} steps/s (tasks); the driver {driver:.2f} s, of which fits "
+          f"{', '.join(f'{k} {v:.2f}' for k, v in here.items())} s and the rest {rest * 1e3:.2f} ms a step")
+    print(f"the driver's fits at the fleet's night ({fleet_steps:,} steps, {fleet_train:,} training): "
+          f"{', '.join(f'{k} {v:.0f}' for k, v in there.items())} s (the policy's for all {ConsolidateSettings().policy_epochs} "
+          f"epochs, {per_step * 1e6:.0f} µs a step and epoch)")
+    print("model: T(N) = steps x (1/read + 1/mapped + 1/outcomes) / N + the fits + steps x the rest")
     for n in args.workers:
-        read = fleet_steps / (n * read_rate)
-        rest = fleet_steps / driver_rate
-        print(f"  {n:>5} workers: {(read + rest) / 3600:8.2f} h  (read {read / 60:.1f} min, driver {rest / 3600:.2f} h)")
-
+        spread = sum(fleet_steps / (n * r) for r in tasks.values())
+        stays = sum(there.values()) + fleet_steps * rest
+        print(f"  {n:>5} workers: {(spread + stays) / 3600:8.2f} h  (tasks {spread / 60:.1f} min, driver {stays / 60:.1f} min)")
 
 if __name__ == "__main__":
     main()

@@ -238,6 +238,10 @@ class ConsolidateSettings(Section):
     """Minibatch size of the policy network's training."""
     policy_epochs: int = bounded(30, ge=1)
     """Maximum training epochs of the policy network (it stops early on validation loss)."""
+    policy_sample: int = bounded(200_000, ge=1)
+    """The policy network learns from at most this many training steps, and checks itself on at most as many
+    validation steps, drawn where there are more: only their states are held in memory (1.1 GB each at a
+    1,408-d latent)."""
     score_tolerance: float = bounded(0.25, ge=0)
     """An answer is right where its action is as good as System 2's choice by System 2's own scores: a candidate
     it did not veto that scored within this many stakes of its best (a stake: the world's median spread between

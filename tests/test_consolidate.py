@@ -15,6 +15,7 @@ import pytest
 from conftest import decision, dmn, episode, night, simulation, write_jsonl
 from dmn import EpisodeLogger
 from dmn.bundle import publish
+from dmn.bundle.decide import nearest
 from dmn.bundle.diff import compare
 from dmn.bundle.load import load
 from dmn.config import ConsolidateSettings
@@ -22,9 +23,12 @@ from dmn.errors import Busy, DmnError
 from dmn.lake.ingest import ingest
 from dmn.lake.store import Store
 from dmn.ops.sql import store
+from dmn.sleep.cluster import POINTS_PER_CENTROID, situation_index
 from dmn.sleep.evaluate import split
 from dmn.sleep.experience import Window
 from dmn.sleep.night import consolidate
+from dmn.sleep.states import States, apply, block_rows, draw, situations
+from dmn.sleep.train import train_policy
 from dmn.worlds.synthetic import write_logs
 
 FAST = ConsolidateSettings(policy_hidden=64, policy_epochs=15)
@@ -175,7 +179,10 @@ def test_consolidate_and_rollback_commands(home):
     assert done.returncode == 0, done.stderr
     night = json.loads(done.stdout)
     assert night["status"] == "published" and night["version"] == "v000001"
-    assert set(night["seconds"]) == {"select", "cluster", "outcomes", "table", "policy", "evaluate", "publish"}
+    assert set(night["seconds"]) == {"select", "cluster", "outcomes", "table", "policy", "evaluate", "publish",
+                                     "mapped"}
+    seconds = night["seconds"]
+    assert seconds["mapped"] < seconds["cluster"] + seconds["policy"] + seconds["evaluate"]  # a part of them
     table = dmn("consolidate", home=home)
     assert table.returncode == 0 and "nothing new" in table.stdout
     refused = dmn("rollback", "--world", "w", home=home)
@@ -189,6 +196,61 @@ def test_a_failed_night_is_recorded_and_reported(home):
     assert "consolidation failed for short: 2 episode(s): at least 3 are needed" in failed.stderr
     rows = store(home).sql("SELECT world, status, reason FROM consolidations").fetchall()
     assert rows == [("short", "failed", "2 episode(s): at least 3 are needed to train, validate and test")]
+
+
+class Counted(States):
+    """States that count how many rows each `take` brings into memory."""
+
+    def __init__(self, x: np.ndarray):
+        super().__init__(x)
+        self.taken: list[int] = []
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        self.taken.append(len(rows))
+        return super().take(rows)
+
+
+def test_the_night_takes_only_bounded_samples_of_its_states_into_memory(home, monkeypatch):
+    """Fitting the situations (k-means, PCA) and the policy takes bounded samples of the states; what is
+    computed for every state is mapped over them (on the Ray engine, where they are)."""
+    write_logs(home, situations=4, dim=48, episodes=60, steps=20, accuracy=1.0)
+    ingest(home)
+    s = ConsolidateSettings(policy_hidden=32, policy_epochs=3, policy_sample=300)
+    exp = Window(Store(home), "synthetic", "synthetic@1", s).experience()
+    exp.states = Counted(exp.states.x)
+    parts = split(exp, s)
+    assert len(parts.train) > 600 and len(parts.validation) > 150
+    monkeypatch.setattr("dmn.sleep.cluster.PCA_SAMPLE", 400)
+    index = situation_index(exp.states, parts.train, 2, exp.weight, 8, 0)
+    assert exp.states.taken == [2 * POINTS_PER_CENTROID, 400]
+    cluster, distance = exp.states.map(situations, parts.train, index)
+    assert np.array_equal(cluster, nearest(index, exp.states.x[parts.train])[0]) and len(distance) == len(cluster)
+    assert exp.states.mapped > 0
+    exp.states.taken.clear()
+    train_policy(exp, parts.train, parts.validation, np.zeros(len(parts.validation)), s)
+    assert exp.states.taken == [300, min(300, len(parts.validation))]
+
+
+def test_states_are_mapped_in_the_same_blocks_however_they_are_held():
+    """A matrix product rounds by how many rows it is given, so a function mapped over a night's states is
+    given the same blocks of rows whether they are held whole (the local engine) or in ranges (the Ray
+    engine's tasks, `first` their first row): the same figures, to the bit."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1000, 48)).astype(np.float32)
+    w = rng.standard_normal((48, 256)).astype(np.float32)
+    rows = rng.permutation(1000)[:700]
+    whole = States(x).map(lambda part: (part @ w,), rows)[0]
+    block = block_rows(1000)
+    span = 4 * block
+    held = np.empty_like(whole)
+    for first in range(0, 1000, span):
+        here = np.flatnonzero((rows >= first) & (rows < first + span))
+        held[here] = apply(x[first:first + span], rows[here] - first, lambda part: (part @ w,), (), block, first)[0]
+    assert np.array_equal(held, whole)
+    assert np.array_equal(States(x).map(lambda part: (part @ w,), rows[:0])[0], np.zeros((0, 256), np.float32))
+    assert np.array_equal(draw(10, 20, 0), np.arange(10))
+    drawn = draw(1000, 100, 0)
+    assert len(set(drawn)) == 100 and np.all(np.diff(drawn) > 0) and np.array_equal(drawn, draw(1000, 100, 0))
 
 
 def test_pca_speeds_the_situation_index_and_lookups_still_take_raw_latents(home):

@@ -1,5 +1,5 @@
-"""The night's reading on a Ray cluster (`[engine] kind = "ray"`): a world's window read by tasks; the rest of
-the night as the local engine runs it.
+"""The night on a Ray cluster (`[engine] kind = "ray"`): a world's window read, and its states kept and
+mapped over, by tasks; the driver fits on bounded samples and sums per-step scalars.
 
   1. steps     a task per shard of the episode ids (a hash, `[engine] key_shards` of them, as ingest's): the
                shard's labelled steps of the window, newest first, `max_decisions` at most, without latents
@@ -7,19 +7,27 @@ the night as the local engine runs it.
                records (System 2's best, what an audit stands for), so a shard needs no other; each task
                reads the window's keys and scalars, not its latents.
   2. newest    the driver: the `max_decisions` newest of them all, numbered (`newest`)
-  3. latents   a task per shard of the lake's batches, as many, of about equal size: the latents and
-               simulations of those steps that its batches hold (`latents`), so each latent is read once
-  4. the driver puts a step's candidates in the local engine's order and builds the night's `Experience`
-  5. outcomes  a task per shard of the batches: a drawn sample of its imagined consequences, on which the
+  3. latents   a task per shard of the lake's batches, as many, of about equal size: the states and
+               simulations of those steps that its batches hold (`latents`), so each latent is read once. The
+               simulations' scalars go to the driver; the states, dealt by ranges of steps, stay on the cluster
+  4. ranges    a task per range of steps puts its states together: one object in Ray's object store each
+               (`States`), never on the driver
+  5. the driver puts a step's candidates in the local engine's order and builds the night's `Experience`
+  6. outcomes  a task per shard of the batches: a drawn sample of its imagined consequences, on which the
                driver fits the outcome types; then the types of all of them (`outcome_types_of`), so that
                the consequences, a night's largest latents, never reach the driver but for the sample
 
-The `Experience` is the local engine's, row for row: from the same lake, the same bundle (up to the order of
-a step's candidates identical in action, score and veto, which the local engine leaves to DuckDB). Every
-task reads the files the driver listed when the night began, so a batch committed meanwhile is tomorrow's.
-Tasks only read: Ray runs one again whose worker or node died, and one that fails for good fails the
-world's night in one line, with nothing published. Their results (the window's labelled steps, at most
-`max_decisions`, their latents, the sample and the types) come back through Ray's object store.
+The night then runs as on the local engine (`dmn.sleep.night`) with its states on the cluster: the driver
+takes the samples it fits on (the situations' k-means, at most 256 states a situation; the PCA, 50,000; the
+policy, `policy_sample`), and tasks map over the ranges what is computed for every state (each training
+state's situation, System 1's answers on the held-out steps). The table's aggregates and the held-out
+figures are sums of per-step scalars (a few bytes a step), on the driver.
+
+The `Experience` is the local engine's, row for row, and the bundle the same to the bit: both engines map
+over a night's rows in the same blocks (`dmn.sleep.states.apply`). Every task reads the files the driver
+listed when the night began, so a batch committed meanwhile is tomorrow's. Tasks only read: Ray runs one
+again whose worker or node died (and one whose result was lost with its node, to make it again), and one
+that fails for good fails the world's night in one line, with nothing published.
 """
 
 from __future__ import annotations
@@ -37,7 +45,8 @@ from dmn.config import ConsolidateSettings, EngineSettings
 from dmn.lake.duck import connect, quote, run
 from dmn.lake.store import Store
 from dmn.progress import Progress
-from dmn.sleep import experience
+from dmn.sleep import experience, states
+from dmn.sleep.states import RowWise, apply, block_rows
 from dmn.version import __version__
 
 STOPPED = "the night stopped, nothing was published"
@@ -70,12 +79,22 @@ class Window(experience.Window):
             for k in range(self.shards)])
         steps = experience.newest(parts, s.max_decisions)
         self.chosen = self.ray.put(steps.select(["episode_id", "step", "i"]))  # once, for every task
-        read = self._gather(f"{self.world}: reading latents", [
-            self.task(_latents).remote(self.root, __version__, views, self.world, self.encoder, self.chosen)
-            for views in self.batches])
-        state = pa.concat_tables([r[0] for r in read]).sort_by("i")  # a step's decision is in one batch
-        sims = experience.in_order(pa.concat_tables([r[1] for r in read]))  # a step's candidates may be in several
-        return experience.experience(self.world, self.encoder, steps, state["state"], sims, s, self.now)
+        n, block = steps.num_rows, block_rows(steps.num_rows)
+        span = block * -(-max(n, 1) // (block * self.shards))  # a range: whole blocks, one a shard at most
+        ranges = -(-max(n, 1) // span)
+        read = [self.task(_latents).options(num_returns=1 + ranges).remote(
+            self.root, __version__, views, self.world, self.encoder, self.chosen, span, ranges)
+            for views in self.batches]
+        found = self._gather(f"{self.world}: reading latents", [r[0] for r in read])
+        dim = max((d for d, _ in found), default=0)
+        held = [self.task(_range).options(num_returns=2).remote(
+            self.root, __version__, r * span, min(n, (r + 1) * span), dim, *[parts[1 + r] for parts in read])
+            for r in range(ranges)]
+        count = self._gather(f"{self.world}: dealing the states into ranges of steps", [c for c, _ in held])
+        states = States(self.ray, self.task, self._gather, self.root, self.world, [x for _, x in held], span,
+                        sum(count), dim, block)
+        sims = experience.in_order(pa.concat_tables([sims for _, sims in found]))  # a step's may be in several
+        return experience.experience(self.world, self.encoder, steps, states, sims, s, self.now)
 
     def sample(self, share: float, seed: int) -> pa.Table:
         return pa.concat_tables(self._gather(f"{self.world}: sampling imagined consequences", [
@@ -90,6 +109,42 @@ class Window(experience.Window):
 
     def _gather(self, what: str, refs: list[Any]) -> list[Any]:
         return gather(self.ray, refs, self.say, what, STOPPED)
+
+
+class States(states.States):
+    """The night's states kept on the cluster, in ranges of rows (`span` rows each, whole blocks: `block_rows`),
+    a Ray object each, which Ray makes again from the tasks that made it should the node holding it die.
+    Samples are taken from them, and functions mapped over them, by tasks: only what those return reaches
+    the driver."""
+
+    def __init__(self, ray: Any, task: Any, gather: Any, root: str, world: str, ranges: list[Any], span: int,
+                 n: int, dim: int, block: int):
+        self.ray, self.task, self.gather, self.root, self.world = ray, task, gather, root, world
+        self.ranges, self.span, self.n, self.d, self.block = ranges, span, n, dim, block
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def dim(self) -> int:
+        return self.d
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        return self.map(copies, rows)[0]
+
+    def _map(self, fn: RowWise, rows: np.ndarray, args: tuple[Any, ...]) -> tuple[np.ndarray, ...]:
+        """A task per range holding some of `rows`, each given `args` once through the object store."""
+        if not len(rows):
+            return fn(np.zeros((0, self.d), np.float32), *args)
+        which = rows // self.span
+        order = np.argsort(which, kind="stable")
+        picks = np.split(order, np.flatnonzero(np.diff(which[order])) + 1)
+        given, first = self.ray.put(args), [which[p[0]] * self.span for p in picks]
+        parts = self.gather(f"{self.world}: {fn.__name__} of {len(rows):,} states", [
+            self.task(_apply).remote(self.root, __version__, self.ranges[f // self.span], rows[p] - f, fn, given,
+                                     self.block, f) for p, f in zip(picks, first)])
+        back = np.argsort(order)  # in the order of `rows` again
+        return tuple(np.concatenate(column)[back] for column in zip(*parts))
 
 
 def _batch_shards(manifests: list[dict[str, Any]], shards: int) -> list[list[dict[str, Any]]]:
@@ -117,12 +172,41 @@ def _steps(root: str, version: str, views: dict[str, str], world: str, encoder: 
         return experience.labelled_steps(con, world, encoder, since, limit, shard, shards)
 
 
-def _latents(root: str, version: str, views: dict[str, str], world: str, encoder: str, chosen: pa.Table
-             ) -> tuple[pa.Table, pa.Table]:
-    """The latents and simulations of the `chosen` steps that the batches of `views` hold (`latents`)."""
+def _latents(root: str, version: str, views: dict[str, str], world: str, encoder: str, chosen: pa.Table,
+             span: int, ranges: int) -> tuple[Any, ...]:
+    """The latents and simulations of the `chosen` steps that the batches of `views` hold (`latents`), as
+    1 + `ranges` results: what the driver reads (the states' size, the simulations), then the states of each
+    range of `span` steps (their rows, their states), which `_range` puts together."""
     node_check(root, version)
     with _session(views, chosen) as con:
-        return experience.latents(con, world, encoder)
+        state, sims = experience.latents(con, world, encoder)
+    rows, x = state["i"].to_numpy(), experience.matrix(state["state"])
+    which = rows // span
+    return (x.shape[1], sims), *((rows[which == r], x[which == r]) for r in range(ranges))
+
+
+def _range(root: str, version: str, start: int, stop: int, dim: int, *parts: tuple[np.ndarray, np.ndarray]
+           ) -> tuple[int, np.ndarray]:
+    """The states of steps `start` to `stop`, from the parts the `_latents` tasks read: how many were found
+    (all of them, unless the lake changed during the night), and the (stop - start, d) matrix."""
+    node_check(root, version)
+    x = np.zeros((stop - start, dim), np.float32)
+    rows = [(i, part) for i, part in parts if len(i)]
+    for i, part in rows:
+        x[i - start] = part
+    return len(np.unique(np.concatenate([i for i, _ in rows]))) if rows else 0, x
+
+
+def _apply(root: str, version: str, x: np.ndarray, rows: np.ndarray, fn: RowWise, args: tuple[Any, ...],
+           block: int, first: int) -> tuple[np.ndarray, ...]:
+    """A row-wise function over rows of one range of states (`apply`; `first`: the night's row of its row 0)."""
+    node_check(root, version)
+    return apply(x, rows, fn, args, block, first)
+
+
+def copies(x: np.ndarray) -> tuple[np.ndarray]:
+    """The states themselves (`States.take`)."""
+    return (x,)
 
 
 def _sample(root: str, version: str, views: dict[str, str], world: str, encoder: str, chosen: pa.Table,

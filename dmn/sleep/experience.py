@@ -27,6 +27,7 @@ from dmn.config import ConsolidateSettings
 from dmn.errors import DmnError
 from dmn.lake.duck import connect, run
 from dmn.lake.store import Store
+from dmn.sleep.states import States
 
 
 @dataclass
@@ -39,8 +40,8 @@ class Experience:
     """(n,) episode id of each labelled step."""
     ts: np.ndarray
     """(n,) Unix seconds of each step's decision."""
-    states: np.ndarray
-    """(n, d) float32 latent states."""
+    states: States
+    """(n, d) float32 latent states: in this process, or on the cluster (`dmn.sleep.states`)."""
     label: np.ndarray
     """(n,) System 2's action, as its index in `actions` (0 in a continuous world: its vector is `target`)."""
     acceptable: np.ndarray
@@ -88,7 +89,7 @@ class Experience:
 
     @property
     def dim(self) -> int:
-        return self.states.shape[1]
+        return self.states.dim
 
     @property
     def action_dim(self) -> int:
@@ -159,7 +160,7 @@ class Window:
                                        s.max_decisions)], s.max_decisions)
         choose(self.con, steps)
         state, sims = latents(self.con, self.world, self.encoder)
-        return experience(self.world, self.encoder, steps, state["state"], sims, s, self.now)
+        return experience(self.world, self.encoder, steps, States(matrix(state["state"])), sims, s, self.now)
 
     def sample(self, share: float, seed: int) -> pa.Table:
         """`consequences` of the chosen steps: a `share` of them, drawn by `seed`."""
@@ -284,17 +285,18 @@ def in_order(rows: pa.Table) -> pa.Table:
     return rows.take(order)
 
 
-def experience(world: str, encoder: str, steps: pa.Table, state: pa.ChunkedArray, sims: pa.Table,
+def experience(world: str, encoder: str, steps: pa.Table, states: States, sims: pa.Table,
                settings: ConsolidateSettings, now: float) -> Experience:
-    """The night's `Experience` of the `steps` read (`newest`), their latents and simulations (`latents`)."""
+    """The night's `Experience` of the `steps` read (`newest`), their states and simulations (`latents`)."""
     if steps.num_rows == 0:
         raise DmnError(f"no System 2 decisions for world {world!r}, encoder {encoder!r} in the last "
                        f"{settings.window_days:g} days")
+    if len(states) != steps.num_rows:
+        raise DmnError(f"the lake changed while the night read it: {len(states)} states of {steps.num_rows} steps")
     action_dim = pc.max(pc.list_value_length(steps["label_vector"])).as_py() or 0  # 0: labels
     actions = [] if action_dim else sorted(set(steps["label"].to_pylist()) | set(steps["reflex"].drop_null().to_pylist())
                                            | set(sims["action"].to_pylist()), key=_action_order)
     index = {a: i for i, a in enumerate(actions)}
-    states = matrix(state)
     t = steps["t"].to_numpy().astype(np.float64)
     n = steps.num_rows
     sim_step = sims["i"].to_numpy().astype(np.int64)

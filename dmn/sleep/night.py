@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from dmn import faults
 from dmn.bundle import publish
-from dmn.bundle.decide import Answers, Rule, nearest, table_columns
+from dmn.bundle.decide import Answers, Rule, table_columns
 from dmn.bundle.diff import diff
 from dmn.bundle.load import Bundle, from_files, load
 from dmn.cluster import connected, engine_kind
@@ -50,6 +50,7 @@ from dmn.progress import Progress, quiet
 from dmn.sleep.cluster import outcome_types, situation_count, situation_index
 from dmn.sleep.evaluate import curve, metrics, split, thresholds, wilson_lower
 from dmn.sleep.experience import Experience, Window, pairs
+from dmn.sleep.states import answers, situations
 from dmn.sleep.table import candidate_table, heuristic_table, outcome_table
 from dmn.version import __version__
 
@@ -78,6 +79,8 @@ class Consolidation:
     ended_at: str = ""
     watermark: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
+    """Each stage's; and "mapped", the part of them spent on what is computed for every state (the situation
+    of each, System 1's answers), which the Ray engine runs as tasks (`dmn.sleep.states`)."""
     counts: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -188,8 +191,8 @@ def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateS
 
     say(f"{night.world}: clustering {len(train):,} states", done=1, total=4)
     k = s.situations or situation_count(len(train))
-    index = situation_index(exp.states[train], k, exp.weight[train], s.pca_dims, s.seed)
-    cluster, distance = nearest(index, exp.states[train])
+    index = situation_index(exp.states, train, k, exp.weight, s.pca_dims, s.seed)
+    cluster, distance = exp.states.map(situations, train, index)
     clock.lap("cluster")
 
     outcome_index, outcome = outcome_types(window, exp, s.outcome_types, s.seed)
@@ -200,7 +203,7 @@ def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateS
     clock.lap("table")
 
     say(f"{night.world}: distilling the policy", done=2, total=4)
-    near, away = nearest(index, exp.states[val])
+    near, away = exp.states.map(situations, val, index)
     far = away / np.maximum(table["radius"].to_numpy()[near], 1e-12)  # in novelty radii
     # Imported here: torch is paid for by the nights that train, not by every process that reads runs.
     from dmn.sleep.train import train_policy
@@ -211,26 +214,27 @@ def _consolidate(home: Home, store: Store, night: Consolidation, s: ConsolidateS
     say(f"{night.world}: evaluating on {len(test):,} held-out steps", done=3, total=4)
     columns = table_columns(table, exp.actions)
 
-    def system1(states: np.ndarray, table: float, policy: float) -> Answers:  # the decision rule at these thresholds
-        return Rule.prepare(index, columns, weights, {"table": table, "policy": policy}, s.min_support,
-                            s.policy_reach).decide(states)
+    def system1(rows: np.ndarray, table: float, policy: float) -> Answers:  # the decision rule at these thresholds
+        return answers(exp.states, rows, Rule.prepare(index, columns, weights, {"table": table, "policy": policy},
+                                                      s.min_support, s.policy_reach))
 
     # Thresholds and figures count each held-out step for the steps of the agent's life it stands for.
-    t_table, t_policy = thresholds(system1(exp.states[val], -np.inf, np.inf), system1(exp.states[val], np.inf, -np.inf),
+    t_table, t_policy = thresholds(system1(val, -np.inf, np.inf), system1(val, np.inf, -np.inf),
                                    exp, val, s.precision_target, s.precision_z, s.min_confidence)
     judge = partial(metrics, exp=exp, rows=test)
     serving = _serving(home, night)
     night.metrics = {
-        "combined": judge(system1(exp.states[test], t_table, t_policy)),
-        "table": judge(system1(exp.states[test], t_table, np.inf)),
-        "policy": judge(system1(exp.states[test], np.inf, t_policy)),
+        "combined": judge(system1(test, t_table, t_policy)),
+        "table": judge(system1(test, t_table, np.inf)),
+        "policy": judge(system1(test, np.inf, t_policy)),
         "thresholds": {"table": _finite(t_table), "policy": _finite(t_policy)},
         # The trade-off the policy's threshold picks from, on test.
-        "curve": curve(system1(exp.states[test], t_table, -np.inf), exp, test),
+        "curve": curve(system1(test, t_table, -np.inf), exp, test),
         "situations": int(index.ntotal), "outcome_types": int(outcome_index.ntotal), "live": _live(exp),
         "published": _published_on(serving, night, exp, test, s),
     }
     clock.lap("evaluate")
+    night.seconds["mapped"] = round(exp.states.mapped, 3)
 
     files, manifest = _candidate(night, exp, index, table, outcome_index, outcomes, weights, train, cluster, outcome, s)
     reason = _gate(night, s)
@@ -346,11 +350,11 @@ def _published_on(bundle: Bundle | None, night: Consolidation, exp: Experience, 
     `precision_z` standard errors up is below it."""
     if bundle is None or bundle.manifest["encoder"] != night.encoder or bundle.manifest["dim"] != exp.dim:
         return None
-    answers = bundle.answer(exp.states[rows])
+    said = answers(exp.states, rows, bundle.rule)
     if not exp.action_dim:  # the bundle's action indices, in this night's vocabulary
         position = {a: i for i, a in enumerate(exp.actions)}
-        answers.action = np.array([position.get(a, -1) for a in bundle.actions])[answers.action]
-    figures = metrics(answers, exp, rows)
+        said.action = np.array([position.get(a, -1) for a in bundle.actions])[said.action]
+    figures = metrics(said, exp, rows)
     live = _live(exp, since=_published_at(bundle))
     failing = bool(live["audited"]) and bool(1 - wilson_lower(1 - live["precision"], live["audited"], s.precision_z)
                                              < s.precision_target)
@@ -364,7 +368,7 @@ def _demote(home: Home, night: Consolidation, bundle: Bundle, exp: Experience, s
     since it was published were acceptable less often than the precision target. Returns the new version
     and how many situations it demoted."""
     audited = _audits(exp, since=_published_at(bundle))
-    situation = nearest(bundle.index, exp.states[audited])[0]
+    situation = exp.states.map(situations, audited, bundle.index)[0]
     right = exp.right(exp.reflexes(audited), audited)
     k = bundle.index.ntotal
     audits, agreed = np.bincount(situation, minlength=k), np.bincount(situation[right], minlength=k)

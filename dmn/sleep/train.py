@@ -23,6 +23,7 @@ from dmn.bundle.decide import action_span, policy_outputs
 from dmn.config import ConsolidateSettings
 from dmn.sleep.experience import Experience, targets
 from dmn.sleep.policy import Policy, export
+from dmn.sleep.states import draw
 
 CHECK_SAMPLES = 16_384
 """Training samples between two validation checks of a long epoch (`_fit`)."""
@@ -36,12 +37,17 @@ def train_policy(exp: Experience, train: np.ndarray, val: np.ndarray, far_val: n
 
     Discrete world: one logistic output per action, on `targets`. Continuous world: a Gaussian head, the mean
     and log standard deviation of System 2's action (in units of its range) per dimension, by likelihood.
+
+    It learns from at most `policy_sample` training steps and checks itself on at most as many validation
+    steps, drawn where there are more: only their states are taken into memory.
     """
     torch.manual_seed(settings.seed)
-    x = exp.states[train]
+    train = train[draw(len(train), settings.policy_sample, settings.seed)]
+    checked = draw(len(val), settings.policy_sample, settings.seed)
+    val, far_val = val[checked], far_val[checked]
+    x, x_val = exp.states.take(train), exp.states.take(val)
     mean, std = x.mean(0), x.std(0) + 1e-6
-    del x  # only its moments: the minibatches are gathered from `exp.states` as they come
-    xv = torch.from_numpy(exp.states[val])
+    xv = torch.from_numpy(x_val)
     wt = torch.from_numpy((exp.weight[train] / exp.weight[train].mean()).astype(np.float32))
     if exp.action_dim:
         a, low, span = exp.action_dim, exp.low, action_span(exp.low, exp.high)
@@ -54,29 +60,26 @@ def train_policy(exp: Experience, train: np.ndarray, val: np.ndarray, far_val: n
         yv = torch.from_numpy(exp.acceptable[val].astype(np.float32))
         model = Policy(exp.dim, len(exp.actions), settings.policy_hidden, mean, std)
         loss = lambda out, y: F.binary_cross_entropy_with_logits(out, y, reduction="none").sum(1)  # noqa: E731
-    _fit(model, exp.states, train, yt, wt, xv, yv, loss, settings)
+    _fit(model, x, yt, wt, xv, yv, loss, settings)
     weights = export(model, (1.0, 0.0, 0.0), exp.low, exp.high)
     if len(val):
-        action, top = policy_outputs(weights, exp.states[val])
+        action, top = policy_outputs(weights, x_val)
         weights["scale"], weights["distance"], weights["shift"] = _calibration(top, far_val, exp.right(action, val))
     return weights
 
 
-def _fit(model: Policy, states: np.ndarray, train: np.ndarray, yt: torch.Tensor, wt: torch.Tensor, xv: torch.Tensor,
-         yv: torch.Tensor, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], settings: ConsolidateSettings
-         ) -> None:
-    """Adam on the age-weighted `loss` of the training steps (rows `train` of `states`, each minibatch gathered
-    as it comes: no copy of them all); keep the weights of the best validation loss, stopping after three
-    checks without improvement. Validation is checked every epoch, or every `CHECK_SAMPLES` training samples
-    where an epoch is longer: three epochs of a large night confirming that nothing improves would cost as
-    much as the rest of its training."""
+def _fit(model: Policy, x: np.ndarray, yt: torch.Tensor, wt: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor,
+         loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], settings: ConsolidateSettings) -> None:
+    """Adam on the age-weighted `loss` of the training states `x`; keep the weights of the best validation loss,
+    stopping after three checks without improvement. Validation is checked every epoch, or every
+    `CHECK_SAMPLES` training samples where an epoch is longer: three epochs of a large night confirming that
+    nothing improves would cost as much as the rest of its training."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5, fused=True)  # one kernel per step
     best, best_loss, patience, seen = None, math.inf, 0, 0
-    check_every = min(len(train), CHECK_SAMPLES)
-    batches = (b for _ in range(settings.policy_epochs) for b in torch.randperm(len(train)).split(settings.policy_batch))
+    check_every = min(len(x), CHECK_SAMPLES)
+    batches = (b for _ in range(settings.policy_epochs) for b in torch.randperm(len(x)).split(settings.policy_batch))
     for batch in batches:
-        x = torch.from_numpy(states[train[batch.numpy()]])
-        step_loss = (loss(model(x), yt[batch]) * wt[batch]).mean()
+        step_loss = (loss(model(torch.from_numpy(x[batch.numpy()])), yt[batch]) * wt[batch]).mean()
         opt.zero_grad()
         step_loss.backward()
         opt.step()

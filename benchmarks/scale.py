@@ -145,7 +145,8 @@ def main() -> None:
         now = time.time()
         consolidate(local, now=now, dry_run=True)  # imports and first calls paid here, not by the timed nights
         local_night, done, expected_bundle = night(local, now, "local")
-        local_stages, steps = done.seconds, done.counts["steps"]
+        local_stages, steps, train = done.seconds, done.counts["steps"], done.counts["train"]
+        per_step = policy_rate(local, now)
         print(f"{args.files} files, {size / 2**20:,.1f} MiB, {records:,} records ({args.dim}-d latents), "
               f"{steps:,} steps a night")
         print(f"{'engine':<20} {'ingest s':>8} {'MiB/s':>7} {'night s':>8} {'read s':>7}   ingest stages (seconds)")
@@ -191,10 +192,10 @@ def main() -> None:
         fixed = measured[1].get("connect", 0) + 1000 * (plan_per_file + commit_per_file)
         print(f"  {n:>5} workers: {(tasks + fixed) / 3600:8.2f} h  (tasks {tasks / 3600:.2f} h, driver {fixed:.0f} s)")
     one = nights[1]
+    for name, stages in (("local", local_stages), ("ray, 1 worker", one)):
+        print(f"the night's stages, {name}: {', '.join(f'{k} {v:.2f}' for k, v in stages.items())} s")
     tasks = {stage: steps / one[stage] for stage in ("select", "mapped", "outcomes")}  # steps/s per worker
     driver = sum(one[s] for s in NIGHT_STAGES) - one["mapped"] - one["outcomes"]
-    train = done.counts["train"]
-    per_step = policy_rate(local, now)
     here = fits(train, args.dim, per_step)
     rest = max(0.0, driver - sum(here.values())) / steps  # seconds a step
     fleet_steps = ConsolidateSettings().max_decisions
@@ -211,6 +212,7 @@ def main() -> None:
         spread = sum(fleet_steps / (n * r) for r in tasks.values())
         stays = sum(there.values()) + fleet_steps * rest
         print(f"  {n:>5} workers: {(spread + stays) / 3600:8.2f} h  (tasks {spread / 60:.1f} min, driver {stays / 60:.1f} min)")
+
 
 if __name__ == "__main__":
     main()

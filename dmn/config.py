@@ -238,6 +238,10 @@ class ConsolidateSettings(Section):
     """Minibatch size of the policy network's training."""
     policy_epochs: int = bounded(30, ge=1)
     """Maximum training epochs of the policy network (it stops early on validation loss)."""
+    block_rows: int = bounded(8192, ge=1)
+    """What is computed for every state (its situation, System 1's answers) is computed this many rows at a
+    time: on the Ray engine, by tasks of whole blocks, so a night of n steps runs on n / block_rows workers
+    at most. Both engines group rows alike, and so make the same bundle to the bit."""
     policy_sample: int = bounded(200_000, ge=1)
     """The policy network learns from at most this many training steps, and checks itself on at most as many
     validation steps, drawn where there are more: only their states are held in memory (1.1 GB each at a

@@ -27,7 +27,7 @@ from dmn.sleep.cluster import POINTS_PER_CENTROID, situation_index
 from dmn.sleep.evaluate import split
 from dmn.sleep.experience import Window
 from dmn.sleep.night import consolidate
-from dmn.sleep.states import States, apply, block_rows, draw, situations
+from dmn.sleep.states import States, apply, draw, situations
 from dmn.sleep.train import train_policy
 from dmn.worlds.synthetic import write_logs
 
@@ -202,7 +202,7 @@ class Counted(States):
     """States that count how many rows each `take` brings into memory."""
 
     def __init__(self, x: np.ndarray):
-        super().__init__(x)
+        super().__init__(x, 100)
         self.taken: list[int] = []
 
     def take(self, rows: np.ndarray) -> np.ndarray:
@@ -239,15 +239,15 @@ def test_states_are_mapped_in_the_same_blocks_however_they_are_held():
     x = rng.standard_normal((1000, 48)).astype(np.float32)
     w = rng.standard_normal((48, 256)).astype(np.float32)
     rows = rng.permutation(1000)[:700]
-    whole = States(x).map(lambda part: (part @ w,), rows)[0]
-    block = block_rows(1000)
+    block = 37
+    whole = States(x, block).map(lambda part: (part @ w,), rows)[0]
     span = 4 * block
     held = np.empty_like(whole)
     for first in range(0, 1000, span):
         here = np.flatnonzero((rows >= first) & (rows < first + span))
         held[here] = apply(x[first:first + span], rows[here] - first, lambda part: (part @ w,), (), block, first)[0]
     assert np.array_equal(held, whole)
-    assert np.array_equal(States(x).map(lambda part: (part @ w,), rows[:0])[0], np.zeros((0, 256), np.float32))
+    assert np.array_equal(States(x, block).map(lambda part: (part @ w,), rows[:0])[0], np.zeros((0, 256), np.float32))
     assert np.array_equal(draw(10, 20, 0), np.arange(10))
     drawn = draw(1000, 100, 0)
     assert len(set(drawn)) == 100 and np.all(np.diff(drawn) > 0) and np.array_equal(drawn, draw(1000, 100, 0))

@@ -73,9 +73,9 @@ def cluster():
     nodes.shutdown()
 
 
-def on_ray(home: Home, address: str, **settings: int) -> None:
+def on_ray(home: Home, address: str, night: str = "", **settings: int) -> None:
     extra = "".join(f"{k} = {v}\n" for k, v in settings.items())
-    (home.root / "dmn.toml").write_text(f'[engine]\nkind = "ray"\naddress = "{address}"\n{extra}')
+    (home.root / "dmn.toml").write_text(f'[engine]\nkind = "ray"\naddress = "{address}"\n{extra}{night}')
 
 
 def test_ray_ingest_writes_what_the_local_engine_writes_and_survives_a_lost_node(cluster, tmp_path):
@@ -138,7 +138,9 @@ def test_the_night_on_ray_makes_the_local_engines_bundle_and_survives_a_lost_nod
     """Two days of logs (the bad ones of the ingest test, and a world with ties), consolidated by each engine
     from its own copy of the lake at the same moment: every world's night ends the same, and each published
     bundle is the same (table, outcome types, thresholds, held-out figures, policy weights); then a worker
-    node is removed while the night's tasks read, and that night or the next publishes the same."""
+    node is removed while tasks map over the night's states, which stay on the cluster (those the node held
+    are lost with it, and Ray makes them again from the tasks that read them), and that night or the next
+    publishes the same."""
     inbox = tmp_path / "logs" / "inbox"
     for day in range(2):
         logs(inbox, day)
@@ -148,8 +150,10 @@ def test_the_night_on_ray_makes_the_local_engines_bundle_and_survives_a_lost_nod
     for home in homes.values():
         shutil.copytree(inbox, home.inbox, dirs_exist_ok=True)
         ingest(home, engine="local")
-    on_ray(homes["ray"], cluster.address, key_shards=3)
-    on_ray(homes["lost"], cluster.address, key_shards=12)
+    night = "[consolidate]\nblock_rows = 16\n"  # small blocks: these small nights' states in several ranges
+    (homes["local"].root / "dmn.toml").write_text(night)
+    on_ray(homes["ray"], cluster.address, night, key_shards=3)
+    on_ray(homes["lost"], cluster.address, night, key_shards=12)
     now = time.time()
     here, there = consolidate(homes["local"], now=now), consolidate(homes["ray"], now=now)
     assert [(n.world, n.status, n.reason, n.counts) for n in there] == [(n.world, n.status, n.reason, n.counts)
@@ -165,7 +169,7 @@ def test_the_night_on_ray_makes_the_local_engines_bundle_and_survives_a_lost_nod
 
     def lose_a_node() -> None:
         while not ended.is_set():
-            if working("_steps") or working("_latents"):
+            if working("_apply"):
                 cluster.remove_node(worker)  # its tasks die with it; Ray runs them again on the nodes left
                 removed.append(worker)
                 return
@@ -179,7 +183,7 @@ def test_the_night_on_ray_makes_the_local_engines_bundle_and_survives_a_lost_nod
         ended.set()
         loser.join()
     assert removed, "no task of the night was caught running"
-    print("that night, a worker node removed while its tasks read:", [(n.world, n.status) for n in nights])
+    print("that night, a worker node removed while its tasks mapped:", [(n.world, n.status) for n in nights])
     if any(n.status == "failed" and n.reason.startswith("the night stopped") for n in nights):
         assert all("\n" not in n.reason for n in nights)  # it failed in one line; the next one reads again
         nights = consolidate(homes["lost"], now=now)

@@ -46,7 +46,7 @@ from dmn.lake.duck import connect, quote, run
 from dmn.lake.store import Store
 from dmn.progress import Progress
 from dmn.sleep import experience, states
-from dmn.sleep.states import RowWise, apply, block_rows
+from dmn.sleep.states import RowWise, apply, groups, joined
 from dmn.version import __version__
 
 STOPPED = "the night stopped, nothing was published"
@@ -79,7 +79,7 @@ class Window(experience.Window):
             for k in range(self.shards)])
         steps = experience.newest(parts, s.max_decisions)
         self.chosen = self.ray.put(steps.select(["episode_id", "step", "i"]))  # once, for every task
-        n, block = steps.num_rows, block_rows(steps.num_rows)
+        n, block = steps.num_rows, s.block_rows
         span = block * -(-max(n, 1) // (block * self.shards))  # a range: whole blocks, one a shard at most
         ranges = -(-max(n, 1) // span)
         read = [self.task(_latents).options(num_returns=1 + ranges).remote(
@@ -112,7 +112,7 @@ class Window(experience.Window):
 
 
 class States(states.States):
-    """The night's states kept on the cluster, in ranges of rows (`span` rows each, whole blocks: `block_rows`),
+    """The night's states kept on the cluster, in ranges of rows (`span` rows each, whole blocks: `apply`),
     a Ray object each, which Ray makes again from the tasks that made it should the node holding it die.
     Samples are taken from them, and functions mapped over them, by tasks: only what those return reaches
     the driver."""
@@ -137,14 +137,12 @@ class States(states.States):
         if not len(rows):
             return fn(np.zeros((0, self.d), np.float32), *args)
         which = rows // self.span
-        order = np.argsort(which, kind="stable")
-        picks = np.split(order, np.flatnonzero(np.diff(which[order])) + 1)
-        given, first = self.ray.put(args), [which[p[0]] * self.span for p in picks]
+        picks, back = groups(which)
+        given = self.ray.put(args)
         parts = self.gather(f"{self.world}: {fn.__name__} of {len(rows):,} states", [
-            self.task(_apply).remote(self.root, __version__, self.ranges[f // self.span], rows[p] - f, fn, given,
-                                     self.block, f) for p, f in zip(picks, first)])
-        back = np.argsort(order)  # in the order of `rows` again
-        return tuple(np.concatenate(column)[back] for column in zip(*parts))
+            self.task(_apply).remote(self.root, __version__, self.ranges[r], rows[p] - r * self.span, fn, given,
+                                     self.block, r * self.span) for p, r in ((p, int(which[p[0]])) for p in picks)])
+        return joined(parts, back)
 
 
 def _batch_shards(manifests: list[dict[str, Any]], shards: int) -> list[list[dict[str, Any]]]:

@@ -160,7 +160,8 @@ class Window:
                                        s.max_decisions)], s.max_decisions)
         choose(self.con, steps)
         state, sims = latents(self.con, self.world, self.encoder)
-        return experience(self.world, self.encoder, steps, States(matrix(state["state"])), sims, s, self.now)
+        return experience(self.world, self.encoder, steps, States(matrix(state["state"]), s.block_rows), sims, s,
+                          self.now)
 
     def sample(self, share: float, seed: int) -> pa.Table:
         """`consequences` of the chosen steps: a `share` of them, drawn by `seed`."""

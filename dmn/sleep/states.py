@@ -19,11 +19,6 @@ import numpy as np
 
 from dmn.bundle.decide import Answers, Rule, nearest
 
-CHUNK = 8_192
-"""Most rows a mapped function is given at once: a copy of them all would double the states' memory."""
-BLOCKS = 64
-"""Fewest blocks a night's rows are mapped in (`block_rows`): on the Ray engine, the most tasks a map runs as."""
-
 RowWise = Callable[..., tuple[np.ndarray, ...]]
 """A function of (rows of states, *args) to a tuple of arrays with one entry per row, each row's computed
 from that row alone (so that any node may compute any block of rows)."""
@@ -35,8 +30,8 @@ class States:
     mapped = 0.0
     """Seconds spent in `map` so far: the night's work that grows with its states, which the Ray engine spreads."""
 
-    def __init__(self, x: np.ndarray):
-        self.x = x
+    def __init__(self, x: np.ndarray, block: int):
+        self.x, self.block = x, block
 
     def __len__(self) -> int:
         return len(self.x)
@@ -58,27 +53,32 @@ class States:
             self.mapped += time.perf_counter() - started
 
     def _map(self, fn: RowWise, rows: np.ndarray, args: tuple[Any, ...]) -> tuple[np.ndarray, ...]:
-        return apply(self.x, rows, fn, args, block_rows(len(self)))
-
-
-def block_rows(n: int) -> int:
-    """The rows of a block of a night of n states: `BLOCKS` blocks at least, of `CHUNK` rows at most."""
-    return max(1, min(CHUNK, -(-n // BLOCKS)))
+        return apply(self.x, rows, fn, args, self.block)
 
 
 def apply(x: np.ndarray, rows: np.ndarray, fn: RowWise, args: tuple[Any, ...], block: int, first: int = 0
           ) -> tuple[np.ndarray, ...]:
     """`fn(x[rows], *args)`, computed a block at a time: the `rows` of `x` (whose row 0 is the night's row
-    `first`) grouped by the block of `block` of the night's rows they are in, in their order within it.
+    `first`) grouped by the block of `block` of the night's rows they are in (`[consolidate] block_rows`),
+    in their order within it; a copy of them all would double the states' memory.
 
     Every engine groups a night's rows alike, and so computes the same figures to the bit: what a matrix
     product rounds to depends on how many rows it is given (BLAS picks its kernel by shape)."""
     if not len(rows):
         return fn(x[rows], *args)
-    which = (rows + first) // block
-    order = np.argsort(which, kind="stable")
-    parts = [fn(x[rows[p]], *args) for p in np.split(order, np.flatnonzero(np.diff(which[order])) + 1)]
-    back = np.argsort(order)
+    picks, back = groups((rows + first) // block)
+    return joined([fn(x[rows[p]], *args) for p in picks], back)
+
+
+def groups(keys: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """The positions of `keys` grouped by key (in their order within a group), and the order that puts what
+    the groups give, joined (`joined`), back in the order of `keys`."""
+    order = np.argsort(keys, kind="stable")
+    return np.split(order, np.flatnonzero(np.diff(keys[order])) + 1), np.argsort(order)
+
+
+def joined(parts: list[tuple[np.ndarray, ...]], back: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The groups' results (tuples of arrays, a row each) joined, column by column, in the order `back`."""
     return tuple(np.concatenate(column)[back] for column in zip(*parts))
 
 

@@ -24,8 +24,8 @@ PCA on at most 50,000, the policy on at most `policy_sample` steps; those three 
 fleet's sizes on random states of the same size (the k-means at a quarter of its k, scaled by k squared,
 when its k is over 64), the policy at its measured seconds per step and epoch for all `policy_epochs` (an
 upper bound: training stops early). The rest of the driver's part (sums of per-step scalars: the table's
-aggregates, the held-out figures; publishing) is what the 1-worker night's driver took beyond its own fits,
-taken as linear in steps. T(N) = steps x (1 / read + 1 / mapped + 1 / outcomes rate) / N + fits + rest. Every
+aggregates, the held-out figures; publishing) is what the 1-worker night's driver took beyond its k-means
+and PCA (measured as above at its own sizes) and its policy stage, taken as linear in steps. T(N) = steps x (1 / read + 1 / mapped + 1 / outcomes rate) / N + fits + rest. Every
 read task also scans the window's keys and scalars to find its shard's steps, which a larger cluster does
 not shorten; that scan is inside the measured rate.
 """
@@ -197,6 +197,7 @@ def main() -> None:
     tasks = {stage: steps / one[stage] for stage in ("select", "mapped", "outcomes")}  # steps/s per worker
     driver = sum(one[s] for s in NIGHT_STAGES) - one["mapped"] - one["outcomes"]
     here = fits(train, args.dim, per_step)
+    here["policy"] = one["policy"]  # as trained, stopped early, rather than its bound
     rest = max(0.0, driver - sum(here.values())) / steps  # seconds a step
     fleet_steps = ConsolidateSettings().max_decisions
     fleet_train = round(fleet_steps * train / steps)

@@ -4,7 +4,7 @@
 The night touches them in two ways only: it takes a bounded sample of rows into memory (to fit the situations'
 k-means, the PCA, the policy), and it maps a row-wise function over a set of rows (assigning each state to
 its situation, System 1's answers on held-out steps). `States` holds them in this process; the Ray engine's
-`dmn.sleep.distributed.States` keeps them on the cluster, in the shards its tasks read, and maps there.
+`dmn.sleep.distributed.States` keeps them on the cluster, in ranges of rows, and maps there.
 
     >>> cluster, distance = states.map(situations, train, index)  # doctest: +SKIP
 """

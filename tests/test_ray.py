@@ -138,9 +138,9 @@ def test_the_night_on_ray_makes_the_local_engines_bundle_and_survives_a_lost_nod
     """Two days of logs (the bad ones of the ingest test, and a world with ties), consolidated by each engine
     from its own copy of the lake at the same moment: every world's night ends the same, and each published
     bundle is the same (table, outcome types, thresholds, held-out figures, policy weights); then a worker
-    node is removed while tasks map over the night's states, which stay on the cluster (those the node held
-    are lost with it, and Ray makes them again from the tasks that read them), and that night or the next
-    publishes the same."""
+    node is removed while tasks put together or map over the night's states, which stay on the cluster (those
+    the node held are lost with it, and Ray makes them again from the tasks that read them), and that night
+    or the next publishes the same."""
     inbox = tmp_path / "logs" / "inbox"
     for day in range(2):
         logs(inbox, day)
@@ -169,7 +169,7 @@ def test_the_night_on_ray_makes_the_local_engines_bundle_and_survives_a_lost_nod
 
     def lose_a_node() -> None:
         while not ended.is_set():
-            if working("_apply"):
+            if working("_range") or working("_apply"):  # a task putting together, or mapping over, held states
                 cluster.remove_node(worker)  # its tasks die with it; Ray runs them again on the nodes left
                 removed.append(worker)
                 return
@@ -183,7 +183,7 @@ def test_the_night_on_ray_makes_the_local_engines_bundle_and_survives_a_lost_nod
         ended.set()
         loser.join()
     assert removed, "no task of the night was caught running"
-    print("that night, a worker node removed while its tasks mapped:", [(n.world, n.status) for n in nights])
+    print("that night, a worker node removed while tasks held its states:", [(n.world, n.status) for n in nights])
     if any(n.status == "failed" and n.reason.startswith("the night stopped") for n in nights):
         assert all("\n" not in n.reason for n in nights)  # it failed in one line; the next one reads again
         nights = consolidate(homes["lost"], now=now)

@@ -26,7 +26,7 @@ from dmn.lake.store import Store
 from dmn.ops.status import check
 from dmn.records import LAKE_TABLES, columns
 from dmn.sleep.night import consolidate
-from dmn.worlds.synthetic import write_logs
+from dmn.worlds.synthetic import write_logs, write_vector_logs
 
 if os.environ.get("DMN_REQUIRE_TOOLS") != "1":
     pytest.importorskip("ray")
@@ -135,17 +135,19 @@ def working(task: str) -> bool:
 
 
 def test_the_night_on_ray_makes_the_local_engines_bundle_and_survives_a_lost_node(cluster, tmp_path):
-    """Two days of logs (the bad ones of the ingest test, and a world with ties), consolidated by each engine
-    from its own copy of the lake at the same moment: every world's night ends the same, and each published
-    bundle is the same (table, outcome types, thresholds, held-out figures, policy weights); then a worker
-    node is removed while tasks put together or map over the night's states, which stay on the cluster (those
-    the node held are lost with it, and Ray makes them again from the tasks that read them), and that night
-    or the next publishes the same."""
+    """Two days of logs (the bad ones of the ingest test, a world with ties, a world of vector actions),
+    consolidated by each engine from its own copy of the lake at the same moment: every world's night ends the
+    same, and each published bundle is the same (table, outcome types, thresholds, held-out figures, policy
+    weights); then a worker node is removed while tasks put together or map over the night's states, which
+    stay on the cluster (those the node held are lost with it, and Ray makes them again from the tasks that
+    read them), and that night or the next publishes the same."""
     inbox = tmp_path / "logs" / "inbox"
     for day in range(2):
         logs(inbox, day)
         write_logs(Home.resolve(inbox.parent), world="tied", situations=6, dim=32, episodes=30, steps=10,
                    accuracy=1.0, ties=0.5, day=day)
+        write_vector_logs(Home.resolve(inbox.parent), world="arm", situations=4, action_dim=3, dim=32, episodes=30,
+                          steps=10, day=day)
     homes = {name: Home.resolve(tmp_path / name) for name in ("local", "ray", "lost")}
     for home in homes.values():
         shutil.copytree(inbox, home.inbox, dirs_exist_ok=True)
@@ -159,7 +161,7 @@ def test_the_night_on_ray_makes_the_local_engines_bundle_and_survives_a_lost_nod
     assert [(n.world, n.status, n.reason, n.counts) for n in there] == [(n.world, n.status, n.reason, n.counts)
                                                                       for n in here]
     published = [n.world for n in here if n.status == "published"]
-    assert {"tied", "synthetic"} <= set(published)
+    assert {"tied", "synthetic", "arm"} <= set(published)
     for world in published:
         assert bundle(homes["ray"], world) == bundle(homes["local"], world), world
 

@@ -38,7 +38,8 @@ from dmn.bundle import publish
 from dmn.bundle.load import load
 from dmn.config import ConsolidateSettings
 from dmn.home import Home
-from dmn.sleep.cluster import centroid_index
+from dmn.sleep.cluster import PCA_SAMPLE, centroid_index
+from dmn.sleep.states import draw
 
 DIM, ACTIONS, MANIFOLD = 768, 4, 32
 
@@ -50,7 +51,7 @@ def bundle(home: Home, k: int, rng: np.random.Generator) -> np.ndarray:
     centroids = (rng.standard_normal((k, MANIFOLD)).astype(np.float32) @ basis)
     noise = 0.05 * float(np.linalg.norm(centroids, axis=1).mean()) / np.sqrt(DIM)
     states = centroids[rng.integers(k, size=20 * k)] + noise * rng.standard_normal((20 * k, DIM)).astype(np.float32)
-    index = centroid_index(centroids, states, s.pca_dims)
+    index = centroid_index(centroids, states[draw(len(states), PCA_SAMPLE, 0)], s.pca_dims)  # as a night fits it
     actions = [str(a) for a in range(ACTIONS)]
     table = pa.table({
         "cluster": pa.array(np.arange(k), pa.int32()), "support": np.full(k, 20.0),

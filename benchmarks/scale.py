@@ -25,9 +25,10 @@ fleet's sizes on random states of the same size (the k-means at a quarter of its
 when its k is over 64), the policy at its measured seconds per step and epoch for all `policy_epochs` (an
 upper bound: training stops early). The rest of the driver's part (sums of per-step scalars: the table's
 aggregates, the held-out figures; publishing) is what the 1-worker night's driver took beyond its k-means
-and PCA (measured as above at its own sizes) and its policy stage, taken as linear in steps. T(N) = steps x (1 / read + 1 / mapped + 1 / outcomes rate) / N + fits + rest. Every
-read task also scans the window's keys and scalars to find its shard's steps, which a larger cluster does
-not shorten; that scan is inside the measured rate.
+and PCA (measured as above at its own sizes) and its policy stage, taken as linear in steps. So
+T(N) = steps x (1 / read + 1 / mapped + 1 / outcomes rate) / N + fits + rest. Every read task also scans
+the window's keys and scalars to find its shard's steps, which a larger cluster does not shorten; that
+scan is inside the measured rate.
 """
 
 from __future__ import annotations

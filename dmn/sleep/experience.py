@@ -227,6 +227,11 @@ def newest(parts: list[pa.Table], limit: int) -> pa.Table:
 
 SIM_ORDER = ("i", "action", "action_vector", "score", "vetoed")
 """A step's simulations are in this order on every engine (`in_order`): by step, then candidate."""
+_CHOSEN_SIMULATIONS = """
+    SELECT s.i, m.action, m.action_vector, m.score, coalesce(m.vetoed, false) AS vetoed, m.predicted
+    FROM simulations m JOIN chosen s USING (episode_id, step)
+    WHERE m.world = $world AND m.encoder = $encoder"""
+"""The chosen steps' simulations (`choose`), with the `SIM_ORDER` columns and their imagined consequences."""
 
 
 def choose(con: duckdb.DuckDBPyConnection, steps: pa.Table) -> None:
@@ -242,12 +247,8 @@ def latents(con: duckdb.DuckDBPyConnection, world: str, encoder: str) -> tuple[p
     # Read last, in order, and carried through no sort or window before.
     state = con.sql("""SELECT s.i, d.state FROM chosen s JOIN decisions d USING (episode_id, step)
                        WHERE d.world = $world AND d.encoder = $encoder ORDER BY s.i""", params=params).to_arrow_table()
-    sims = con.sql(f"""
-        SELECT s.i, m.action, m.action_vector, m.score, coalesce(m.vetoed, false) AS vetoed,
-               m.predicted IS NOT NULL AS imagined
-        FROM simulations m JOIN chosen s USING (episode_id, step)
-        WHERE m.world = $world AND m.encoder = $encoder
-        ORDER BY {", ".join(SIM_ORDER)}""", params=params).to_arrow_table()
+    sims = con.sql(f"""SELECT {", ".join(SIM_ORDER)}, predicted IS NOT NULL AS imagined FROM ({_CHOSEN_SIMULATIONS})
+                        ORDER BY {", ".join(SIM_ORDER)}""", params=params).to_arrow_table()
     return state, sims
 
 
@@ -256,10 +257,7 @@ def consequences(con: duckdb.DuckDBPyConnection, world: str, encoder: str, share
     """The imagined consequences (predicted latents) of the chosen steps' simulations, with the columns that
     place each among them (`SIM_ORDER`), streamed in no order: all of them, or a `share` drawn by a hash of
     each simulation and `seed` (the same draw on every engine and every read)."""
-    return con.sql("""
-        SELECT s.i, m.action, m.action_vector, m.score, coalesce(m.vetoed, false) AS vetoed, m.predicted
-        FROM simulations m JOIN chosen s USING (episode_id, step)
-        WHERE m.world = $world AND m.encoder = $encoder AND m.predicted IS NOT NULL
+    return con.sql(f"""{_CHOSEN_SIMULATIONS} AND m.predicted IS NOT NULL
           AND ($share >= 1 OR hash(m.episode_id, m.step, m.action, m.action_vector, m.score, $seed)
                                   / 18446744073709551616.0 < $share)
         """, params={"world": world, "encoder": encoder, "share": share, "seed": seed}).to_arrow_reader(65536)

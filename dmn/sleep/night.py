@@ -92,8 +92,9 @@ def consolidate(home: Home, world: str | None = None, *, settings: ConsolidateSe
                 now: float | None = None, on_progress: Progress | None = None,
                 wait: float = 0.0, dry_run: bool = False, engine: str | None = None) -> list[Consolidation]:
     """Consolidate every world with new System 2 experience in the lake (or `world`). `engine`: "local" or
-    "ray" (default: the settings' `[engine] kind`); with Ray, tasks on the cluster read the window and type
-    its imagined consequences (`dmn.sleep.distributed`), and the bundle is the one the local engine makes.
+    "ray" (default: the settings' `[engine] kind`); with Ray, tasks on the cluster read the window, keep its
+    states and compute what is computed for every one of them, and type its imagined consequences, while this
+    process fits on bounded samples (`dmn.sleep.distributed`): the bundle is the one the local engine makes.
 
     Raises `Busy` if another consolidation still holds the home after `wait` seconds. A `dry_run` does the
     whole night but publishes nothing and records no run: each world's result says what the gate would
